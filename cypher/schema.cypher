@@ -1,0 +1,11 @@
+// Applied at every start-up by `medgraph schema` and the services; every statement is idempotent.
+CREATE CONSTRAINT image_key IF NOT EXISTS FOR (i:Image) REQUIRE i.key IS UNIQUE;
+CREATE CONSTRAINT patient_key IF NOT EXISTS FOR (p:Patient) REQUIRE p.key IS UNIQUE;
+CREATE CONSTRAINT community_id IF NOT EXISTS FOR (c:Community) REQUIRE c.id IS UNIQUE;
+CREATE CONSTRAINT clustering_run_id IF NOT EXISTS FOR (r:ClusteringRun) REQUIRE r.id IS UNIQUE;
+CREATE CONSTRAINT ingest_job_id IF NOT EXISTS FOR (j:IngestJob) REQUIRE j.id IS UNIQUE;
+CREATE INDEX image_community IF NOT EXISTS FOR (i:Image) ON (i.community);
+CREATE INDEX image_ingested_at IF NOT EXISTS FOR (i:Image) ON (i.ingested_at);
+CREATE VECTOR INDEX image_embedding IF NOT EXISTS
+FOR (i:Image) ON i.embedding
+OPTIONS {indexConfig: {`vector.dimensions`: 1024, `vector.similarity_function`: 'cosine'}};

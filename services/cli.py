@@ -1,0 +1,196 @@
+"""`medgraph`: the single entry point for operators."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+import click
+
+from services.config import Settings, get_settings
+from services.runtime.neo4j import Neo4jRuntime
+from services.runtime.processes import RuntimeProblem
+from services.runtime.redis import RedisRuntime
+
+STACK_PARTS = ("neo4j", "redis")
+
+
+def reports_runtime_problems(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turns a RuntimeProblem into a one-paragraph message and exit status 1, no traceback."""
+
+    @wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except RuntimeProblem as problem:
+            click.secho(f"error: {problem}", fg="red", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+@click.group()
+def main() -> None:
+    """medgraph: content-based chest X-ray retrieval on a Neo4j image graph."""
+
+
+# --- local stack ---------------------------------------------------------------------------
+@main.group()
+def stack() -> None:
+    """Start, stop and inspect the local Neo4j and Redis."""
+
+
+def _parts(only: str | None) -> tuple[str, ...]:
+    return (only,) if only else STACK_PARTS
+
+
+only_option = click.option(
+    "--only", type=click.Choice(STACK_PARTS), default=None, help="Act on one server only."
+)
+
+
+@stack.command("start")
+@only_option
+@reports_runtime_problems
+def stack_start(only: str | None) -> None:
+    """Start the local servers (harmless when they already run)."""
+    start_stack(get_settings(), _parts(only))
+
+
+def start_stack(settings: Settings, parts: tuple[str, ...] = STACK_PARTS) -> None:
+    if "redis" in parts:
+        redis_runtime = RedisRuntime(settings)
+        if redis_runtime.start():
+            click.echo(f"redis: started on {settings.broker_url}")
+        else:
+            click.echo(f"redis: already running (pid {redis_runtime.process.pid()})")
+    if "neo4j" in parts:
+        neo4j_runtime = Neo4jRuntime(settings)
+        if not neo4j_runtime.jars_present():
+            click.echo("neo4j: fetching Neo4j, Browser, APOC and GDS from Maven Central (once)…")
+        started, new_password = neo4j_runtime.start()
+        status = neo4j_runtime.status()
+        if started:
+            click.echo(f"neo4j: started, Bolt {status.bolt_uri}, Browser {status.browser_url}")
+        else:
+            click.echo(f"neo4j: already running (pid {status.pid}), Browser {status.browser_url}")
+        if new_password:
+            click.secho(
+                f"neo4j: user '{settings.neo4j_user}', generated password: {new_password}\n"
+                f"       (shown once; kept in {settings.secrets_dir / 'neo4j-password'})",
+                fg="yellow",
+            )
+        from services.graph.store import GraphStore
+
+        GraphStore.from_settings(settings).apply_schema()
+
+
+@stack.command("fetch")
+@reports_runtime_problems
+def stack_fetch() -> None:
+    """Download the Neo4j, Browser, APOC and GDS jars into the cache (once)."""
+    runtime = Neo4jRuntime(get_settings())
+    if not runtime.jars_present():
+        click.echo("neo4j: fetching Neo4j, Browser, APOC and GDS from Maven Central (once)…")
+    click.echo(f"neo4j: jars in {runtime.fetch()}")
+
+
+@stack.command("stop")
+@only_option
+def stack_stop(only: str | None) -> None:
+    """Stop the local servers."""
+    stop_stack(get_settings(), _parts(only))
+
+
+def stop_stack(settings: Settings, parts: tuple[str, ...] = STACK_PARTS) -> None:
+    if "neo4j" in parts:
+        click.echo("neo4j: stopped" if Neo4jRuntime(settings).stop() else "neo4j: not running")
+    if "redis" in parts:
+        click.echo("redis: stopped" if RedisRuntime(settings).stop() else "redis: not running")
+
+
+@stack.command("status")
+def stack_status() -> None:
+    """Report whether each server runs; exit status 3 when one does not."""
+    settings = get_settings()
+    neo4j_status = Neo4jRuntime(settings).status()
+    redis_status = RedisRuntime(settings).status()
+    click.echo(
+        f"neo4j: {'running, pid ' + str(neo4j_status.pid) if neo4j_status.running else 'stopped'}"
+        f"  Bolt {neo4j_status.bolt_uri}  Browser {neo4j_status.browser_url}"
+    )
+    click.echo(
+        f"redis: {'running, pid ' + str(redis_status.pid) if redis_status.running else 'stopped'}"
+        f"  {redis_status.url}"
+    )
+    if not (neo4j_status.running and redis_status.running):
+        sys.exit(3)
+
+
+@main.command("schema")
+@reports_runtime_problems
+def schema() -> None:
+    """Apply cypher/schema.cypher (constraints and the vector index) to the database."""
+    from services.graph.store import GraphStore
+
+    GraphStore.from_settings().apply_schema()
+    click.echo("schema applied")
+
+
+@main.command("config")
+@click.option("--markdown", is_flag=True, help="Print the README's configuration table.")
+def config(markdown: bool) -> None:
+    """Show every setting with its current value."""
+    settings = get_settings()
+    if markdown:
+        click.echo(settings_markdown_table())
+        return
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if "password" in name or "secret" in name:
+            value = "(set)" if value else "(generated)"
+        click.echo(f"MEDGRAPH_{name.upper()}={value}")
+
+
+def settings_markdown_table() -> str:
+    rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        shown = str(default).replace(str(_repo_root()), ".") if default is not None else ""
+        shown = shown.replace(str(_home()), "~")
+        rows.append(f"| `MEDGRAPH_{name.upper()}` | `{shown}` | {field.description or ''} |")
+    return "\n".join(rows)
+
+
+def _repo_root() -> str:
+    from services.config import REPO_ROOT
+
+    return str(REPO_ROOT)
+
+
+def _home() -> str:
+    from pathlib import Path
+
+    return str(Path.home())
+
+
+# --- the main job --------------------------------------------------------------------------
+@main.command("demo")
+@click.option("--no-serve", is_flag=True, help="Prepare everything, then exit.")
+@reports_runtime_problems
+def demo(no_serve: bool) -> None:
+    """The main job: start the local stack and show where to look."""
+    settings = get_settings()
+    start_stack(settings)
+    click.echo("")
+    click.secho("medgraph is up.", fg="green", bold=True)
+    click.echo(f"  Neo4j Browser: http://{settings.neo4j_host}:{settings.neo4j_http_port}/browser/")
+    click.echo(f"  Bolt:          {settings.bolt_uri} (user {settings.neo4j_user})")
+    click.echo(f"  Redis:         {settings.broker_url}")
+    click.echo("  Stop with:     .venv/bin/medgraph stack stop")
+
+
+if __name__ == "__main__":
+    main()

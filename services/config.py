@@ -1,0 +1,130 @@
+"""The one typed settings object for every knob of medgraph.
+
+Every field can be set through the environment with the ``MEDGRAPH_`` prefix
+(``MEDGRAPH_NEO4J_BOLT_PORT=7688``) or through a ``.env`` file in the working directory.
+The README's configuration table is generated from this class (``medgraph config --markdown``).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MEDGRAPH_", env_file=".env", extra="ignore")
+
+    # --- local state -------------------------------------------------------------------------
+    home: Path = Field(
+        REPO_ROOT / ".medgraph",
+        description="Local state: Neo4j jars and data, Redis data, generated secrets, logs.",
+    )
+
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "medgraph",
+        description="Downloaded Neo4j, APOC and GDS jars (shared by every home on the machine).",
+    )
+
+    # --- Neo4j -------------------------------------------------------------------------------
+    neo4j_uri: str | None = Field(
+        None, description="Bolt URI. Default: bolt://<neo4j_host>:<neo4j_bolt_port>."
+    )
+    neo4j_host: str = Field("127.0.0.1", description="Address the local Neo4j listens on.")
+    neo4j_bolt_port: int = Field(7687, ge=1, le=65535, description="Bolt port.")
+    neo4j_http_port: int = Field(7474, ge=1, le=65535, description="HTTP port (Browser).")
+    neo4j_user: str = Field("neo4j", description="Neo4j user name.")
+    neo4j_password: str | None = Field(
+        None,
+        description="Neo4j password. Default: generated once into <home>/secrets/neo4j-password.",
+    )
+    neo4j_auth: bool = Field(True, description="Run the local Neo4j with authentication on.")
+    neo4j_database: str = Field("neo4j", description="Database name used by every query.")
+    neo4j_version: str = Field("5.26.19", description="Neo4j Community version fetched.")
+    neo4j_heap: str = Field("1g", description="JVM heap of the local Neo4j (-Xms/-Xmx).")
+    neo4j_pagecache: str = Field("512m", description="Neo4j page cache size.")
+    neo4j_data_dir: Path | None = Field(
+        None, description="Neo4j data folder. Default: <home>/neo4j/data."
+    )
+    neo4j_start_timeout_s: float = Field(180.0, gt=0, description="Wait for Bolt on start.")
+
+    # --- Redis / Celery ----------------------------------------------------------------------
+    redis_host: str = Field("127.0.0.1", description="Address the local Redis listens on.")
+    redis_port: int = Field(6379, ge=1, le=65535, description="Redis port.")
+    redis_url: str | None = Field(
+        None, description="Broker/result URL. Default: redis://<redis_host>:<redis_port>/0."
+    )
+
+    # --- data and model ----------------------------------------------------------------------
+    data_dir: Path = Field(
+        REPO_ROOT / "data" / "nih-cxr14-64px", description="Bundled demo image set."
+    )
+    data_roots: list[Path] = Field(
+        default_factory=lambda: [REPO_ROOT / "data"],
+        description="Only image files under these folders are ever served by the API.",
+    )
+    model_dir: Path | None = Field(
+        None, description="Checkpoints folder. Default: <home>/models."
+    )
+    initial_weights: Path | None = Field(
+        None, description="Local DenseNet-121 initial weights (.pth); none = from scratch."
+    )
+    image_size: int = Field(64, ge=32, le=1024, description="Model input resolution (pixels).")
+    max_image_pixels: int = Field(
+        80_000_000, gt=0, description="Larger decoded images are refused (decompression bombs)."
+    )
+    max_file_bytes: int = Field(
+        256 * 1024 * 1024, gt=0, description="Larger image files are refused."
+    )
+    patient_key_secret: str | None = Field(
+        None,
+        description="HMAC secret for patient keys. Default: generated once into <home>/secrets.",
+    )
+
+    # --- graph -------------------------------------------------------------------------------
+    knn_k: int = Field(10, ge=1, le=200, description="SIMILAR edges per image (kNN).")
+    min_cosine: float = Field(-1.0, ge=-1.0, le=1.0, description="Edges below this are dropped.")
+    write_batch_size: int = Field(1000, ge=1, description="Rows per UNWIND write.")
+
+    # --- API ---------------------------------------------------------------------------------
+    api_host: str = Field("127.0.0.1", description="Address the API listens on.")
+    api_port: int = Field(5000, ge=1, le=65535, description="API and dashboard port.")
+    default_k: int = Field(50, ge=1, le=1000, description="Default number of search results.")
+
+    # --- derived -----------------------------------------------------------------------------
+    @property
+    def bolt_uri(self) -> str:
+        return self.neo4j_uri or f"bolt://{self.neo4j_host}:{self.neo4j_bolt_port}"
+
+    @property
+    def broker_url(self) -> str:
+        return self.redis_url or f"redis://{self.redis_host}:{self.redis_port}/0"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.home / "secrets"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.model_dir or self.home / "models"
+
+    @property
+    def neo4j_home(self) -> Path:
+        return self.home / "neo4j"
+
+    def neo4j_auth_tuple(self) -> tuple[str, str] | None:
+        """Credentials for the driver; None when the local server runs without auth."""
+        if not self.neo4j_auth:
+            return None
+        from services.secrets import neo4j_password
+
+        return (self.neo4j_user, neo4j_password(self))
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
