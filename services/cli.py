@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -139,13 +140,29 @@ def schema() -> None:
     click.echo("schema applied")
 
 
+README_TABLE = re.compile(
+    r"(<!-- settings-table:start -->\n).*?(<!-- settings-table:end -->)", re.S
+)
+
+
 @main.command("config")
 @click.option("--markdown", is_flag=True, help="Print the README's configuration table.")
-def config(markdown: bool) -> None:
+@click.option("--update-readme", is_flag=True, help="Rewrite the README's configuration table.")
+def config(markdown: bool, update_readme: bool) -> None:
     """Show every setting with its current value."""
     settings = get_settings()
     if markdown:
         click.echo(settings_markdown_table())
+        return
+    if update_readme:
+        from services.config import REPO_ROOT
+
+        readme = REPO_ROOT / "README.md"
+        table = settings_markdown_table()
+        readme.write_text(
+            README_TABLE.sub(lambda m: m.group(1) + table + "\n" + m.group(2), readme.read_text())
+        )
+        click.echo(f"updated {readme}")
         return
     for name in Settings.model_fields:
         value = getattr(settings, name)

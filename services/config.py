@@ -22,7 +22,7 @@ class Settings(BaseSettings):
     # --- local state -------------------------------------------------------------------------
     home: Path = Field(
         REPO_ROOT / ".medgraph",
-        description="Local state: Neo4j jars and data, Redis data, generated secrets, logs.",
+        description="Local state: Neo4j and Redis data, generated secrets, models, logs.",
     )
 
     cache_dir: Path = Field(
@@ -94,6 +94,30 @@ class Settings(BaseSettings):
     api_host: str = Field("127.0.0.1", description="Address the API listens on.")
     api_port: int = Field(5000, ge=1, le=65535, description="API and dashboard port.")
     default_k: int = Field(50, ge=1, le=1000, description="Default number of search results.")
+
+    # --- encoder (workers/encoder) --------------------------------------------------------
+    encoder_checkpoint: Path | None = Field(
+        None,
+        description="Encoder checkpoint for image codes. Default: <models_dir>/densenet121-"
+        "<image_size>px.pt, trained on the bundled set when missing.",
+    )
+    encoder_device: str | None = Field(
+        None, description="Torch device for training and image codes. Default: cuda if present."
+    )
+    train_epochs: int = Field(
+        30, ge=1, description="Training epochs (the default fits the bundled set on 2 CPU cores)."
+    )
+    train_batch_size: int = Field(32, ge=2, description="Training batch size (the paper's 32).")
+    train_learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate (paper: 1e-3).")
+    train_plateau_patience: int = Field(
+        2, ge=0, description="Epochs without validation-loss gain before the rate is cut by 10."
+    )
+    train_val_fraction: float = Field(
+        0.2, gt=0, lt=1, description="Share of images, whole patients, held out for validation."
+    )
+    train_seed: int = Field(0, description="Seed of the patient split, weights and augmentation.")
+    train_workers: int = Field(0, ge=0, description="Image loading processes (0 = in-process).")
+    embed_batch_size: int = Field(64, ge=1, description="Images per forward pass for image codes.")
 
     # --- derived -----------------------------------------------------------------------------
     @property

@@ -89,6 +89,8 @@ def test_authentication_is_on(stack: Settings) -> None:
     from neo4j import GraphDatabase
     from neo4j.exceptions import AuthError
 
-    with GraphDatabase.driver(stack.bolt_uri, auth=("neo4j", "wrong-password")) as driver:
-        with pytest.raises(AuthError):
-            driver.verify_connectivity()
+    with (
+        GraphDatabase.driver(stack.bolt_uri, auth=("neo4j", "wrong-password")) as driver,
+        pytest.raises(AuthError),
+    ):
+        driver.verify_connectivity()
