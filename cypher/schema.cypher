@@ -9,3 +9,4 @@ CREATE INDEX image_ingested_at IF NOT EXISTS FOR (i:Image) ON (i.ingested_at);
 CREATE VECTOR INDEX image_embedding IF NOT EXISTS
 FOR (i:Image) ON i.embedding
 OPTIONS {indexConfig: {`vector.dimensions`: 1024, `vector.similarity_function`: 'cosine'}};
+CREATE CONSTRAINT api_key_id IF NOT EXISTS FOR (k:ApiKey) REQUIRE k.id IS UNIQUE;

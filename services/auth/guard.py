@@ -1,0 +1,105 @@
+"""The one place where every request's API key, scope and rate are checked.
+
+Each view declares what it needs with ``@requires("read")``, ``@requires("write")`` or
+``@public``. A view that declares nothing needs a write key: a new route that forgets to
+declare its scope fails closed, not open.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flask import Flask, current_app, g, jsonify, request
+
+from services.auth.api_keys import ApiKey, ApiKeyVerifier, Scope
+from services.graph.store import GraphStore
+
+View = TypeVar("View", bound=Callable[..., Any])
+PUBLIC = "public"
+KEY_COOKIE = "medgraph_key"
+
+
+def requires(scope: Scope) -> Callable[[View], View]:
+    def mark(view: View) -> View:
+        view.required_scope = scope  # type: ignore[attr-defined]
+        return view
+
+    return mark
+
+
+def public(view: View) -> View:
+    view.required_scope = PUBLIC  # type: ignore[attr-defined]
+    return view
+
+
+def required_scope(app: Flask, endpoint: str) -> str:
+    if endpoint == "static" or endpoint.endswith(".static"):
+        return PUBLIC
+    view = app.view_functions[endpoint]
+    return getattr(view, "required_scope", "write")
+
+
+def presented_token() -> str | None:
+    header = request.headers.get("Authorization", "")
+    if header.lower().startswith("bearer "):
+        return header[7:].strip()
+    return request.headers.get("X-API-Key") or request.cookies.get(KEY_COOKIE)
+
+
+class RateLimiter:
+    """A token bucket per caller (key id, or address when anonymous)."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self.buckets: dict[str, tuple[float, float]] = {}
+        self.lock = threading.Lock()
+
+    def allow(self, caller: str) -> bool:
+        if self.per_minute <= 0:
+            return True
+        now = time.monotonic()
+        rate = self.per_minute / 60.0
+        with self.lock:
+            tokens, last = self.buckets.get(caller, (float(self.per_minute), now))
+            tokens = min(float(self.per_minute), tokens + (now - last) * rate)
+            if tokens < 1.0:
+                self.buckets[caller] = (tokens, now)
+                return False
+            self.buckets[caller] = (tokens - 1.0, now)
+            return True
+
+
+def _error(status: int, message: str, **headers: str) -> Any:
+    response = jsonify({"error": {"status": status, "message": message}})
+    response.status_code = status
+    response.headers.update(headers)
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="medgraph"'
+    return response
+
+
+def install_access_control(
+    app: Flask, store_factory: Callable[[], GraphStore], rate_limit_per_minute: int
+) -> None:
+    limiter = RateLimiter(rate_limit_per_minute)
+
+    @app.before_request
+    def check_access() -> Any:
+        if request.endpoint is None:
+            return None  # unknown URL: the 404 handler answers
+        scope = required_scope(current_app, request.endpoint)
+        key: ApiKey | None = None
+        if scope != PUBLIC:
+            key = ApiKeyVerifier(store_factory()).verify(presented_token())
+            if key is None:
+                return _error(401, "a valid API key is required (Authorization: Bearer <key>)")
+            if not key.allows(scope):  # type: ignore[arg-type]
+                return _error(403, f"this API key lacks the '{scope}' scope")
+        g.api_key = key
+        caller = key.id if key else f"addr:{request.remote_addr}"
+        if not limiter.allow(caller):
+            return _error(429, "rate limit exceeded; retry later", **{"Retry-After": "1"})
+        return None
