@@ -209,5 +209,12 @@ def demo(no_serve: bool) -> None:
     click.echo("  Stop with:     .venv/bin/medgraph stack stop")
 
 
+# --- retrieval and REST API (services/retrieval, services/api) -----------------------------
+from services.api.commands import serve  # noqa: E402
+from services.retrieval.commands import evaluate  # noqa: E402
+
+main.add_command(serve)
+main.add_command(evaluate)
+
 if __name__ == "__main__":
     main()

@@ -119,6 +119,39 @@ class Settings(BaseSettings):
     train_workers: int = Field(0, ge=0, description="Image loading processes (0 = in-process).")
     embed_batch_size: int = Field(64, ge=1, description="Images per forward pass for image codes.")
 
+    # --- retrieval and REST API (services/retrieval, services/api) ----------------------------
+    region_query_edges: int | None = Field(
+        None, ge=1, le=1000,
+        description="Edges the query gets to its nearest images in region search (Algorithm 1). "
+        "Default: knn_k, as stored images have.",
+    )  # fmt: skip
+    region_max_communities: int = Field(
+        32, ge=1, description="Most communities one region search visits before it stops."
+    )
+    search_max_k: int = Field(
+        1000, ge=1, le=100_000, description="Largest k a search accepts."
+    )
+    search_max_index_candidates: int = Field(
+        10_000, ge=10,
+        description="Most vector-index candidates one query asks for while filters thin them.",
+    )  # fmt: skip
+    api_max_upload_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024,
+        description="Largest request body (upload) the API accepts; larger ones get 413.",
+    )  # fmt: skip
+    api_threads: int = Field(8, ge=1, le=256, description="Worker threads of `medgraph serve`.")
+    api_thumbnail_pixels: int = Field(
+        128, ge=16, le=1024, description="Longest side of the PNG thumbnails served by the API."
+    )
+    api_neighbourhood_max_nodes: int = Field(
+        500, ge=1, le=20_000, description="Most nodes a neighbourhood request returns."
+    )
+    api_upload_dir: Path | None = Field(
+        None,
+        description="Where uploads kept with add=true are stored (must lie under a data root). "
+        "Default: <first data root>/uploads.",
+    )
+
     # --- derived -----------------------------------------------------------------------------
     @property
     def bolt_uri(self) -> str:

@@ -1,0 +1,5 @@
+// Every stored embedding with the properties the filters need (streamed into the `exact` cache).
+MATCH (i:Image)
+WHERE i.embedding IS NOT NULL
+RETURN i.key AS key, i.embedding AS embedding, i.patient_key AS patient_key,
+       i.findings AS findings, i.modality AS modality

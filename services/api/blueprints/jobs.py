@@ -1,0 +1,167 @@
+"""Background jobs: ingest (workers/ingest) and clustering (workers/communities), submit and status.
+
+Ingest jobs are the ingestion package's own (``plan_ingest`` + ``submit``; progress kept in Redis
+by its ``JobTracker``). A clustering job is the ``medgraph.communities.cluster`` Celery task, sent
+with a task id ``cluster-<uuid>`` and its result kept, so its state can be read back.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint
+
+from services.api.context import ApiContext, api_context
+from services.api.errors import ApiError
+from services.api.routing import operation
+from services.api.schemas import ClusterJobRequest, IngestJobRequest, JobStatus
+
+jobs_bp = Blueprint("jobs", __name__, url_prefix="/api/v1")
+CLUSTER_PREFIX = "cluster-"
+UPLOAD_SUFFIXES = {"png": ".png", "jpeg": ".jpg", "dicom": ".dcm"}
+
+
+def under_data_roots(context: ApiContext, raw: str, what: str) -> Path:
+    """``raw`` resolved, when it exists and lies under a data root; ApiError otherwise."""
+    path = Path(raw)
+    if not path.is_absolute():
+        raise ApiError(422, f"{what} must be an absolute path, got {raw!r}")
+    try:
+        resolved = path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise ApiError(422, f"{what} {raw!r} does not exist") from None
+    for root in context.settings.data_roots:
+        try:
+            if resolved.is_relative_to(Path(root).resolve(strict=True)):
+                return resolved
+        except (OSError, RuntimeError):
+            continue
+    roots = ", ".join(str(root) for root in context.settings.data_roots)
+    raise ApiError(422, f"{what} {raw!r} is not under a data root ({roots})")
+
+
+def start_ingest(context: ApiContext, paths: list[Path], labels: Path | None) -> str:
+    from workers.ingest.submit import IngestError, plan_ingest, submit
+
+    try:
+        plan = plan_ingest(paths, context.settings, labels_csv=labels)
+        return submit(plan, context.settings).job_id
+    except (IngestError, ValueError) as problem:
+        raise ApiError(422, f"cannot start the ingest: {problem}") from None
+
+
+def keep_upload_and_ingest(context: ApiContext, data: bytes, key: str, source_format: str) -> str:
+    """Stores an uploaded query under the upload folder and ingests it; returns the job id."""
+    settings = context.settings
+    folder = settings.api_upload_dir or Path(settings.data_roots[0]) / "uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{key}{UPLOAD_SUFFIXES.get(source_format, '')}"
+    if not target.exists():
+        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
+        partial.write_bytes(data)
+        partial.replace(target)
+    return start_ingest(context, [under_data_roots(context, str(target), "upload folder")], None)
+
+
+@operation(
+    jobs_bp,
+    "/jobs/ingest",
+    method="POST",
+    scope="write",
+    summary="Ingest image files or folders that lie under a data root",
+    tag="jobs",
+    body=IngestJobRequest,
+    response=JobStatus,
+    status=202,
+    errors=(400, 415, 422),
+)
+def submit_ingest(body: IngestJobRequest) -> JobStatus:
+    context = api_context()
+    paths = [under_data_roots(context, raw, "path") for raw in body.paths]
+    labels = under_data_roots(context, body.labels, "labels") if body.labels else None
+    job_id = start_ingest(context, paths, labels)
+    return ingest_status(context, job_id)
+
+
+@operation(
+    jobs_bp,
+    "/jobs/cluster",
+    method="POST",
+    scope="write",
+    summary="Recompute the communities (a full clustering run)",
+    tag="jobs",
+    body=ClusterJobRequest,
+    response=JobStatus,
+    status=202,
+    errors=(400, 415, 422),
+)
+def submit_cluster(body: ClusterJobRequest) -> JobStatus:
+    from workers.communities.tasks import cluster_task
+
+    options = body.model_dump(exclude_none=True)
+    job_id = f"{CLUSTER_PREFIX}{uuid.uuid4()}"
+    cluster_task.apply_async(kwargs=options, task_id=job_id, ignore_result=False)
+    return JobStatus(id=job_id, kind="cluster", state="queued", detail={"parameters": options})
+
+
+@operation(
+    jobs_bp,
+    "/jobs/<job_id>",
+    scope="read",
+    summary="State of an ingest or clustering job",
+    tag="jobs",
+    response=JobStatus,
+    errors=(404,),
+)
+def job_status(job_id: str) -> JobStatus:
+    context = api_context()
+    if job_id.startswith(CLUSTER_PREFIX):
+        return cluster_status(job_id)
+    return ingest_status(context, job_id)
+
+
+def ingest_status(context: ApiContext, job_id: str) -> JobStatus:
+    from workers.ingest.jobs import JobTracker, UnknownJob
+
+    try:
+        progress = JobTracker.from_settings(context.settings).progress(job_id)
+    except (UnknownJob, ValueError):
+        raise ApiError(404, f"no job has the id {job_id!r}") from None
+    detail: dict[str, Any] = {
+        "total": progress.total,
+        "done": progress.done,
+        "failed": progress.failed,
+        "remaining": progress.remaining,
+        "finished": progress.finished,
+    }
+    for name in ("edge_mode", "edges_written", "started_at", "updated_at", "finished_at", "error"):
+        if name in progress.fields:
+            detail[name] = progress.fields[name]
+    return JobStatus(id=job_id, kind="ingest", state=progress.status, detail=detail)
+
+
+CELERY_STATES = {
+    "PENDING": "queued",  # Celery cannot tell "queued" from "unknown id": both are PENDING
+    "RECEIVED": "queued",
+    "STARTED": "running",
+    "RETRY": "running",
+    "SUCCESS": "done",
+    "FAILURE": "failed",
+    "REVOKED": "failed",
+}
+
+
+def cluster_status(job_id: str) -> JobStatus:
+    from workers.celery_app import app as celery_app
+
+    result = celery_app.AsyncResult(job_id)
+    detail: dict[str, Any] = {}
+    if result.state == "SUCCESS" and isinstance(result.result, dict):
+        detail = result.result
+    elif result.state == "FAILURE":
+        detail = {"error": f"{type(result.result).__name__}: {result.result}"}
+    return JobStatus(
+        id=job_id, kind="cluster", state=CELERY_STATES.get(result.state, "running"), detail=detail
+    )

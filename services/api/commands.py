@@ -1,0 +1,49 @@
+"""`medgraph serve`: the REST API under waitress, a production WSGI server in pure Python."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from services.config import Settings, get_settings
+
+
+def serve_api(
+    settings: Settings, host: str | None = None, port: int | None = None, threads: int | None = None
+) -> None:
+    """Blocks serving the API (and whatever else create_app mounts) until interrupted."""
+    from waitress import serve
+
+    from services.api.app import create_app
+
+    host = host or settings.api_host
+    port = port or settings.api_port
+    app = create_app(settings)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    click.echo(
+        f"medgraph API on http://{host}:{port}/api/v1  (docs: http://{host}:{port}/api/docs)"
+    )
+    serve(
+        app,
+        host=host,
+        port=port,
+        threads=threads or settings.api_threads,
+        # Uploads are bounded by MAX_CONTENT_LENGTH in Flask; waitress's own cap is set above it
+        # so that Flask, not waitress, answers oversized uploads (with a JSON 413).
+        max_request_body_size=settings.api_max_upload_bytes * 2,
+        ident="medgraph",
+    )
+
+
+@click.command("serve")
+@click.option("--host", default=None, help="Listen address. Default: MEDGRAPH_API_HOST.")
+@click.option("--port", type=int, default=None, help="Port. Default: MEDGRAPH_API_PORT.")
+@click.option(
+    "--threads", type=int, default=None, help="Worker threads. Default: MEDGRAPH_API_THREADS."
+)
+def serve(host: str | None, port: int | None, threads: int | None) -> None:
+    """Serve the REST API (/api/v1) and its docs (/api/docs) with waitress."""
+    serve_api(get_settings(), host, port, threads)

@@ -1,0 +1,69 @@
+"""What the API shares within one process: the settings, the graph store on the process-wide
+Neo4j driver (``shared_driver``), the retrieval service (with its embedding matrix cache) and the
+encoder, loaded on the first upload and kept."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from flask import Flask, current_app
+
+from services.config import Settings
+from services.graph.store import GraphStore
+from services.retrieval.service import RetrievalService
+
+if TYPE_CHECKING:
+    from workers.encoder.extractor import FeatureExtractor
+
+EXTENSION = "medgraph"
+
+
+@dataclass
+class ApiContext:
+    settings: Settings
+    _store: GraphStore | None = None
+    _retrieval: RetrievalService | None = None
+    _extractor: FeatureExtractor | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def store(self) -> GraphStore:
+        if self._store is None:
+            with self._lock:
+                if self._store is None:
+                    self._store = GraphStore.from_settings(self.settings)
+        return self._store
+
+    @property
+    def retrieval(self) -> RetrievalService:
+        if self._retrieval is None:
+            store = self.store
+            with self._lock:
+                if self._retrieval is None:
+                    self._retrieval = RetrievalService(store, self.settings)
+        return self._retrieval
+
+    def extractor(self) -> FeatureExtractor:
+        """The encoder, loaded once per process (the first upload pays for it)."""
+        if self._extractor is None:
+            with self._lock:
+                if self._extractor is None:
+                    from workers.encoder.extractor import FeatureExtractor, ensure_demo_checkpoint
+
+                    checkpoint = ensure_demo_checkpoint(self.settings)
+                    self._extractor = FeatureExtractor(
+                        checkpoint, device=self.settings.encoder_device
+                    ).load()
+        return self._extractor
+
+
+def install_context(app: Flask, settings: Settings) -> ApiContext:
+    context = ApiContext(settings)
+    app.extensions[EXTENSION] = context
+    return context
+
+
+def api_context() -> ApiContext:
+    return current_app.extensions[EXTENSION]  # type: ignore[no-any-return]

@@ -1,0 +1,270 @@
+"""Request and response models of /api/v1; the OpenAPI document is generated from them."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.retrieval.contract import NO_FINDING
+
+StrategyName = Literal["region", "exact", "vector"]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- errors ------------------------------------------------------------------------------------
+class Problem(Model):
+    field: str
+    problem: str
+
+
+class ErrorBody(Model):
+    status: int
+    message: str = Field(description="What went wrong, in words a client can show.")
+    problems: list[Problem] | None = Field(None, description="Per-field validation problems.")
+    model_config = ConfigDict(extra="allow")
+
+
+class ErrorResponse(Model):
+    error: ErrorBody
+
+
+# --- search ------------------------------------------------------------------------------------
+class SearchParameters(Model):
+    """Sent as JSON, as form fields, or as form fields beside a multipart ``file``."""
+
+    key: str | None = Field(
+        None,
+        description="Key of a stored image to use as the query (leave-one-out: it is never "
+        "among its own results). Exactly one of `key` and an uploaded `file`.",
+        max_length=128,
+    )
+    k: int = Field(50, description="Number of images to return.", ge=1)
+    strategy: StrategyName = Field(
+        "region",
+        description="`region`: the paper's Algorithm 1 (region growing in the closest "
+        "community); `exact`: brute-force cosine over every stored image; `vector`: the Neo4j "
+        "vector index alone.",
+    )
+    exclude_same_patient: bool = Field(
+        True,
+        description="Leave out images of the query's patient (known for stored images "
+        "and for DICOM uploads with a PatientID).",
+    )
+    finding: str | None = Field(
+        None,
+        description=f"Only images with this positive finding; `{NO_FINDING}` = images without any.",
+        max_length=64,
+    )
+    modality: str | None = Field(None, description="Only images of this modality.", max_length=16)
+    add: bool = Field(
+        False,
+        description="Keep the uploaded image in the graph (starts an ingest job); the query is "
+        "never stored otherwise.",
+    )
+
+
+class SearchResult(Model):
+    key: str
+    rank: int = Field(description="1 = first; for `region`, the order Algorithm 1 added it.")
+    cosine: float = Field(description="Cosine similarity of the image's code to the query's.")
+    community: int | None
+    findings: list[str] = Field(description="Positive findings; empty = No Finding.")
+    thumbnail_url: str
+
+
+class SearchDiagnostics(Model):
+    strategy: StrategyName
+    k: int
+    returned: int
+    database_size: int = Field(description="Stored images.")
+    images_examined: int = Field(
+        description="Images whose similarity to the query was computed (for `vector`: the "
+        "candidates the index returned)."
+    )
+    fraction_examined: float
+    community: int | None = Field(description="The closest community (region only).")
+    community_size: int | None
+    communities_visited: list[int]
+    stage_ms: dict[str, float] = Field(description="Milliseconds per stage, in order.")
+    total_ms: float
+
+
+class QueryDescription(Model):
+    source: Literal["upload", "key"]
+    key: str = Field(description="The stored key, or the SHA-256 of the uploaded bytes.")
+    stored: bool = Field(description="Whether an image with this key is in the graph.")
+    modality: str | None
+    patient_excluded: bool
+    ingest_job_id: str | None = Field(None, description="Set when add=true started ingestion.")
+
+
+class SearchResponse(Model):
+    query: QueryDescription
+    results: list[SearchResult]
+    diagnostics: SearchDiagnostics
+
+
+# --- images ------------------------------------------------------------------------------------
+class ImageDetail(Model):
+    key: str
+    findings: list[str]
+    modality: str | None
+    width: int | None
+    height: int | None
+    file_bytes: int | None
+    file_name: str | None = Field(description="Base name of the source file (no folders).")
+    model_version: str | None
+    ingested_at: str | None
+    community: int | None
+    degree: float = Field(description="Weighted degree: sum of its SIMILAR weights.")
+    neighbours: int = Field(description="Number of SIMILAR relationships.")
+    patient_images: int = Field(
+        description="Stored images of the same patient, this one included (the patient key "
+        "itself is never returned)."
+    )
+    thumbnail_url: str
+    file_url: str
+
+
+class NeighbourhoodQuery(Model):
+    hops: int = Field(1, ge=1, le=3, description="Path length from the image.")
+    min_weight: float = Field(
+        -1.0, ge=-1.0, le=1.0, description="Only SIMILAR relationships at least this heavy."
+    )
+    max_nodes: int | None = Field(
+        None, ge=1, description="Most nodes (strongest links first); default from settings."
+    )
+
+
+class CytoscapeNodeData(Model):
+    id: str
+    community: int | None
+    findings: list[str]
+    hop: int
+    thumbnail_url: str
+
+
+class CytoscapeEdgeData(Model):
+    id: str
+    source: str
+    target: str
+    weight: float
+
+
+class CytoscapeNode(Model):
+    data: CytoscapeNodeData
+
+
+class CytoscapeEdge(Model):
+    data: CytoscapeEdgeData
+
+
+class CytoscapeElements(Model):
+    nodes: list[CytoscapeNode]
+    edges: list[CytoscapeEdge]
+
+
+class NeighbourhoodResponse(Model):
+    center: str
+    hops: int
+    min_weight: float
+    truncated: bool = Field(description="True when max_nodes cut the neighbourhood.")
+    elements: CytoscapeElements = Field(description="Ready for cytoscape.js `elements`.")
+
+
+# --- communities -------------------------------------------------------------------------------
+class PageQuery(Model):
+    limit: int = Field(100, ge=1, le=1000)
+    offset: int = Field(0, ge=0)
+
+
+class FindingCount(Model):
+    finding: str
+    images: int
+
+
+class CommunitySummary(Model):
+    id: int
+    size: int | None
+    sigma_tot: float | None = Field(description="Sum of the members' weighted degrees.")
+    internal_weight: float | None = Field(description="Weight of the edges inside (each once).")
+    findings: list[FindingCount] = Field(
+        description="Member images per finding, most frequent first (`No Finding` included)."
+    )
+    run_id: str | None = Field(description="The clustering run that made it.")
+
+
+class ClusteringRunSummary(Model):
+    id: str
+    total_weight_m: float | None = Field(description="m: sum of all SIMILAR weights.")
+    properties: dict[str, Any] = Field(
+        default_factory=dict, description="Every other stored property of the run."
+    )
+
+
+class CommunityList(Model):
+    run: ClusteringRunSummary | None
+    total: int
+    limit: int
+    offset: int
+    communities: list[CommunitySummary]
+
+
+class CommunityMember(Model):
+    key: str
+    findings: list[str]
+    degree: float
+    thumbnail_url: str
+
+
+class CommunityMembersQuery(Model):
+    members: int = Field(50, ge=0, le=1000, description="How many members to list.")
+
+
+class CommunityDetail(Model):
+    community: CommunitySummary
+    members: list[CommunityMember] = Field(description="Members of largest weighted degree first.")
+
+
+# --- jobs --------------------------------------------------------------------------------------
+class IngestJobRequest(Model):
+    paths: list[str] = Field(
+        min_length=1,
+        description="Files or folders to ingest; each must lie under a configured data root.",
+    )
+    labels: str | None = Field(None, description="Optional label CSV (NIH or CheXpert format).")
+
+
+class ClusterJobRequest(Model):
+    algorithm: Literal["leiden", "louvain", "cnm"] | None = Field(
+        None, description="Default: the `cluster_algorithm` setting."
+    )
+    resolution: float | None = Field(None, gt=0, description="Leiden/CNM resolution.")
+    seed: int | None = None
+    if_stale: bool = Field(False, description="Only run when the clustering is stale.")
+
+
+class JobStatus(Model):
+    id: str
+    kind: Literal["ingest", "cluster"]
+    state: str
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+# --- health ------------------------------------------------------------------------------------
+class Health(Model):
+    status: Literal["ok"]
+
+
+class ComponentCheck(Model):
+    ok: bool
+    detail: str
+
+
+class Readiness(Model):
+    ready: bool
+    checks: dict[str, ComponentCheck]

@@ -1,0 +1,102 @@
+"""`medgraph evaluate`: the paper's Table 1 for every strategy on the labelled stored set."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from services.config import get_settings
+from services.retrieval.contract import Strategy
+
+STRATEGY_NAMES = [strategy.value for strategy in Strategy]
+
+
+@click.command("evaluate")
+@click.option(
+    "--k",
+    "k",
+    type=click.IntRange(1, 1000),
+    default=50,
+    show_default=True,
+    help="K of the table (the paper's 50).",
+)
+@click.option(
+    "--ks",
+    default="1,5,10,20,30,40,50",
+    show_default=True,
+    help="K values of the curves (comma-separated; values above --k are dropped).",
+)
+@click.option(
+    "--sample",
+    type=click.IntRange(1),
+    default=None,
+    help="Use N seeded random labelled images as queries instead of all.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --sample.")
+@click.option(
+    "--strategies",
+    default=",".join(STRATEGY_NAMES),
+    show_default=True,
+    help="Comma-separated strategies (exact always runs: it is the recall reference).",
+)
+@click.option(
+    "--include-same-patient", is_flag=True, help="Do not exclude the query's own patient's images."
+)
+@click.option(
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where evaluation.json and evaluation.png go. Default: <home>/evaluation.",
+)
+def evaluate(
+    k: int, ks: str, sample: int | None, seed: int, strategies: str,
+    include_same_patient: bool, output_dir: Path | None,
+) -> None:  # fmt: skip
+    """Leave-one-out retrieval metrics (ACG, ACG_p, precision@K, recall@K vs exact, fraction of
+    the database examined, latency) for each strategy, as a table, JSON and a PNG plot."""
+    from services.graph.store import GraphStore
+    from services.retrieval.evaluation import evaluate as run_evaluation
+    from services.retrieval.evaluation import plot_curves
+    from services.retrieval.service import RetrievalService
+
+    try:
+        chosen = [Strategy(name.strip()) for name in strategies.split(",") if name.strip()]
+        k_values = [int(value) for value in ks.split(",") if value.strip()]
+    except ValueError as problem:
+        raise click.BadParameter(str(problem)) from None
+    settings = get_settings()
+    service = RetrievalService(GraphStore.from_settings(settings), settings)
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % 25 == 0:
+            click.echo(f"  {done}/{total} queries", err=True)
+
+    try:
+        report = run_evaluation(
+            service, strategies=chosen, k=k, ks=k_values, sample=sample, seed=seed,
+            exclude_same_patient=not include_same_patient, progress=progress,
+        )  # fmt: skip
+    except ValueError as problem:
+        click.secho(f"error: {problem}", fg="red", err=True)
+        sys.exit(1)
+    click.echo(
+        f"{report.queries} queries, leave-one-out over {report.images} stored images"
+        f"{', own patient excluded' if report.exclude_same_patient else ''}; "
+        f"labels: {len(report.labels)} ({report.seconds:.0f} s)"
+    )
+    if report.unlabelled_images:
+        click.secho(
+            f"note: {report.unlabelled_images} stored images have no labels; as results they "
+            "count as No Finding", fg="yellow", err=True,
+        )  # fmt: skip
+    click.echo(report.table())
+    folder = output_dir or settings.home / "evaluation"
+    folder.mkdir(parents=True, exist_ok=True)
+    json_path = folder / "evaluation.json"
+    json_path.write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+    plot_path = folder / "evaluation.png"
+    plot_curves(report, str(plot_path))
+    click.echo(f"wrote {json_path} and {plot_path}")
