@@ -152,6 +152,13 @@ class Settings(BaseSettings):
         "Default: <first data root>/uploads.",
     )
 
+    # --- dashboard (services/dashboard) -------------------------------------------------------
+    dashboard_neo4j_browser_url: str | None = Field(
+        None,
+        description="Neo4j Browser address the dashboard links to, as the user's browser reaches "
+        "it. Default: http://<neo4j_host>:<neo4j_http_port>/browser/.",
+    )
+
     # --- derived -----------------------------------------------------------------------------
     @property
     def bolt_uri(self) -> str:

@@ -18,6 +18,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TEST_SLOT = int(os.environ.get("MEDGRAPH_TEST_SLOT", "0"))
 TEST_HOME = REPO_ROOT / ".medgraph" / f"test-{TEST_SLOT}"
 TEST_ENVIRONMENT = {
+    # Kept, so that a second import (`from tests.conftest import wipe_graph`) keeps the slot.
+    "MEDGRAPH_TEST_SLOT": str(TEST_SLOT),
     "MEDGRAPH_HOME": str(TEST_HOME),
     "MEDGRAPH_NEO4J_BOLT_PORT": str(17687 + 10 * TEST_SLOT),
     "MEDGRAPH_NEO4J_HTTP_PORT": str(17474 + 10 * TEST_SLOT),
