@@ -209,6 +209,13 @@ def demo(no_serve: bool) -> None:
     click.echo("  Stop with:     .venv/bin/medgraph stack stop")
 
 
+# --- ingestion (workers/ingest) ------------------------------------------------------------
+from workers.ingest.commands import ingest, ingest_status, worker  # noqa: E402
+
+main.add_command(ingest)
+main.add_command(ingest_status)
+main.add_command(worker)
+
 # --- retrieval and REST API (services/retrieval, services/api) -----------------------------
 from services.api.commands import serve  # noqa: E402
 from services.retrieval.commands import evaluate  # noqa: E402

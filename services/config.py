@@ -119,6 +119,47 @@ class Settings(BaseSettings):
     train_workers: int = Field(0, ge=0, description="Image loading processes (0 = in-process).")
     embed_batch_size: int = Field(64, ge=1, description="Images per forward pass for image codes.")
 
+    # --- ingestion (workers/ingest) -------------------------------------------------------
+    ingest_files_per_task: int = Field(
+        128, ge=1, le=4096,
+        description="Image files per embedding task (one Celery message, one node write).",
+    )  # fmt: skip
+    edge_write_batch_size: int = Field(
+        10_000, ge=1, description="SIMILAR relationships per UNWIND write transaction."
+    )
+    knn_block_mib: int = Field(
+        256, ge=8, description="Memory of one similarity block in the exact kNN (MiB, float32)."
+    )
+    knn_index_candidates: int = Field(
+        50, ge=2, le=1000,
+        description="Vector-index neighbours fetched per new image in incremental ingest "
+        "(re-ranked by exact cosine; at least knn_k + 1 are used).",
+    )  # fmt: skip
+    incremental_max_ratio: float = Field(
+        0.25, ge=0.0,
+        description="Incremental edge building when new images <= this ratio of the images "
+        "already linked; otherwise the whole kNN graph is recomputed exactly (bulk).",
+    )  # fmt: skip
+    celery_visibility_timeout_s: int = Field(
+        900, ge=5,
+        description="Redis broker visibility timeout: an unacknowledged task of a worker that "
+        "died is redelivered after this long (must exceed the longest task).",
+    )  # fmt: skip
+    task_max_retries: int = Field(
+        8, ge=0, description="Retries (exponential backoff) for transient Neo4j/Redis errors."
+    )
+    ingest_max_crashes: int = Field(
+        3, ge=1,
+        description="Worker deaths on one embedding task before its files are retried one by "
+        "one (a file that still kills the worker is then reported as failed).",
+    )  # fmt: skip
+    ingest_job_ttl_s: int = Field(
+        14 * 24 * 3600, ge=60, description="How long ingest job progress is kept in Redis."
+    )
+    ingest_report_dir: Path | None = Field(
+        None, description="Where failure reports go. Default: <home>/ingest-reports."
+    )
+
     # --- retrieval and REST API (services/retrieval, services/api) ----------------------------
     region_query_edges: int | None = Field(
         None, ge=1, le=1000,

@@ -1,0 +1,3 @@
+// The :IngestJob summary node of one job ($id).
+MATCH (job:IngestJob {id: $id})
+RETURN job

@@ -1,0 +1,39 @@
+// One :Image per distinct file content (key = SHA-256 of the bytes), with its patient link.
+// Idempotent: writing the same rows again changes no counts.
+// $rows: [{key, source, findings, patient_key, modality, width, height, file_bytes,
+//          model_version, embedding}]
+//   findings / patient_key null = not known from this ingest (stored values are kept);
+//   modality, width, height, embedding null = the file's content is already stored.
+// A new model_version clears knn_floor, so the image's neighbours are computed again.
+UNWIND $rows AS row
+MERGE (image:Image {key: row.key})
+  ON CREATE SET image.ingested_at = datetime()
+WITH image, row,
+     row.embedding IS NOT NULL
+       AND (image.model_version IS NULL OR image.model_version <> row.model_version
+            OR image.embedding IS NULL) AS new_embedding
+SET image.source = row.source,
+    image.findings = coalesce(row.findings, image.findings),
+    image.patient_key = coalesce(row.patient_key, image.patient_key),
+    image.modality = coalesce(row.modality, image.modality),
+    image.width = coalesce(row.width, image.width),
+    image.height = coalesce(row.height, image.height),
+    image.file_bytes = row.file_bytes,
+    image.model_version = CASE WHEN new_embedding THEN row.model_version
+                               ELSE image.model_version END,
+    image.knn_floor = CASE WHEN new_embedding THEN null ELSE image.knn_floor END
+WITH image, row, new_embedding
+CALL (image, row, new_embedding) {
+  WITH image, row WHERE new_embedding
+  // Stored as a float32 array: half the size of a Cypher float list, as the vector index wants.
+  CALL db.create.setNodeVectorProperty(image, 'embedding', row.embedding)
+}
+CALL (image, row) {
+  WITH image, row WHERE row.patient_key IS NOT NULL
+  MERGE (patient:Patient {key: row.patient_key})
+  MERGE (patient)-[:HAS_IMAGE]->(image)
+  WITH image, row
+  MATCH (other:Patient)-[stale:HAS_IMAGE]->(image)
+  WHERE other.key <> row.patient_key
+  DELETE stale
+}

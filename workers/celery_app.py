@@ -1,0 +1,97 @@
+"""The Celery application of medgraph: Redis broker and result store, two queues.
+
+- ``embed``: image decoding and DenseNet-121 image codes (CPU or GPU workers). Each worker process
+  loads the model once, lazily on its first task, i.e. after the prefork pool has forked.
+- ``graph``: Neo4j writes (nodes, SIMILAR edges) and the kNN edge building.
+
+Start a worker with ``medgraph worker`` or, equivalently::
+
+    celery -A workers.celery_app worker -Q embed,graph -c 2 --loglevel info
+
+Reliability: tasks are acknowledged only after they finish (``acks_late``) and go back to the
+queue when their worker process dies (``reject_on_worker_lost``); every task is idempotent
+(MERGE on keys), so running one twice is harmless. A worker killed outright (SIGKILL of the main
+process) leaves its unacknowledged message in Redis, which is redelivered after the broker's
+visibility timeout (``MEDGRAPH_CELERY_VISIBILITY_TIMEOUT_S``).
+
+Other packages add their tasks by listing their module in ``TASK_MODULES``; a listed module that
+does not exist (yet) is skipped, so the list can name work in progress.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+from celery import Celery
+from celery.signals import worker_init, worker_process_init
+
+from services.config import get_settings
+
+EMBED_QUEUE = "embed"
+GRAPH_QUEUE = "graph"
+QUEUES = (EMBED_QUEUE, GRAPH_QUEUE)
+
+TASK_MODULES = (
+    "workers.ingest.tasks",
+    "workers.communities.tasks",
+)
+
+
+def _existing_modules(names: tuple[str, ...]) -> list[str]:
+    present = []
+    for name in names:
+        try:
+            if importlib.util.find_spec(name) is not None:
+                present.append(name)
+        except ModuleNotFoundError:  # the parent package does not exist yet
+            continue
+    return present
+
+
+def create_app() -> Celery:
+    settings = get_settings()
+    application = Celery("medgraph", include=_existing_modules(TASK_MODULES))
+    transport_options = {"visibility_timeout": settings.celery_visibility_timeout_s}
+    application.conf.update(
+        broker_url=settings.broker_url,
+        result_backend=settings.broker_url,
+        broker_transport_options=transport_options,
+        result_backend_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue=GRAPH_QUEUE,
+        task_routes={"workers.ingest.tasks.embed_batch": {"queue": EMBED_QUEUE}},
+        task_ignore_result=True,
+        result_expires=24 * 3600,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+    )
+    return application
+
+
+app = create_app()
+
+# Threads per pool process, set before the fork so that N processes share the cores instead of
+# each starting one BLAS/OpenMP thread per core.
+_pool_processes = 1
+
+
+@worker_init.connect
+def _remember_pool_size(sender: object = None, **_: object) -> None:
+    global _pool_processes
+    _pool_processes = max(1, int(getattr(sender, "concurrency", 1) or 1))
+
+
+@worker_process_init.connect
+def _limit_threads(**_: object) -> None:
+    """Read by torch (and BLAS) when a task first imports it; importing torch here would cost
+    every pool process seconds at start, graph-only ones included."""
+    threads = str(max(1, (os.cpu_count() or 1) // _pool_processes))
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(variable, threads)
