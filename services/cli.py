@@ -14,8 +14,9 @@ from services.config import Settings, get_settings
 from services.runtime.neo4j import Neo4jRuntime
 from services.runtime.processes import RuntimeProblem
 from services.runtime.redis import RedisRuntime
+from services.runtime.worker import WorkerRuntime
 
-STACK_PARTS = ("neo4j", "redis")
+STACK_PARTS = ("neo4j", "redis", "worker")
 
 
 def reports_runtime_problems(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -40,7 +41,7 @@ def main() -> None:
 # --- local stack ---------------------------------------------------------------------------
 @main.group()
 def stack() -> None:
-    """Start, stop and inspect the local Neo4j and Redis."""
+    """Start, stop and inspect the local Neo4j, Redis and Celery worker."""
 
 
 def _parts(only: str | None) -> tuple[str, ...]:
@@ -86,6 +87,13 @@ def start_stack(settings: Settings, parts: tuple[str, ...] = STACK_PARTS) -> Non
         from services.graph.store import GraphStore
 
         GraphStore.from_settings(settings).apply_schema()
+    if "worker" in parts:
+        worker_runtime = WorkerRuntime(settings)
+        if worker_runtime.start():
+            log = worker_runtime.process.log_file
+            click.echo(f"worker: started ({worker_runtime.node}, log {log})")
+        else:
+            click.echo(f"worker: already running (pid {worker_runtime.process.pid()})")
 
 
 @stack.command("fetch")
@@ -106,6 +114,8 @@ def stack_stop(only: str | None) -> None:
 
 
 def stop_stack(settings: Settings, parts: tuple[str, ...] = STACK_PARTS) -> None:
+    if "worker" in parts:
+        click.echo("worker: stopped" if WorkerRuntime(settings).stop() else "worker: not running")
     if "neo4j" in parts:
         click.echo("neo4j: stopped" if Neo4jRuntime(settings).stop() else "neo4j: not running")
     if "redis" in parts:
@@ -118,16 +128,18 @@ def stack_status() -> None:
     settings = get_settings()
     neo4j_status = Neo4jRuntime(settings).status()
     redis_status = RedisRuntime(settings).status()
-    click.echo(
-        f"neo4j: {'running, pid ' + str(neo4j_status.pid) if neo4j_status.running else 'stopped'}"
-        f"  Bolt {neo4j_status.bolt_uri}  Browser {neo4j_status.browser_url}"
-    )
-    click.echo(
-        f"redis: {'running, pid ' + str(redis_status.pid) if redis_status.running else 'stopped'}"
-        f"  {redis_status.url}"
-    )
-    if not (neo4j_status.running and redis_status.running):
+    worker_status = WorkerRuntime(settings).status()
+    click.echo(_status_line("neo4j", neo4j_status.pid,
+                            f"Bolt {neo4j_status.bolt_uri}  Browser {neo4j_status.browser_url}"))
+    click.echo(_status_line("redis", redis_status.pid, redis_status.url))
+    click.echo(_status_line("worker", worker_status.pid, worker_status.node))
+    if not (neo4j_status.running and redis_status.running and worker_status.running):
         sys.exit(3)
+
+
+def _status_line(part: str, pid: int | None, detail: str) -> str:
+    state = f"running, pid {pid}" if pid is not None else "stopped"
+    return f"{part}: {state}  {detail}"
 
 
 @main.command("schema")
@@ -195,19 +207,25 @@ def _home() -> str:
 
 # --- the main job --------------------------------------------------------------------------
 @main.command("demo")
-@click.option("--no-serve", is_flag=True, help="Prepare everything, then exit.")
+@click.option("--serve/--no-serve", default=True, help="Serve the API and dashboard at the end.")
 @reports_runtime_problems
-def demo(no_serve: bool) -> None:
-    """The main job: start the local stack and show where to look."""
-    settings = get_settings()
-    start_stack(settings)
-    click.echo("")
-    click.secho("medgraph is up.", fg="green", bold=True)
-    click.echo(f"  Neo4j Browser: http://{settings.neo4j_host}:{settings.neo4j_http_port}/browser/")
-    click.echo(f"  Bolt:          {settings.bolt_uri} (user {settings.neo4j_user})")
-    click.echo(f"  Redis:         {settings.broker_url}")
-    click.echo("  Stop with:     .venv/bin/medgraph stack stop")
+def demo(serve: bool) -> None:
+    """The main job: stack, demo checkpoint, ingest, clustering, then API and dashboard."""
+    from services.demo import run_demo
 
+    run_demo(get_settings(), serve)
+
+
+# --- image encoder (workers/encoder) -------------------------------------------------------
+from workers.encoder.commands import embed, train  # noqa: E402
+
+main.add_command(train)
+main.add_command(embed)
+
+# --- communities (workers/communities) -----------------------------------------------------
+from workers.communities.commands import cluster  # noqa: E402
+
+main.add_command(cluster)
 
 # --- ingestion (workers/ingest) ------------------------------------------------------------
 from workers.ingest.commands import ingest, ingest_status, worker  # noqa: E402
@@ -222,6 +240,11 @@ from services.retrieval.commands import evaluate  # noqa: E402
 
 main.add_command(serve)
 main.add_command(evaluate)
+
+# --- access control (services/auth) --------------------------------------------------------
+from services.auth.commands import apikey  # noqa: E402
+
+main.add_command(apikey)
 
 if __name__ == "__main__":
     main()

@@ -58,7 +58,9 @@ class ManagedProcess:
     def is_running(self) -> bool:
         return self.pid() is not None
 
-    def spawn(self, argv: Sequence[str], env: dict[str, str] | None = None) -> int:
+    def spawn(
+        self, argv: Sequence[str], env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> int:
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as log:
@@ -70,6 +72,7 @@ class ManagedProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=env,
+                cwd=cwd,
                 start_new_session=True,
             )
         self.pid_file.write_text(str(process.pid))
