@@ -105,7 +105,7 @@ class Settings(BaseSettings):
         None, description="Torch device for training and image codes. Default: cuda if present."
     )
     train_epochs: int = Field(
-        30, ge=1, description="Training epochs (the default fits the bundled set on 2 CPU cores)."
+        15, ge=1, description="Training epochs (the default fits the bundled set on 2 CPU cores)."
     )
     train_batch_size: int = Field(32, ge=2, description="Training batch size (the paper's 32).")
     train_learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate (paper: 1e-3).")
@@ -117,6 +117,12 @@ class Settings(BaseSettings):
     )
     train_seed: int = Field(0, description="Seed of the patient split, weights and augmentation.")
     train_workers: int = Field(0, ge=0, description="Image loading processes (0 = in-process).")
+    train_time_limit_s: float = Field(
+        720.0,
+        ge=0,
+        description="Training stops before an epoch that would end past this many seconds, "
+        "keeping the best epoch so far; 0 = no limit. Keeps the demo quick on a busy CPU.",
+    )
     embed_batch_size: int = Field(64, ge=1, description="Images per forward pass for image codes.")
 
     # --- ingestion (workers/ingest) -------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Image encoder: medical image reading, DenseNet-121 training, 1024-d image codes."""

@@ -1,0 +1,136 @@
+"""Image codes: the paper's L2-normalised 1024-d DenseNet-121 pooling output.
+
+Load once per process, then call :meth:`FeatureExtractor.embed` as often as needed::
+
+    extractor = FeatureExtractor(ensure_demo_checkpoint(get_settings())).load()
+    codes = extractor.embed([read_image(path).pixels for path in paths])  # (n, 1024) float32
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional
+
+from workers.encoder.checkpoint import EncoderCheckpoint, file_sha256, load_checkpoint
+from workers.encoder.network import ARCHITECTURE, FEATURE_DIM, build_densenet121, classify
+from workers.encoder.network import pooled_features as network_pooled_features
+from workers.encoder.preprocessing import prepare_batch
+from workers.encoder.training import ensure_demo_checkpoint, resolve_device
+
+__all__ = ["FEATURE_DIM", "FeatureExtractor", "ensure_demo_checkpoint"]
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class FeatureExtractor:
+    """Loaded once per process. embed() returns float32 (n, 1024), L2 unit rows, deterministic.
+
+    ``precision`` other than fp32 runs the network under autocast (GPU); outputs stay float32.
+    """
+
+    def __init__(
+        self,
+        checkpoint: Path,
+        device: str | None = None,
+        *,
+        batch_size: int = 64,
+        precision: str = "fp32",
+    ) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+        self.checkpoint_path = Path(checkpoint)
+        self.device = resolve_device(device)
+        self.batch_size = batch_size
+        self.precision = precision
+        self._model: torch.nn.Module | None = None
+        self._checkpoint: EncoderCheckpoint | None = None
+        self._model_version: str | None = None
+
+    def load(self) -> FeatureExtractor:
+        checkpoint = load_checkpoint(self.checkpoint_path)
+        model = build_densenet121(len(checkpoint.findings))
+        model.load_state_dict(checkpoint.state_dict)
+        if self.device.type == "cuda":
+            # Fixed convolution algorithms, so the same image always gives the same code.
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
+        self._model = model.to(self.device).eval()
+        self._checkpoint = checkpoint
+        self._model_version = f"{ARCHITECTURE}-{file_sha256(self.checkpoint_path)[:12]}"
+        return self
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    @property
+    def model_version(self) -> str:
+        """Stable id of the checkpoint: architecture and the first 12 hex of its sha256."""
+        if self._model_version is None:
+            self._model_version = f"{ARCHITECTURE}-{file_sha256(self.checkpoint_path)[:12]}"
+        return self._model_version
+
+    @property
+    def findings(self) -> tuple[str, ...]:
+        return self._require_loaded()[1].findings
+
+    @property
+    def image_size(self) -> int:
+        return self._require_loaded()[1].image_size
+
+    @property
+    def metrics(self) -> dict:
+        return self._require_loaded()[1].metrics
+
+    def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """(n, 1024) float32 unit vectors for grey (H, W) pixel arrays in [0, 1] of any size."""
+        features, _ = self._run(images, with_findings=False)
+        return features
+
+    def predict(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """(n, n_findings) float32 finding probabilities, columns in ``findings`` order."""
+        _, probabilities = self._run(images, with_findings=True)
+        return probabilities
+
+    def embed_and_predict(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Codes and finding probabilities from one forward pass."""
+        return self._run(images, with_findings=True)
+
+    def _run(
+        self, images: Sequence[np.ndarray], *, with_findings: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        model, checkpoint = self._require_loaded()
+        for position, pixels in enumerate(images):
+            if not isinstance(pixels, np.ndarray) or pixels.ndim != 2 or min(pixels.shape) == 0:
+                shape = getattr(pixels, "shape", type(pixels).__name__)
+                raise ValueError(f"image {position}: expected a 2-D pixel array, got {shape}")
+        codes = np.zeros((len(images), FEATURE_DIM), dtype=np.float32)
+        probabilities = np.zeros((len(images), len(checkpoint.findings)), dtype=np.float32)
+        autocast = self.precision != "fp32"
+        with torch.inference_mode():
+            for start in range(0, len(images), self.batch_size):
+                chunk = images[start : start + self.batch_size]
+                batch = prepare_batch(
+                    chunk, checkpoint.image_size, checkpoint.normalisation, self.device
+                )
+                with torch.autocast(
+                    self.device.type, dtype=PRECISIONS[self.precision], enabled=autocast
+                ):
+                    features = network_pooled_features(model, batch)
+                    if with_findings:
+                        logits = classify(model, features)
+                features = features.float()
+                stop = start + len(chunk)
+                codes[start:stop] = functional.normalize(features, dim=1).cpu().numpy()
+                if with_findings:
+                    probabilities[start:stop] = torch.sigmoid(logits.float()).cpu().numpy()
+        return codes, probabilities
+
+    def _require_loaded(self) -> tuple[torch.nn.Module, EncoderCheckpoint]:
+        if self._model is None or self._checkpoint is None:
+            raise RuntimeError("FeatureExtractor.load() must be called before use")
+        return self._model, self._checkpoint

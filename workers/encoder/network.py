@@ -1,0 +1,94 @@
+"""The paper's network: torchvision's DenseNet-121 with one logit per finding.
+
+Grey X-rays are replicated to three channels rather than changing the first convolution, so a
+local ImageNet-style initial weights file (``initial_weights``) fits unchanged. Nothing is ever
+downloaded: without a weights file the network starts from random initialisation.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional
+from torchvision.models import DenseNet, densenet121
+
+ARCHITECTURE = "densenet121"
+FEATURE_DIM = 1024
+# Old torchvision/LuaTorch DenseNet files name layers 'norm.1'; current modules say 'norm1'.
+_LEGACY_LAYER_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\."
+    r"((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
+)
+
+
+class InitialWeightsError(ValueError):
+    """A local initial weights file that cannot be loaded into DenseNet-121."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+
+
+def build_densenet121(num_findings: int, initial_weights: Path | None = None) -> DenseNet:
+    """DenseNet-121 with ``num_findings`` logits; ``initial_weights``: a local .pth or None."""
+    model = densenet121(weights=None, num_classes=num_findings)
+    if initial_weights is not None:
+        load_initial_weights(model, Path(initial_weights))
+    return model
+
+
+def load_initial_weights(model: DenseNet, path: Path) -> None:
+    """Load a DenseNet-121 state dict (e.g. ImageNet's); the classifier is kept only if it fits."""
+    if not path.is_file():
+        raise InitialWeightsError(path, "the initial weights file does not exist")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for files that are not checkpoints
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InitialWeightsError(path, f"not a loadable weights file ({first_line})") from None
+    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+        loaded = loaded["state_dict"]  # a medgraph checkpoint or a common training wrapper
+    if not isinstance(loaded, dict):
+        raise InitialWeightsError(path, f"expected a state dict, found {type(loaded).__name__}")
+    state = {}
+    for key, value in loaded.items():
+        key = key.removeprefix("module.")  # saved from DataParallel
+        match = _LEGACY_LAYER_KEY.match(key)
+        state[match.group(1) + match.group(2) if match else key] = value
+    own = model.state_dict()
+    for key in ("classifier.weight", "classifier.bias"):
+        if key in state and state[key].shape != own[key].shape:
+            del state[key]  # a different number of classes (e.g. ImageNet's 1000): fresh head
+    # Files older than PyTorch 0.4 have no BatchNorm step counters; nothing depends on them.
+    missing = [
+        key
+        for key in own
+        if key not in state
+        and not key.startswith("classifier.")
+        and not key.endswith("num_batches_tracked")
+    ]
+    unexpected = [key for key in state if key not in own]
+    if missing or unexpected:
+        raise InitialWeightsError(
+            path,
+            f"does not match DenseNet-121: {len(missing)} missing keys {missing[:3]}, "
+            f"{len(unexpected)} unexpected keys {unexpected[:3]}",
+        )
+    mismatched = [key for key in state if state[key].shape != own[key].shape]
+    if mismatched:
+        raise InitialWeightsError(path, f"tensor shapes differ for {mismatched[:3]}")
+    model.load_state_dict(state, strict=False)
+
+
+def pooled_features(model: DenseNet, batch: torch.Tensor) -> torch.Tensor:
+    """The (n, 1024) output of the last pooling layer, the paper's image code before L2."""
+    features = functional.relu(model.features(batch))
+    return torch.flatten(functional.adaptive_avg_pool2d(features, 1), 1)
+
+
+def classify(model: DenseNet, features: torch.Tensor) -> torch.Tensor:
+    """Finding logits from pooled features (the same path as ``model(batch)``)."""
+    classifier: nn.Module = model.classifier
+    return classifier(features)
