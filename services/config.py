@@ -193,17 +193,15 @@ class Settings(BaseSettings):
     api_neighbourhood_max_nodes: int = Field(
         500, ge=1, le=20_000, description="Most nodes a neighbourhood request returns."
     )
+    neo4j_retry_time_s: float = Field(
+        30.0, ge=0.0,
+        description="How long a query that failed on a transient Neo4j error (server down, "
+        "leader switch) is retried before the error reaches the caller (the API answers 503).",
+    )  # fmt: skip
     api_upload_dir: Path | None = Field(
         None,
         description="Where uploads kept with add=true are stored (must lie under a data root). "
         "Default: <first data root>/uploads.",
-    )
-
-    # --- dashboard (services/dashboard) -------------------------------------------------------
-    dashboard_neo4j_browser_url: str | None = Field(
-        None,
-        description="Neo4j Browser address the dashboard links to, as the user's browser reaches "
-        "it. Default: http://<neo4j_host>:<neo4j_http_port>/browser/.",
     )
 
     # --- derived -----------------------------------------------------------------------------

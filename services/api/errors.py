@@ -12,6 +12,8 @@ from typing import Any
 
 from flask import Flask, Response, jsonify
 from pydantic import ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from services.graph.store import TRANSIENT_NEO4J_ERRORS
@@ -100,6 +102,13 @@ def register_error_handlers(app: Flask) -> None:
         def _unavailable(error: Exception) -> Response:
             logger.warning("graph database unavailable: %s", error)
             return error_response(503, "the graph database is unavailable; retry shortly")
+
+    for redis_error in (RedisConnectionError, RedisTimeoutError):
+
+        @app.errorhandler(redis_error)
+        def _queue_unavailable(error: Exception) -> Response:
+            logger.warning("Redis unavailable: %s", error)
+            return error_response(503, "the job queue (Redis) is unavailable; retry shortly")
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception) -> Response:

@@ -20,7 +20,11 @@ _drivers: dict[tuple[str, str | None], Driver] = {}
 
 
 def open_driver(settings: Settings) -> Driver:
-    return GraphDatabase.driver(settings.bolt_uri, auth=settings.neo4j_auth_tuple())
+    return GraphDatabase.driver(
+        settings.bolt_uri,
+        auth=settings.neo4j_auth_tuple(),
+        max_transaction_retry_time=settings.neo4j_retry_time_s,
+    )
 
 
 def shared_driver(settings: Settings | None = None) -> Driver:

@@ -9,13 +9,14 @@ edges given.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from services.graph.store import GraphStore
+from services.retrieval.contract import NO_FINDING
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ class GraphSums:
     sigma_tot: dict[int, float] = field(default_factory=dict)
     internal_weight: dict[int, float] = field(default_factory=dict)
     degree: dict[str, float] = field(default_factory=dict)
+    findings: dict[int, Counter[str]] = field(default_factory=dict)
+    edges: int = 0
 
     @property
     def modularity(self) -> float:
@@ -58,9 +61,11 @@ def ordered_pair(a: str, b: str, weight: float) -> tuple[str, str, float]:
 
 
 def graph_sums(
-    communities: dict[str, int | None], edges: Sequence[tuple[str, str, float]]
+    communities: dict[str, int | None],
+    edges: Sequence[tuple[str, str, float]],
+    findings: dict[str, tuple[str, ...]] | None = None,
 ) -> GraphSums:
-    """m, weighted degrees, and per community size / sigma_tot / internal weight."""
+    """m, weighted degrees, and per community size / sigma_tot / internal weight / findings."""
     degree: dict[str, float] = defaultdict(float)
     internal: dict[int, float] = defaultdict(float)
     m = 0.0
@@ -71,11 +76,13 @@ def graph_sums(
         ca, cb = communities.get(a), communities.get(b)
         if ca is not None and ca == cb:
             internal[ca] += weight
-    sums = GraphSums(m=m, degree=dict(degree))
+    sums = GraphSums(m=m, degree=dict(degree), edges=len(edges))
     for key, community in communities.items():
         if community is None:
             continue
         sums.size[community] = sums.size.get(community, 0) + 1
+        names = list((findings or {}).get(key, ())) or [NO_FINDING]
+        sums.findings.setdefault(community, Counter()).update(names)
         sums.sigma_tot[community] = sums.sigma_tot.get(community, 0.0) + degree.get(key, 0.0)
         sums.internal_weight.setdefault(community, internal.get(community, 0.0))
     return sums
@@ -102,7 +109,11 @@ def write_graph(
         ({"a": a, "b": b, "weight": w} for a, b, w in edge_list),
         edge_batch_size,
     )
-    sums = graph_sums({image.key: image.community for image in images}, edge_list)
+    sums = graph_sums(
+        {image.key: image.community for image in images},
+        edge_list,
+        {image.key: image.findings for image in images},
+    )
     write_clustering(store, sums, run_id=run_id)
     return sums
 
@@ -116,6 +127,8 @@ def write_clustering(store: GraphStore, sums: GraphSums, *, run_id: str) -> None
                 "size": sums.size[community],
                 "sigma_tot": sums.sigma_tot[community],
                 "internal_weight": sums.internal_weight.get(community, 0.0),
+                "finding_names": [name for name, _ in _histogram(sums, community)],
+                "finding_counts": [count for _, count in _histogram(sums, community)],
             }
             for community in sorted(sums.size)
         ),
@@ -128,7 +141,15 @@ def write_clustering(store: GraphStore, sums: GraphSums, *, run_id: str) -> None
         total_weight_m=sums.m,
         communities=len(sums.size),
         modularity=sums.modularity,
+        node_count=sum(sums.size.values()),
+        edge_count=sums.edges,
+        next_community_id=max(sums.size, default=-1) + 1,
     )
+
+
+def _histogram(sums: GraphSums, community: int) -> list[tuple[str, int]]:
+    counts = sums.findings.get(community, Counter())
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
 
 
 def _image_row(image: PreparedImage) -> dict[str, object]:
