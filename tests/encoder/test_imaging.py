@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from encoder_testkit import (
     jpeg_bytes,
     png_bytes,
 )
+from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
@@ -30,6 +32,7 @@ BASE = base_image()
 STORED = np.round(BASE * TWELVE_BIT_MAX).astype(np.uint16)
 # Linear window exactly spanning 12 bits: output = stored / 4095.
 FULL_WINDOW = {"WindowCenter": 2048, "WindowWidth": 4096}
+EXIF_ORIENTATION = 0x0112
 LIMITS = ReadLimits(max_file_bytes=10_000_000, max_image_pixels=10_000_000)
 TWELVE_BIT_STEP = 1.0 / TWELVE_BIT_MAX
 
@@ -133,6 +136,17 @@ def test_the_four_named_formats_agree_with_each_other(tmp_path: Path) -> None:
     for other in (rgba, mono2.pixels, mono1.pixels):
         np.testing.assert_allclose(other, png16, atol=TWELVE_BIT_STEP + 1e-6)
     assert (png16.shape, rgba.shape) == (mono1.pixels.shape, mono2.pixels.shape)
+
+
+def test_exif_orientation_is_applied() -> None:
+    # Stored upside down with the tag that says "rotate 180 degrees to display".
+    upside_down = Image.fromarray(np.round(BASE[::-1, ::-1] * 255).astype(np.uint8))
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 3
+    buffer = io.BytesIO()
+    upside_down.save(buffer, format="JPEG", quality=95, exif=exif)
+    decoded = read_image(buffer.getvalue(), "photo.jpg", limits=LIMITS)
+    assert np.abs(decoded.pixels - BASE).mean() < 0.01
 
 
 def test_source_format_modality_and_patient_id(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ Conventions (documented here because callers rely on them):
   uses 12 bits looks dark; that is what the file says. 16-bit RGB PNGs are reduced to 8 bits by
   Pillow. Colour images become grey through ITU-R BT.601 luma. Alpha is composited over black
   (transparent = air). Palette images go through their palette. Animated PNGs: first frame.
+  An EXIF orientation tag is applied, as image viewers do.
 - DICOM: modality LUT (rescale slope/intercept or LUT sequence), then the VOI LUT sequence or the
   first window (center/width, LINEAR, LINEAR_EXACT or SIGMOID); without either, a min-max stretch of
   the frame. MONOCHROME1 is inverted after that so 0 stays dark. Colour DICOM (RGB, YBR, palette)
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
@@ -168,6 +169,8 @@ def _read_pillow(data: bytes, label: str, kind: str, limits: ReadLimits) -> Deco
             image.load()
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise ImageReadError(label, f"truncated or corrupt {kind} data ({exc})") from None
+    # Photos and some exports store rotation as an EXIF tag; viewers honour it, so do we.
+    image = ImageOps.exif_transpose(image)
     pixels = _pillow_to_grey(image, label)
     return DecodedImage(
         pixels=pixels,
