@@ -68,6 +68,15 @@ def test_any_input_size_is_resized(extractor: FeatureExtractor) -> None:
     np.testing.assert_allclose(np.linalg.norm(codes, axis=1), 1.0, atol=1e-5)
 
 
+def test_embed_leaves_the_callers_arrays_alone(extractor: FeatureExtractor) -> None:
+    # Already at the model's size (no resize) and outside [0, 1]: the worst case for aliasing.
+    size = extractor.image_size
+    pixels = np.linspace(-0.5, 1.5, size * size, dtype=np.float32).reshape(size, size)
+    before = pixels.copy()
+    extractor.embed([pixels])
+    np.testing.assert_array_equal(pixels, before)
+
+
 def test_every_format_gives_the_same_code(extractor: FeatureExtractor) -> None:
     base = base_image(64, 64)
     stored = np.round(base * TWELVE_BIT_MAX).astype(np.uint16)

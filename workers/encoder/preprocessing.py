@@ -38,7 +38,8 @@ def resize_pixels(pixels: np.ndarray, image_size: int) -> torch.Tensor:
             antialias=True,
             align_corners=False,
         )
-    return tensor[0].clamp_(0.0, 1.0)
+    # Out of place: without a resize the tensor shares memory with the caller's array.
+    return tensor[0].clamp(0.0, 1.0)
 
 
 def to_network_input(resized: torch.Tensor, normalisation: Normalisation) -> torch.Tensor:
