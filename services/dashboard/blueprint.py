@@ -32,6 +32,12 @@ def neo4j_browser_url(settings: Settings) -> str:
     return f"http://{settings.neo4j_host}:{settings.neo4j_http_port}/browser/"
 
 
+def dashboard_url(settings: Settings) -> str:
+    """The address to print for users (a wildcard listen address is shown as loopback)."""
+    host = settings.api_host if settings.api_host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    return f"http://{host}:{settings.api_port}{DASHBOARD_PATH}"
+
+
 def _settings() -> Settings:
     # The API app factory keeps its settings on its context (app.extensions["medgraph"]).
     context = current_app.extensions.get(API_CONTEXT_EXTENSION)

@@ -53,11 +53,34 @@ function messageOf(payload, response) {
   return `${response.status} ${response.statusText || 'error'}`;
 }
 
+// A rate-limited request (429) is sent again after the server's Retry-After, a few times: a
+// graph view fetches one thumbnail per node, which can exceed a per-key rate limit briefly.
+const RATE_LIMIT_RETRIES = 4;
+
+function pause(seconds, signal) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(resolve, seconds * 1000);
+    signal?.addEventListener('abort', () => {
+      clearTimeout(timer);
+      reject(new DOMException('aborted', 'AbortError'));
+    }, { once: true });
+  });
+}
+
+async function fetchWithRetry(url, init) {
+  for (let attempt = 0; ; attempt += 1) {
+    const response = await fetch(url, init);
+    if (response.status !== 429 || attempt >= RATE_LIMIT_RETRIES) return response;
+    const wait = Number.parseFloat(response.headers.get('Retry-After') || '1');
+    await pause(Math.min(Number.isFinite(wait) ? wait : 1, 10) * (attempt + 1), init.signal);
+  }
+}
+
 // `path` is relative to the API base (`/search`) or an absolute API path (`/api/v1/...`).
 export async function apiFetch(path, { method = 'GET', params, body, signal } = {}) {
   let response;
   try {
-    response = await fetch(apiUrl(path, params), {
+    response = await fetchWithRetry(apiUrl(path, params), {
       method,
       body,
       signal,
@@ -101,7 +124,7 @@ function clearImageCache() {
 
 export function loadImage(url) {
   if (!imageCache.has(url)) {
-    const promise = fetch(apiUrl(url), { headers: authHeaders() }).then(async (response) => {
+    const promise = fetchWithRetry(apiUrl(url), { headers: authHeaders() }).then(async (response) => {
       if (!response.ok) throw new ApiError(response.status, `image ${response.status}`, null);
       return URL.createObjectURL(await response.blob());
     });

@@ -41,18 +41,24 @@ function route() {
   current?.view.unmount?.();
   root.replaceChildren();
   root.dataset.view = state.view;
+  root.dataset.status = 'idle';
+  delete root.dataset.focus;
   current = { name: state.view, view };
   view.mount(root, state);
+}
+
+function showApiKey() {
+  document.getElementById('api-key-input').value = getApiKey();
+  document.getElementById('api-key-form').dataset.hasKey = String(Boolean(getApiKey()));
 }
 
 function setUpApiKey() {
   const form = document.getElementById('api-key-form');
   const input = document.getElementById('api-key-input');
-  input.value = getApiKey();
-  form.dataset.hasKey = String(Boolean(getApiKey()));
+  showApiKey();
   const apply = (key) => {
     setApiKey(key);
-    form.dataset.hasKey = String(Boolean(key));
+    showApiKey();
     checkHealth();
     // Re-run the current view with the new credentials.
     current?.view.update(parseHash(), { force: true });
@@ -67,23 +73,46 @@ function setUpApiKey() {
   });
 }
 
+// The badge reflects /ready: the page needs Neo4j; Redis and workers only matter for jobs.
 async function checkHealth() {
   const badge = document.getElementById('health');
+  let readiness;
   try {
-    const health = await apiFetch('/health');
-    const status = (health && (health.status || health.state)) || 'ok';
-    const healthy = ['ok', 'healthy', 'up', 'ready'].includes(String(status).toLowerCase());
-    badge.dataset.status = healthy ? 'ok' : 'degraded';
-    badge.textContent = healthy ? 'API ok' : `API ${status}`;
-    badge.title = JSON.stringify(health, null, 1);
+    readiness = await apiFetch('/ready');
   } catch (error) {
-    badge.dataset.status = 'down';
-    badge.textContent = 'API unreachable';
-    badge.title = error.message;
+    readiness = error.payload && error.payload.checks ? error.payload : null;
+    if (!readiness) {
+      badge.dataset.status = 'down';
+      badge.textContent = 'API unreachable';
+      badge.title = error.message;
+      return;
+    }
   }
+  const checks = readiness.checks || {};
+  const graphOk = !checks.neo4j || checks.neo4j.ok;
+  badge.dataset.status = readiness.ready ? 'ok' : graphOk ? 'degraded' : 'down';
+  badge.textContent = readiness.ready ? 'API ready' : graphOk ? 'API up' : 'Neo4j down';
+  badge.title = Object.entries(checks)
+    .map(([name, check]) => `${name}: ${check.ok ? 'ok' : 'NOT OK'} — ${check.detail}`).join('\n');
 }
 
+// `medgraph demo` prints the dashboard address as /dashboard/#key=<API key>: take the key into
+// sessionStorage and drop it from the address bar and the history at once.
+function takeApiKeyFromAddress() {
+  const match = window.location.hash.match(/^#key=([^&]+)$/);
+  if (!match) return;
+  setApiKey(decodeURIComponent(match[1]));
+  window.history.replaceState(null, '', `${window.location.pathname}${window.location.search}#/search`);
+}
+
+takeApiKeyFromAddress();
 setUpApiKey();
-window.addEventListener('hashchange', route);
+window.addEventListener('hashchange', () => {
+  if (window.location.hash.startsWith('#key=')) {
+    takeApiKeyFromAddress();
+    showApiKey();
+  }
+  route();
+});
 route();
 checkHealth();

@@ -1,7 +1,7 @@
 // Community browser: every community with size, finding histogram, purity and samples;
 // one community's members and its links to other communities.
 
-import { apiFetch } from '../api.js';
+import { apiFetch, pageConfig } from '../api.js';
 import { findingCounts, findingHistogram } from '../chart.js';
 import {
   communityChip, communityColour, emptyPanel, findingList, formatNumber, h, shortKey, thumbnail,
@@ -129,9 +129,17 @@ function renderLinks(target, links, id) {
 }
 
 function loadLinks(target, id, signal) {
+  const path = `/communities/${encodeURIComponent(id)}/links`;
   return withStates(target,
-    () => apiFetch(`/communities/${encodeURIComponent(id)}/links`, { signal }),
-    (payload) => renderLinks(target, payload.links || [], id),
+    () => apiFetch(path, { signal }).catch((error) => {
+      // An API without the links route answers 404 with a message about the URL, not the id.
+      if (error.status === 404 && !/communit/i.test(error.message)) return { unavailable: true };
+      throw error;
+    }),
+    (payload) => (payload.unavailable
+      ? target.append(h('p', { class: 'muted', id: 'community-links-unavailable' },
+        `This API does not offer community links (GET ${pageConfig.apiBase}${path}).`))
+      : renderLinks(target, payload.links || [], id)),
     { loadingMessage: 'Loading links…' });
 }
 
