@@ -42,6 +42,22 @@ def _is_user_error(exc: BaseException) -> bool:
     return isinstance(exc, kinds)
 
 
+def _unreachable_service(exc: BaseException, settings: Settings) -> str | None:
+    """A message for Redis or Neo4j being down, the commonest operator mistake."""
+    import kombu.exceptions
+    import redis
+
+    from services.graph.store import TRANSIENT_NEO4J_ERRORS
+
+    if isinstance(exc, redis.exceptions.ConnectionError | kombu.exceptions.OperationalError):
+        where = f"Redis at {settings.broker_url}"
+    elif isinstance(exc, TRANSIENT_NEO4J_ERRORS):
+        where = f"Neo4j at {settings.bolt_uri}"
+    else:
+        return None
+    return f"cannot reach {where} ({exc}); is the stack running? (medgraph stack start)"
+
+
 @click.command("ingest")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
@@ -90,6 +106,7 @@ def ingest(
     Each distinct file content becomes one :Image (key = SHA-256 of the bytes) with its
     DenseNet-121 embedding, findings and patient link; then SIMILAR kNN edges are built.
     """
+    from workers.celery_app import QUEUES
     from workers.ingest.jobs import JobTracker
     from workers.ingest.local_worker import LocalWorker, listening_queues
     from workers.ingest.submit import plan_ingest, submit
@@ -106,7 +123,7 @@ def ingest(
         if labels_csv and plan.labelled == 0:
             click.secho("warning: no file matched a row of the label CSV", fg="yellow", err=True)
         _ensure_checkpoint(settings)
-        missing_queues = _missing_queues(listening_queues)
+        missing_queues = set(QUEUES) - listening_queues()
         start_local = local_worker if local_worker is not None else bool(missing_queues)
         if start_local and not wait:
             raise click.UsageError("--local-worker needs --wait (it stops when the job ends)")
@@ -138,17 +155,14 @@ def ingest(
     except Exception as exc:
         if _is_user_error(exc):
             raise click.ClickException(str(exc)) from None
+        unreachable = _unreachable_service(exc, settings)
+        if unreachable:
+            raise click.ClickException(unreachable) from None
         raise
     except KeyboardInterrupt:
         click.echo("\ninterrupted; queued work stays in Redis for any running worker")
         sys.exit(130)
     sys.exit(_finish(settings, tracker, final, report, time.monotonic() - started))
-
-
-def _missing_queues(listening: object) -> set[str]:
-    from workers.celery_app import QUEUES
-
-    return set(QUEUES) - listening()  # type: ignore[operator]
 
 
 def _ensure_checkpoint(settings: Settings) -> None:

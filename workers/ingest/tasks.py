@@ -27,6 +27,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import kombu.exceptions
 import redis
 from celery import Task
 
@@ -45,6 +46,9 @@ RETRYABLE_ERRORS = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     redis.exceptions.BusyLoadingError,
+    # The broker (Redis) did not take a message this task sends (kombu wraps the connection
+    # error): retried like any Redis outage, never counted as failed files.
+    kombu.exceptions.OperationalError,
 )
 EDGE_LOCK = "medgraph:ingest:edge-lock"
 EDGE_LOCK_TTL_S = 60
@@ -216,8 +220,10 @@ def _start_linking(job_id: str, newly_completed: bool) -> None:
     if progress.finished:
         return
     if newly_completed or not progress.get("linking_enqueued_at"):
+        # Status first: a fast link_images must not have its "done" overwritten by "linking".
+        tracker().update(job_id, status="linking")
         link_images.apply_async((job_id,), queue=GRAPH_QUEUE)
-        tracker().update(job_id, status="linking", linking_enqueued_at=f"{time.time():.3f}")
+        tracker().update(job_id, linking_enqueued_at=f"{time.time():.3f}")
 
 
 @app.task(bind=True, base=IngestTask, name="workers.ingest.tasks.link_images")
