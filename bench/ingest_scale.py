@@ -232,6 +232,38 @@ def measure(n: int, say: Any) -> dict[str, Any]:
     return result
 
 
+def save_result(result: dict[str, Any]) -> dict[str, Any]:
+    """Merge one size's result into the results file (kept after each size, so a later size
+    that fails loses nothing)."""
+    settings = bench_settings()
+    previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    kept = [r for r in previous.get("results", []) if r["images"] != result["images"]]
+    payload = {
+        "benchmark": "ingest_scale",
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "memory_gib": round(psutil.virtual_memory().total / 1024**3, 1),
+            "python": sys.version.split()[0],
+            "neo4j_heap": settings.neo4j_heap,
+            "neo4j_pagecache": settings.neo4j_pagecache,
+            "gpu": False,
+        },
+        "settings": {
+            "knn_k": settings.knn_k, "min_cosine": settings.min_cosine,
+            "write_batch_size": settings.write_batch_size,
+            "edge_write_batch_size": settings.edge_write_batch_size,
+            "knn_block_mib": settings.knn_block_mib,
+            "knn_index_candidates": settings.knn_index_candidates,
+            "new_images_incremental": NEW_IMAGES,
+        },  # fmt: skip
+        "results": sorted([*kept, result], key=lambda r: r["images"]),
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(payload, indent=2) + "\n")
+    return payload
+
+
 def print_table(results: list[dict[str, Any]]) -> None:
     header = (f"{'images':>8} {'nodes/s':>8} {'kNN s':>8} {'edges':>9} {'edges/s':>8} "
               f"{'incr ms/img':>11} {'py MiB':>7} {'neo4j MiB':>9}")  # fmt: skip
@@ -259,41 +291,15 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(measure(args.child, say)), flush=True)
         return
 
-    results = []
+    if not args.sizes:
+        parser.error("give at least one size")
     for n in args.sizes:
         say(f"--- {n} images ---")
         completed = subprocess.run(
             [sys.executable, "-m", "bench.ingest_scale", "--child", str(n)],
             cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True, check=True,
         )  # fmt: skip
-        results.append(json.loads(completed.stdout.strip().splitlines()[-1]))
-    settings = bench_settings()
-    payload = {
-        "benchmark": "ingest_scale",
-        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "memory_gib": round(psutil.virtual_memory().total / 1024**3, 1),
-            "python": sys.version.split()[0],
-            "neo4j_heap": settings.neo4j_heap,
-            "neo4j_pagecache": settings.neo4j_pagecache,
-            "gpu": False,
-        },
-        "settings": {
-            "knn_k": settings.knn_k, "min_cosine": settings.min_cosine,
-            "write_batch_size": settings.write_batch_size,
-            "edge_write_batch_size": settings.edge_write_batch_size,
-            "knn_block_mib": settings.knn_block_mib,
-            "knn_index_candidates": settings.knn_index_candidates,
-            "new_images_incremental": NEW_IMAGES,
-        },  # fmt: skip
-        "results": results,
-    }
-    previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    kept = [r for r in previous.get("results", []) if r["images"] not in set(args.sizes)]
-    payload["results"] = sorted(kept + results, key=lambda r: r["images"])
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(payload, indent=2) + "\n")
+        payload = save_result(json.loads(completed.stdout.strip().splitlines()[-1]))
     print_table(payload["results"])
     print(f"results: {RESULTS}")
 
