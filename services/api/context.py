@@ -8,6 +8,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
 from flask import Flask, current_app
 
 from services.config import Settings
@@ -27,6 +28,9 @@ class ApiContext:
     _retrieval: RetrievalService | None = None
     _extractor: FeatureExtractor | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # One forward pass at a time: torch already uses every core for one, and a shared model is
+    # not documented as safe for concurrent calls.
+    _embed_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def store(self) -> GraphStore:
@@ -45,8 +49,15 @@ class ApiContext:
                     self._retrieval = RetrievalService(store, self.settings)
         return self._retrieval
 
+    def embed(self, pixels: np.ndarray) -> np.ndarray:
+        """The float32 (1024,) unit code of one decoded image."""
+        extractor = self.extractor()
+        with self._embed_lock:
+            return extractor.embed([pixels])[0]
+
     def extractor(self) -> FeatureExtractor:
-        """The encoder, loaded once per process (the first upload pays for it)."""
+        """The encoder, loaded once per process (the first upload pays for it; without a
+        configured checkpoint, ``ensure_demo_checkpoint`` may first train the demo one)."""
         if self._extractor is None:
             with self._lock:
                 if self._extractor is None:

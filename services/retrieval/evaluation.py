@@ -58,6 +58,7 @@ class EvaluationReport:
     exclude_same_patient: bool
     strategies: list[StrategyReport]
     seconds: float
+    query_keys: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -164,8 +165,7 @@ def evaluate(
             k,
             ks,
         )  # fmt: skip
-        for strategy in runs
-        if strategy in strategies
+        for strategy in dict.fromkeys(strategies)
     ]
     expectation = np.mean(np.array(random_expectations), axis=0)
     reports.append(
@@ -200,6 +200,7 @@ def evaluate(
         exclude_same_patient=exclude_same_patient,
         strategies=reports,
         seconds=time.perf_counter() - started,
+        query_keys=[labelled.keys[row] for row in order],
     )
 
 

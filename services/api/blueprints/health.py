@@ -62,8 +62,13 @@ def check_redis() -> ComponentCheck:
 
 def check_workers() -> ComponentCheck:
     try:
+        from celery import Celery
+
         from workers.celery_app import app as celery_app
 
+        broker = api_context().settings.broker_url
+        if celery_app.conf.broker_url != broker:  # an app built with other settings (tests)
+            celery_app = Celery(broker=broker)
         replies = celery_app.control.ping(timeout=PROBE_TIMEOUT_S) or []
     except Exception as problem:
         return ComponentCheck(ok=False, detail=f"{type(problem).__name__}: {problem}"[:300])

@@ -10,6 +10,7 @@ from services.api.blueprints.search import thumbnail_url
 from services.api.context import ApiContext, api_context
 from services.api.errors import ApiError
 from services.api.files import (
+    MEDIA_TYPES,
     ThumbnailCache,
     media_type_of,
     read_verified,
@@ -27,6 +28,7 @@ from services.api.schemas import (
     NeighbourhoodQuery,
     NeighbourhoodResponse,
 )
+from services.privacy import deidentified_dicom
 
 images_bp = Blueprint("images", __name__, url_prefix="/api/v1")
 thumbnails = ThumbnailCache()
@@ -113,19 +115,24 @@ def image_thumbnail(key: str) -> Response:
     images_bp,
     "/images/<key>/file",
     scope="read",
-    summary="The original file (PNG, JPEG or DICOM), exactly as ingested",
+    summary="The original file as ingested (PNG, JPEG; DICOM as a de-identified copy)",
     tag="images",
     media_type="application/octet-stream",
     errors=(404, 409),
 )
 def image_file(key: str) -> Response:
     path, data = _stored_file(api_context(), key)
+    media_type = media_type_of(data)
+    etag = key
+    if media_type == MEDIA_TYPES["dicom"]:
+        # A DICOM header carries the patient's identifiers: only a de-identified copy leaves.
+        data, etag = deidentified_dicom(data, key), f"{key}-deidentified"
     return binary_response(
         data,
-        media_type_of(data),
+        media_type,
         **{
             "Cache-Control": IMMUTABLE,
-            "ETag": key,
+            "ETag": etag,
             "Content-Disposition": f'attachment; filename="{_safe_name(path.name)}"',
         },
     )

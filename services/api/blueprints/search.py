@@ -169,7 +169,7 @@ def prepare_upload(
         raise ApiError(422, f"cannot read the uploaded image: {problem}") from None
     stage_ms["decode"] = (time.perf_counter() - start) * 1000.0
     start = time.perf_counter()
-    embedding = context.extractor().embed([decoded.pixels])[0]
+    embedding = context.embed(decoded.pixels)
     stage_ms["embed"] = (time.perf_counter() - start) * 1000.0
     key = hashlib.sha256(data).hexdigest()
     start = time.perf_counter()
