@@ -166,6 +166,37 @@ class Settings(BaseSettings):
         None, description="Where failure reports go. Default: <home>/ingest-reports."
     )
 
+    # --- communities (workers/communities) ---------------------------------------------------
+    cluster_algorithm: str = Field(
+        "leiden", pattern="^(leiden|louvain|cnm)$",
+        description="Community detection: leiden or louvain (GDS, inside Neo4j), or cnm "
+        "(Clauset-Newman-Moore greedy modularity in networkx, as in the paper; small graphs).",
+    )  # fmt: skip
+    cluster_resolution: float = Field(
+        1.0, gt=0,
+        description="Modularity resolution gamma (Leiden and CNM; GDS Louvain supports only 1).",
+    )  # fmt: skip
+    cluster_seed: int = Field(42, description="Random seed of Leiden.")
+    cluster_concurrency: int = Field(
+        1, ge=1, description="GDS threads for Leiden/Louvain; 1 keeps runs reproducible."
+    )
+    cluster_max_levels: int = Field(10, ge=1, description="Leiden/Louvain aggregation levels.")
+    cluster_seed_previous: bool = Field(
+        True,
+        description="Start Leiden/Louvain from the stored communities (GDS seedProperty), so "
+        "that a re-run stays close to the previous partition and keeps more ids.",
+    )  # fmt: skip
+    cluster_cnm_max_nodes: int = Field(
+        10_000, ge=2,
+        description="CNM (networkx, single-threaded Python) refuses larger graphs "
+        "(it took 205 s at 20,000 images).",
+    )  # fmt: skip
+    cluster_rerun_fraction: float = Field(
+        0.1, gt=0, le=1,
+        description="A full re-clustering is due when the images added since the last run "
+        "exceed this fraction of the images that run clustered.",
+    )  # fmt: skip
+
     # --- retrieval and REST API (services/retrieval, services/api) ----------------------------
     region_query_edges: int | None = Field(
         None, ge=1, le=1000,

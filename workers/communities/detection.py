@@ -1,0 +1,150 @@
+"""Community detection on the SIMILAR graph: GDS Leiden/Louvain inside Neo4j, or CNM in networkx.
+
+Every detector returns a :class:`Detection`: an arbitrary label per image key. Stable community
+ids are given afterwards (``identities.py``); the stored statistics are recomputed from the
+graph (``job.py``), so a detector's own modularity figure is only recorded for comparison.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+import networkx as nx
+
+from services.graph.store import GraphStore
+
+ALGORITHMS = ("leiden", "louvain", "cnm")
+GDS_ALGORITHMS = ("leiden", "louvain")
+
+
+class ClusteringError(RuntimeError):
+    """The clustering cannot run as asked; the message says why and what to change."""
+
+
+class ClusteringInProgress(ClusteringError):
+    """Another full run is still running."""
+
+
+@dataclass(frozen=True)
+class Detection:
+    labels: dict[str, int]  # image key -> label (arbitrary numbering)
+    reported_modularity: float | None  # the algorithm's own figure, for comparison only
+    levels: int | None
+    converged: bool | None
+    node_count: int
+    pair_count: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class DetectionParameters:
+    algorithm: str
+    resolution: float
+    seed: int
+    concurrency: int
+    max_levels: int
+    cnm_max_nodes: int
+    seed_from_previous: bool = True
+
+    def validate(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ClusteringError(
+                f"unknown clustering algorithm {self.algorithm!r}: "
+                f"use one of {', '.join(ALGORITHMS)}"
+            )
+        if not self.resolution > 0:
+            raise ClusteringError(f"resolution must be > 0, got {self.resolution}")
+        if self.algorithm == "louvain" and self.resolution != 1.0:
+            raise ClusteringError(
+                "GDS Louvain has no resolution parameter (it optimises modularity at "
+                f"resolution 1), but resolution {self.resolution} was asked: use leiden or cnm"
+            )
+
+
+def detect(store: GraphStore, parameters: DetectionParameters) -> Detection:
+    parameters.validate()
+    if parameters.algorithm == "cnm":
+        return detect_cnm(store, parameters)
+    return detect_gds(store, parameters)
+
+
+def detect_gds(store: GraphStore, parameters: DetectionParameters) -> Detection:
+    """Leiden or Louvain in GDS on a projection of every :Image and SIMILAR (undirected)."""
+    graph_name = f"medgraph-communities-{uuid.uuid4().hex[:12]}"
+    started = time.perf_counter()
+    try:
+        projected = store.query("community_gds_project", graph_name=graph_name)[0]
+        common = {
+            "graph_name": graph_name,
+            "seed_property": "seed_community" if parameters.seed_from_previous else None,
+            "concurrency": parameters.concurrency,
+            "max_levels": parameters.max_levels,
+        }
+        if parameters.algorithm == "leiden":
+            result = store.query(
+                "community_gds_leiden",
+                resolution=parameters.resolution,
+                seed=parameters.seed,
+                **common,
+            )[0]
+        else:
+            result = store.query("community_gds_louvain", **common)[0]
+        streamed = store.query("community_gds_labels", graph_name=graph_name)[0]
+        labels = dict(zip(streamed["keys"], map(int, streamed["labels"]), strict=True))
+    finally:
+        store.query("community_gds_drop", graph_name=graph_name)
+    return Detection(
+        labels=labels,
+        reported_modularity=float(result["modularity"]),
+        levels=int(result["ranLevels"]),
+        converged=bool(result["didConverge"]),
+        node_count=int(projected["nodeCount"]),
+        pair_count=int(projected["pairCount"]),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def load_networkx_graph(store: GraphStore) -> nx.Graph:
+    """The SIMILAR graph as an undirected weighted networkx graph (isolated images included)."""
+    graph = nx.Graph()
+    graph.add_nodes_from(store.query("community_image_keys")[0]["keys"])
+    edges = store.query("community_graph_edges")[0]
+    graph.add_weighted_edges_from(
+        zip(edges["sources"], edges["targets"], map(float, edges["weights"]), strict=True)
+    )
+    return graph
+
+
+def detect_cnm(store: GraphStore, parameters: DetectionParameters) -> Detection:
+    """Clauset-Newman-Moore greedy modularity (the paper's method), for small graphs."""
+    started = time.perf_counter()
+    node_count = store.query("community_image_counts")[0]["images"]
+    if node_count > parameters.cnm_max_nodes:
+        raise ClusteringError(
+            f"CNM (networkx greedy modularity, single-threaded Python) is limited to "
+            f"{parameters.cnm_max_nodes} images and the graph has {node_count}: use leiden or "
+            "louvain, or raise MEDGRAPH_CLUSTER_CNM_MAX_NODES"
+        )
+    graph = load_networkx_graph(store)
+    if graph.number_of_edges() == 0:
+        parts: list[set[str]] = [{key} for key in graph.nodes]
+    else:
+        parts = nx.community.greedy_modularity_communities(
+            graph, weight="weight", resolution=parameters.resolution
+        )
+    labels = {key: label for label, part in enumerate(parts) for key in part}
+    return Detection(
+        labels=labels,
+        reported_modularity=(
+            float(nx.community.modularity(graph, parts, weight="weight", resolution=1.0))
+            if graph.number_of_edges()
+            else None
+        ),
+        levels=None,
+        converged=None,
+        node_count=graph.number_of_nodes(),
+        pair_count=graph.number_of_edges(),
+        seconds=time.perf_counter() - started,
+    )
