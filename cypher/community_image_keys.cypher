@@ -1,3 +1,3 @@
-// Every image key (isolated images included), as one list.
+// Every image key (isolated images included), one row each.
 MATCH (i:Image)
-RETURN collect(i.key) AS keys;
+RETURN i.key AS key;

@@ -109,7 +109,7 @@ def detect_gds(store: GraphStore, parameters: DetectionParameters) -> Detection:
 def load_networkx_graph(store: GraphStore) -> nx.Graph:
     """The SIMILAR graph as an undirected weighted networkx graph (isolated images included)."""
     graph = nx.Graph()
-    graph.add_nodes_from(store.query("community_image_keys")[0]["keys"])
+    graph.add_nodes_from(store.query("community_image_key_list")[0]["keys"])
     edges = store.query("community_graph_edges")[0]
     graph.add_weighted_edges_from(
         zip(edges["sources"], edges["targets"], map(float, edges["weights"]), strict=True)
