@@ -32,7 +32,7 @@ def servable_path(source: str | None, data_roots: list[Path]) -> Path | None:
         return None
     try:
         resolved = path.resolve(strict=True)
-    except (OSError, RuntimeError):
+    except (OSError, RuntimeError, ValueError):  # ValueError: a NUL byte in the path
         return None
     if not resolved.is_file():
         return None

@@ -57,7 +57,8 @@ class GraphStore:
         settings = settings or get_settings()
         return cls(shared_driver(settings), settings.neo4j_database)
 
-    def query(self, name: str, **params: Any) -> list[Record]:
+    def query(self, name: str, /, **params: Any) -> list[Record]:
+        # ``name`` is positional-only, so a statement may take a ``$name`` parameter too.
         return self.run_text(load_cypher(name), **params)
 
     def run_text(self, text: str, **params: Any) -> list[Record]:

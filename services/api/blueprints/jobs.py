@@ -30,7 +30,7 @@ def under_data_roots(context: ApiContext, raw: str, what: str) -> Path:
         raise ApiError(422, f"{what} must be an absolute path, got {raw!r}")
     try:
         resolved = path.resolve(strict=True)
-    except (OSError, RuntimeError):
+    except (OSError, RuntimeError, ValueError):  # ValueError: a NUL byte in the path
         raise ApiError(422, f"{what} {raw!r} does not exist") from None
     for root in context.settings.data_roots:
         try:
