@@ -9,8 +9,10 @@ from functools import wraps
 from typing import Any
 
 import click
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
-from services.config import Settings, get_settings
+from services.config import Settings, get_settings, settings_problem
 from services.runtime.neo4j import Neo4jRuntime
 from services.runtime.processes import RuntimeProblem
 from services.runtime.redis import RedisRuntime
@@ -36,6 +38,10 @@ def reports_runtime_problems(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.group()
 def main() -> None:
     """medgraph: content-based chest X-ray retrieval on a Neo4j image graph."""
+    try:
+        get_settings()
+    except (ValidationError, SettingsError) as error:  # a bad MEDGRAPH_ variable: say which
+        raise click.ClickException(settings_problem(error)) from None
 
 
 # --- local stack ---------------------------------------------------------------------------

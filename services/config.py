@@ -7,10 +7,12 @@ The README's configuration table is generated from this class (``medgraph config
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -235,6 +237,26 @@ class Settings(BaseSettings):
         "Default: <first data root>/uploads.",
     )
 
+    # --- address checks (reliability) ----------------------------------------------------------
+    @field_validator("neo4j_uri")
+    @classmethod
+    def _neo4j_uri_scheme(cls, value: str | None) -> str | None:
+        return _with_scheme(value, NEO4J_URI_SCHEMES, "bolt://127.0.0.1:7687")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_scheme(cls, value: str | None) -> str | None:
+        return _with_scheme(value, REDIS_URL_SCHEMES, "redis://127.0.0.1:6379/0")
+
+    # --- access control (services/auth) -------------------------------------------------------
+    api_rate_limit_per_minute: int = Field(
+        1200, ge=0, description="Requests per minute per API key (or address); 0 = no limit."
+    )
+    api_cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins allowed to call the API from a browser (CORS); empty = CORS off.",
+    )
+
     # --- derived -----------------------------------------------------------------------------
     @property
     def bolt_uri(self) -> str:
@@ -268,3 +290,32 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+NEO4J_URI_SCHEMES = ("bolt", "bolt+s", "bolt+ssc", "neo4j", "neo4j+s", "neo4j+ssc")
+REDIS_URL_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _with_scheme(value: str | None, schemes: tuple[str, ...], example: str) -> str | None:
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in schemes or not (parts.netloc or parts.path):
+        raise ValueError(f"must be a URI like {example} (schemes: {', '.join(schemes)})")
+    return value
+
+
+def settings_problem(error: Exception) -> str:
+    """What is wrong with the settings, naming the environment variables to fix."""
+    if isinstance(error, ValidationError):
+        lines = []
+        for problem in error.errors(include_url=False):
+            name = "MEDGRAPH_" + str(problem["loc"][0]).upper() if problem["loc"] else "settings"
+            lines.append(f"invalid setting {name}={problem.get('input')!r}: {problem['msg']}")
+        return "\n".join(lines)
+    field = re.search(r'field "(\w+)"', str(error))
+    name = f"MEDGRAPH_{field.group(1).upper()}" if field else "a MEDGRAPH_ variable"
+    return (
+        f"invalid setting {name}: {error} (list settings take a JSON list, "
+        'e.g. \'["/data/a", "/data/b"]\')'
+    )
