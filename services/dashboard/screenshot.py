@@ -30,7 +30,7 @@ CHROMIUM_ARGS = [
 ]
 LAPTOP_VIEWPORT = {"width": 1366, "height": 900}
 LARGE_VIEWPORT = {"width": 2560, "height": 1440}
-READY_TIMEOUT_MS = 30_000
+READY_TIMEOUT_MS = 90_000
 
 
 @contextmanager

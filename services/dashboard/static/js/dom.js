@@ -1,6 +1,6 @@
 // Small DOM helpers shared by the views: element building, thumbnails, colours, states.
 
-import { loadImage, thumbnailPath } from './api.js';
+import { ApiError, loadImage, thumbnailPath } from './api.js';
 
 export const NO_FINDING = 'No Finding';
 
@@ -38,20 +38,35 @@ export function svg(tag, attrs = {}, ...children) {
   return element;
 }
 
-// Community colours: golden-angle hues, so neighbouring ids get clearly different colours.
+// Community colours: a categorical palette (Tableau 10 and two more) for the first twelve ids,
+// then golden-angle hues, so that neighbouring ids always get clearly different colours.
+const COMMUNITY_PALETTE = [
+  '#4e79a7', '#f28e2b', '#e15759', '#76b7b2', '#59a14f', '#edc948',
+  '#b07aa1', '#ff9da7', '#9c755f', '#17becf', '#bcbd22', '#7f3c8d',
+];
+const NO_COMMUNITY_COLOUR = '#9aa3ad';
+// Palette entries light enough to need dark text on top.
+const LIGHT_COLOURS = new Set(['#edc948', '#ff9da7', '#76b7b2', '#bcbd22', '#17becf']);
+
 export function communityColour(community) {
-  if (community === null || community === undefined || community === '') return '#9aa3ad';
+  if (community === null || community === undefined || community === '') return NO_COMMUNITY_COLOUR;
   const id = Number(community);
-  const hue = Number.isFinite(id) ? (id * 137.508 + 200) % 360 : 0;
-  const lightness = Number.isFinite(id) ? 42 + (Math.abs(id) % 3) * 8 : 45;
-  return `hsl(${hue.toFixed(1)}, 68%, ${lightness}%)`;
+  if (!Number.isInteger(id)) return NO_COMMUNITY_COLOUR;
+  const slot = ((id % COMMUNITY_PALETTE.length) + COMMUNITY_PALETTE.length) % COMMUNITY_PALETTE.length;
+  if (Math.abs(id) < COMMUNITY_PALETTE.length) return COMMUNITY_PALETTE[slot];
+  const hue = (id * 137.508 + 20) % 360;
+  return `hsl(${hue.toFixed(1)}, 62%, ${38 + (Math.abs(id) % 3) * 7}%)`;
+}
+
+export function communityInk(community) {
+  return LIGHT_COLOURS.has(communityColour(community)) ? '#1d2733' : '#ffffff';
 }
 
 export function communityChip(community, { link = true } = {}) {
   const label = community === null || community === undefined ? 'none' : `C${community}`;
   const attrs = {
     class: 'community-chip',
-    style: `--community: ${communityColour(community)}`,
+    style: `--community: ${communityColour(community)}; --community-ink: ${communityInk(community)}`,
     title: `community ${label}`,
   };
   if (link && community !== null && community !== undefined) {
@@ -131,7 +146,8 @@ export async function withStates(target, work, build, { loadingMessage, onStatus
     return result;
   } catch (error) {
     if (error.name === 'AbortError') return undefined;
-    console.error(error);
+    // API errors are expected (no key, unknown image) and shown in the panel; log only bugs.
+    if (!(error instanceof ApiError)) console.error(error);
     target.replaceChildren(errorPanel(error, () => withStates(target, work, build,
       { loadingMessage, onStatus })));
     target.dataset.status = 'error';

@@ -2,7 +2,7 @@
 // Nodes show thumbnails and are coloured by community; edge width follows cosine; clicking a
 // node makes it the focus.
 
-import { apiFetch, loadImage, thumbnailPath } from '../api.js';
+import { ApiError, apiFetch, loadImage, thumbnailPath } from '../api.js';
 import {
   communityChip, communityColour, emptyPanel, errorPanel, findingList, formatNumber, h,
   loadingPanel, shortKey, thumbnail,
@@ -357,7 +357,7 @@ async function load(state) {
     setStatus('ready');
   } catch (error) {
     if (error.name === 'AbortError') return;
-    console.error(error);
+    if (!(error instanceof ApiError)) console.error(error);
     cy.elements().remove();
     delete root.dataset.focus;
     overlay.hidden = false;
