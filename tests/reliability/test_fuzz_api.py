@@ -1,0 +1,111 @@
+"""Acceptance 4 (fuzzing): schemathesis generates requests from the served OpenAPI document for
+every operation, valid (positive) and invalid (negative), with a valid API key and without any
+key, against the real app on the real Neo4j; no answer may be a server error, and every error
+answer is the API's JSON error body.
+
+Bounded: ``EXAMPLES`` per operation and mode, derandomised (the same cases on every run).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections import Counter
+from typing import Any
+
+import pytest
+import schemathesis
+from flask import Flask
+from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
+
+from tests.reliability.conftest import SeededGraph
+
+pytestmark = [pytest.mark.neo4j, pytest.mark.redis, pytest.mark.slow]
+
+OPENAPI_PATH = "/api/v1/openapi.json"
+EXAMPLES = 12
+# Operations whose cost is a fixed wait, not the input: one example each is enough.
+FIXED_COST = {"GET /api/v1/ready"}
+
+
+def fuzz_operation(
+    operation: Any, mode: GenerationMode, headers: dict[str, str], examples: int,
+    path_parameters: dict[str, str] | None = None,
+) -> list[tuple[str, int, str]]:  # fmt: skip
+    """(request, status, problem) for every generated case; problem is '' when all is well."""
+    seen: list[tuple[str, int, str]] = []
+    strategy = operation.as_strategy(generation_mode=mode, path_parameters=path_parameters)
+
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+        phases=("explicit", "generate"),
+    )
+    @given(case=strategy)
+    def run(case: Any) -> None:
+        response = case.call(headers=headers)
+        problem = ""
+        if response.status_code >= 500:
+            problem = "server error"
+        elif response.status_code >= 400:
+            try:
+                body = json.loads(response.content)
+                if not isinstance(body.get("error", {}).get("message"), str):
+                    problem = "error body without a message"
+            except ValueError:
+                problem = "error body is not JSON"
+        request = f"{case.method} {case.formatted_path} {case.query or ''} {str(case.body)[:120]}"
+        seen.append((request, response.status_code, problem))
+
+    # Unsatisfiable: no invalid input exists for an operation without parameters.
+    with contextlib.suppress(Unsatisfiable):
+        run()
+    return seen
+
+
+@pytest.fixture(scope="module")
+def api_schema(reliability_app: Flask) -> Any:
+    return schemathesis.openapi.from_wsgi(OPENAPI_PATH, reliability_app)
+
+
+@pytest.mark.parametrize("with_key", [True, False], ids=["valid-key", "no-key"])
+def test_no_generated_request_gets_a_server_error(
+    api_schema: Any, seeded_graph: SeededGraph, reliability_app: Flask, with_key: bool
+) -> None:
+    headers = seeded_graph.headers("write") if with_key else {}
+    results: list[tuple[str, int, str]] = []
+    operations = [result.ok() for result in api_schema.get_all_operations()]
+    assert len(operations) >= 10, "the OpenAPI document lists the API's operations"
+    real_key = {"key": seeded_graph.image_keys[0]}
+    for operation in operations:
+        label = f"{operation.method.upper()} {operation.path}"
+        examples = 1 if label in FIXED_COST else EXAMPLES
+        modes = [GenerationMode.POSITIVE, GenerationMode.NEGATIVE]
+        for mode in modes:
+            results += fuzz_operation(operation, mode, headers, examples)
+        if with_key and "{key}" in operation.path:
+            # Also with a stored image's key, so the generated query strings reach real data.
+            results += fuzz_operation(
+                operation, GenerationMode.POSITIVE, headers, examples, path_parameters=real_key
+            )
+    statuses = Counter(status for _, status, _ in results)
+    print(f"{len(results)} requests ({'with' if with_key else 'without'} a key): {statuses}")
+    problems = [(request, status, problem) for request, status, problem in results if problem]
+    assert not problems, problems[:20]
+    assert len(results) >= 100
+    if with_key:
+        assert statuses[200] + statuses[202] > 0, "no generated request succeeded"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _drop_queued_jobs() -> Any:
+    """Generated valid cluster requests enqueue real jobs; drop those still waiting after."""
+    yield
+    from workers.celery_app import app
+
+    app.control.purge()
