@@ -144,7 +144,7 @@ class Settings(BaseSettings):
         "(re-ranked by exact cosine; at least knn_k + 1 are used).",
     )  # fmt: skip
     incremental_max_ratio: float = Field(
-        0.25, ge=0.0,
+        0.1, ge=0.0,
         description="Incremental edge building when new images <= this ratio of the images "
         "already linked; otherwise the whole kNN graph is recomputed exactly (bulk).",
     )  # fmt: skip
@@ -166,6 +166,13 @@ class Settings(BaseSettings):
     )
     ingest_report_dir: Path | None = Field(
         None, description="Where failure reports go. Default: <home>/ingest-reports."
+    )
+
+    # --- dashboard (services/dashboard) -------------------------------------------------------
+    dashboard_neo4j_browser_url: str | None = Field(
+        None,
+        description="Neo4j Browser address the dashboard links to, as the user's browser reaches "
+        "it. Default: http://<neo4j_host>:<neo4j_http_port>/browser/.",
     )
 
     # --- communities (workers/communities) ---------------------------------------------------

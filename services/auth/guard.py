@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from flask import Flask, current_app, g, jsonify, request
 
 from services.auth.api_keys import ApiKey, ApiKeyVerifier, Scope
-from services.graph.store import GraphStore
+from services.graph.store import TRANSIENT_NEO4J_ERRORS, GraphStore
 
 View = TypeVar("View", bound=Callable[..., Any])
 PUBLIC = "public"
@@ -88,12 +88,15 @@ def install_access_control(
 
     @app.before_request
     def check_access() -> Any:
-        if request.endpoint is None:
-            return None  # unknown URL: the 404 handler answers
+        if request.endpoint is None or request.method == "OPTIONS":
+            return None  # unknown URL: the 404 handler answers; CORS preflights carry no key
         scope = required_scope(current_app, request.endpoint)
         key: ApiKey | None = None
         if scope != PUBLIC:
-            key = ApiKeyVerifier(store_factory()).verify(presented_token())
+            try:
+                key = ApiKeyVerifier(store_factory()).verify(presented_token())
+            except TRANSIENT_NEO4J_ERRORS:
+                return _error(503, "cannot check the API key: the graph database is unavailable")
             if key is None:
                 return _error(401, "a valid API key is required (Authorization: Bearer <key>)")
             if not key.allows(scope):  # type: ignore[arg-type]
@@ -103,3 +106,20 @@ def install_access_control(
         if not limiter.allow(caller):
             return _error(429, "rate limit exceeded; retry later", **{"Retry-After": "1"})
         return None
+
+
+def install_cors(app: Flask, allowed_origins: list[str]) -> None:
+    """CORS stays off (no headers at all) unless origins are configured."""
+    if not allowed_origins:
+        return
+    allowed = set(allowed_origins)
+
+    @app.after_request
+    def add_cors_headers(response: Any) -> Any:
+        origin = request.headers.get("Origin")
+        if origin in allowed:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+        return response

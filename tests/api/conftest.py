@@ -28,6 +28,7 @@ from services.retrieval.fixtures import PreparedImage, write_graph
 from services.secrets import patient_key_secret
 from tests.conftest import wipe_graph
 from tests.retrieval.reference import knn_edges
+from tests.support import authorise
 
 BUNDLED = REPO_ROOT / "data" / "nih-cxr14-64px"
 STORED_IMAGES = 72
@@ -192,8 +193,9 @@ def app(api_settings: Settings, graph_store: GraphStore) -> Flask:
 
 
 @pytest.fixture
-def client(app: Flask, api_graph: ApiGraph) -> Iterator[FlaskClient]:
+def client(app: Flask, api_graph: ApiGraph, graph_store: GraphStore) -> Iterator[FlaskClient]:
     with app.test_client() as test_client:
+        authorise(test_client, graph_store)
         yield test_client
 
 

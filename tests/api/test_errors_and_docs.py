@@ -12,7 +12,9 @@ from werkzeug.exceptions import HTTPException
 from services.api import create_app
 from services.api.routing import Operation
 from services.config import Settings
+from services.graph.store import GraphStore
 from tests.api.conftest import ApiGraph
+from tests.support import authorise
 
 pytestmark = pytest.mark.neo4j
 ALL_METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE"}
@@ -74,6 +76,8 @@ def test_every_data_route_answers_503_in_json_when_neo4j_is_down(
         )
     )
     client = down.test_client()
+    # A well-formed key: checking it needs Neo4j, so the outage shows as 503, not 401.
+    client.environ_base["HTTP_AUTHORIZATION"] = "Bearer mg_000000000000_" + "x" * 43
     key = api_graph.keys[0]
     requests = [
         ("POST", "/api/v1/search", {"key": key}),
@@ -98,7 +102,9 @@ def test_unexpected_errors_are_json_500(api_settings: Settings) -> None:
     def explode() -> str:
         raise RuntimeError("boom with a secret detail")
 
-    response = app.test_client().get("/api/v1/explode")
+    client = app.test_client()
+    authorise(client, GraphStore.from_settings(api_settings))
+    response = client.get("/api/v1/explode")
     assert_json_error(response, 500)
     assert "secret" not in response.get_json()["error"]["message"]
 
