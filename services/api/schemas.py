@@ -230,6 +230,21 @@ class CommunityDetail(Model):
     members: list[CommunityMember] = Field(description="Members of largest weighted degree first.")
 
 
+class CommunityLink(Model):
+    source: int
+    target: int
+    weight: float = Field(description="Summed SIMILAR weight between the two communities.")
+    pairs: int = Field(description="Number of SIMILAR pairs between them.")
+
+
+class CommunityLinks(Model):
+    links: list[CommunityLink] = Field(description="Strongest first.")
+
+
+class CommunityLinksQuery(Model):
+    limit: int = Field(50, ge=1, le=1000)
+
+
 # --- jobs --------------------------------------------------------------------------------------
 class IngestJobRequest(Model):
     paths: list[str] = Field(

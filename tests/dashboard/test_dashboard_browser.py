@@ -353,11 +353,6 @@ def test_community_browser_lists_every_community_with_a_chart(
     page.screenshot(path=str(artifacts_dir / "dashboard-community.png"), full_page=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the API has no GET /api/v1/communities/<id>/links yet "
-    "(cypher/community_links.cypher computes it)",
-)
 def test_a_community_lists_its_links_to_other_communities(
     keyed_page: Any, dashboard_url: str, seeded_graph: SeededGraph
 ) -> None:

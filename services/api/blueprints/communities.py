@@ -13,6 +13,9 @@ from services.api.routing import operation
 from services.api.schemas import (
     ClusteringRunSummary,
     CommunityDetail,
+    CommunityLink,
+    CommunityLinks,
+    CommunityLinksQuery,
     CommunityList,
     CommunityMember,
     CommunityMembersQuery,
@@ -110,3 +113,27 @@ def community_detail(community_id: int, query: CommunityMembersQuery) -> Communi
             for member in record["members"]
         ],
     )
+
+
+@operation(
+    communities_bp,
+    "/communities/<int(signed=True):community_id>/links",
+    scope="read",
+    summary="The SIMILAR weight between one community and each other community",
+    tag="communities",
+    query=CommunityLinksQuery,
+    response=CommunityLinks,
+    errors=(404,),
+)
+def community_links(community_id: int, query: CommunityLinksQuery) -> CommunityLinks:
+    store = api_context().store
+    if not store.query("api_community_detail", id=community_id, members=0):
+        raise ApiError(404, f"no community has the id {community_id}")
+    rows = store.query("community_links", community=community_id, limit=query.limit)
+    return CommunityLinks(
+        links=[
+            CommunityLink(source=int(row["source"]), target=int(row["target"]),
+                          weight=float(row["weight"]), pairs=int(row["pairs"]))
+            for row in rows
+        ]
+    )  # fmt: skip
