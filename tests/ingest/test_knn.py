@@ -76,7 +76,7 @@ def test_knn_floor_is_kth_cosine_or_minus_one() -> None:
     [
         (733, 0, "auto", "bulk"),  # nothing linked yet
         (50, 683, "auto", "incremental"),  # 7% new
-        (200, 683, "auto", "bulk"),  # 29% new > 25%
+        (100, 683, "auto", "bulk"),  # 15% new > 10%
         (0, 733, "auto", "none"),  # nothing to do
         (0, 733, "bulk", "bulk"),  # forced rebuild
         (50, 683, "bulk", "bulk"),
@@ -84,4 +84,4 @@ def test_knn_floor_is_kth_cosine_or_minus_one() -> None:
     ],
 )
 def test_bulk_or_incremental_rule(pending: int, linked: int, requested: str, mode: str) -> None:
-    assert choose_mode(pending, linked, 0.25, requested) == mode
+    assert choose_mode(pending, linked, 0.1, requested) == mode
