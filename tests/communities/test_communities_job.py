@@ -172,3 +172,33 @@ def test_negative_weights_are_refused(
     with pytest.raises(ClusteringError, match="1 SIMILAR relationships have a missing or negative"):
         run_clustering(clean_graph, community_settings)
     assert stored_assignment(clean_graph) == dict.fromkeys(synthetic_keys(range(100)))
+
+
+def test_one_run_at_a_time(clean_graph: GraphStore, community_settings: Settings) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from workers.communities import ClusteringInProgress
+    from workers.communities.tasks import cluster_task
+
+    write_subset(clean_graph, realistic_set(150, seed=13), np.arange(150))
+    now = datetime.now(UTC)
+    running = {"status": "running", "started_at": now - timedelta(minutes=5)}
+    clean_graph.query("community_run_create", id="run-other", properties=running)
+    with pytest.raises(ClusteringInProgress, match="run-other is in progress"):
+        run_clustering(clean_graph, community_settings)
+    busy = cluster_task.apply().get()
+    assert busy["ran"] is False and "in progress" in busy["reason"]
+    assert all(community is None for community in stored_assignment(clean_graph).values())
+
+    # A run still 'running' after 2 hours crashed: it no longer blocks.
+    crashed = {"started_at": now - timedelta(hours=3)}
+    clean_graph.query("community_run_update", id="run-other", properties=crashed)
+    summary = run_clustering(clean_graph, community_settings)
+    statuses = {
+        row["id"]: row["status"]
+        for row in clean_graph.run_text(
+            "MATCH (r:ClusteringRun) RETURN r.id AS id, r.status AS status"
+        )
+    }
+    assert statuses["run-other"] == "failed"
+    assert statuses[summary.run_id] == "finished"

@@ -146,6 +146,8 @@ def _assign(tx: ManagedTransaction, keys: list[str]) -> dict[str, int]:
             community = edge["community"]
             if community is None:
                 community = assigned.get(edge["key"])
+            if edge["weight"] is None:  # not a usable edge; the next full run refuses it
+                continue
             if community is None or int(community) not in sums:
                 if community is not None:
                     log.warning(

@@ -14,6 +14,7 @@ Steps (each reported through ``progress``):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import time
@@ -132,7 +133,7 @@ def run_clustering(
     clock = time.perf_counter()
     phases: dict[str, float] = {}
 
-    _refuse_concurrent_run(store, started_at)
+    _retire_abandoned_runs(store, started_at)
     counts = store.query("community_graph_counts")[0]
     if counts["images"] == 0:
         raise ClusteringError("no :Image nodes to cluster: ingest images first")
@@ -165,6 +166,7 @@ def run_clustering(
         "previous_run_id": previous_run["id"] if previous_run else None,
     })  # fmt: skip
     try:
+        _yield_to_earlier_run(store, run_id, started_at)
         say(f"run {run_id}: {parameters.algorithm} on {counts['images']} images, "
             f"{counts['pairs']} SIMILAR pairs")  # fmt: skip
         if counts["invalid"]:
@@ -227,6 +229,7 @@ def run_clustering(
             "community_count": len(sums), "size_min": sizes[0], "size_max": sizes[-1],
             "size_median": float(statistics.median(sizes)),
             "levels": detection.levels, "converged": detection.converged,
+            "seeded": detection.seeded, "seed_discarded": detection.seed_discarded,
             "next_community_id": matched.next_community_id,
             "communities_inherited": matched.inherited, "communities_new": matched.fresh,
             "images_kept": matched.images_kept, "images_before": matched.images_before,
@@ -234,10 +237,12 @@ def run_clustering(
             "phase_seconds": json.dumps({k: round(v, 3) for k, v in phases.items()}),
         })  # fmt: skip
     except BaseException as error:
-        store.query("community_run_update", id=run_id, properties={
-            "status": "failed", "finished_at": datetime.now(UTC),
-            "error": f"{type(error).__name__}: {error}"[:2000],
-        })  # fmt: skip
+        # If Neo4j went away, recording the failure fails too: the first error is the one to see.
+        with contextlib.suppress(Exception):
+            store.query("community_run_update", id=run_id, properties={
+                "status": "failed", "finished_at": datetime.now(UTC),
+                "error": f"{type(error).__name__}: {error}"[:2000],
+            })  # fmt: skip
         raise
 
     late_assigned = 0
@@ -266,17 +271,30 @@ def run_clustering(
     )
 
 
-def _refuse_concurrent_run(store: GraphStore, now: datetime) -> None:
+def _retire_abandoned_runs(store: GraphStore, now: datetime) -> None:
     for row in store.query("community_runs_in_progress"):
         started = row["started_at"].to_native() if row["started_at"] is not None else None
-        if started is not None and now - started < ABANDONED_AFTER:
+        if started is None or now - started >= ABANDONED_AFTER:
+            store.query("community_run_update", id=row["id"], properties={
+                "status": "failed", "error": "abandoned: still running after "
+                f"{ABANDONED_AFTER}, taken as crashed"})  # fmt: skip
+
+
+def _yield_to_earlier_run(store: GraphStore, run_id: str, started_at: datetime) -> None:
+    """Refuses to go on when another run is in progress.
+
+    Checked after this run's node exists, so two runs starting together both see each other
+    and exactly one, the later by (start time, id), gives way.
+    """
+    for row in store.query("community_runs_in_progress"):
+        if row["id"] == run_id or row["started_at"] is None:
+            continue
+        started = row["started_at"].to_native()
+        if (started, row["id"]) < (started_at, run_id):
             raise ClusteringInProgress(
                 f"clustering run {row['id']} is in progress since {started:%Y-%m-%d %H:%M:%S} "
                 "UTC; wait for it to finish"
             )
-        store.query("community_run_update", id=row["id"], properties={
-            "status": "failed", "error": "abandoned: still running after "
-            f"{ABANDONED_AFTER}, taken as crashed"})  # fmt: skip
 
 
 def _write_in_batches(
