@@ -52,7 +52,13 @@ def _existing_modules(names: tuple[str, ...]) -> list[str]:
 def create_app() -> Celery:
     settings = get_settings()
     application = Celery("medgraph", include=_existing_modules(TASK_MODULES))
-    transport_options = {"visibility_timeout": settings.celery_visibility_timeout_s}
+    transport_options = {
+        "visibility_timeout": settings.celery_visibility_timeout_s,
+        # Look for expired unacknowledged messages every 10 s (kombu's default scans every 10th
+        # 10 s tick), so a dead worker's or a lost connection's tasks come back one visibility
+        # timeout after delivery rather than up to 100 s later.
+        "unacked_restore_throttle": 1,
+    }
     application.conf.update(
         broker_url=settings.broker_url,
         result_backend=settings.broker_url,
@@ -80,6 +86,23 @@ app = create_app()
 # Threads per pool process, set before the fork so that N processes share the cores instead of
 # each starting one BLAS/OpenMP thread per core.
 _pool_processes = 1
+
+
+# Inside a worker, a message a task sends (the next step of its batch, or its own retry) waits
+# about a minute for the broker instead of failing after Celery's default 0.6 s: a Redis restart
+# then costs a pause, not a batch (a retry that cannot be sent makes Celery drop the message).
+# Clients (the CLI, the API) keep the short default, so they report a Redis outage at once.
+WORKER_PUBLISH_RETRY_POLICY = {
+    "max_retries": 15,
+    "interval_start": 0.5,
+    "interval_step": 1.0,
+    "interval_max": 5.0,
+}
+
+
+@worker_init.connect
+def _ride_out_broker_restarts(**_: object) -> None:
+    app.conf.task_publish_retry_policy = WORKER_PUBLISH_RETRY_POLICY
 
 
 @worker_init.connect
