@@ -198,3 +198,24 @@ def test_assignment_before_the_first_run_and_unknown_keys(
     with pytest.raises(UnknownImagesError, match="no :Image with key not-an-image"):
         assign_new_images(clean_graph, [*keys, "not-an-image"])
     assert assign_new_images(clean_graph, []) == {}
+
+
+def test_the_ingest_linking_task_assigns_communities_to_new_images(
+    clean_graph: GraphStore, community_settings: Settings
+) -> None:
+    from workers.ingest.tasks import link_images
+
+    data = realistic_set(TOTAL, seed=22)
+    all_edges = knn_edges(data.embeddings, 10)
+    write_subset(clean_graph, data, np.arange(BASE))
+    run_clustering(clean_graph, community_settings)
+    new_keys = ingest_new_images(clean_graph, data, np.arange(BASE, TOTAL), all_edges)
+    assert all(stored_assignment(clean_graph)[key] is None for key in new_keys)
+
+    result = link_images.apply(kwargs={"mode": "incremental"}).get()
+
+    assert result is not None
+    assignment = stored_assignment(clean_graph)
+    assert all(assignment[key] is not None for key in new_keys)
+    assert_stored_sums_match_graph(clean_graph)
+    assert staleness(clean_graph, community_settings).images_added == len(new_keys)

@@ -35,6 +35,7 @@ from services.config import Settings, get_settings
 from services.graph.store import TRANSIENT_NEO4J_ERRORS, GraphStore
 from services.secrets import patient_key_secret
 from workers.celery_app import EMBED_QUEUE, GRAPH_QUEUE, app
+from workers.communities.freshness import assign_new_images
 from workers.ingest.edges import build_edges
 from workers.ingest.jobs import JobTracker
 from workers.ingest.pipeline import FileEntry, embed_files, stored_keys, write_image_rows
@@ -238,6 +239,10 @@ def link_images(self: Task, job_id: str | None = None, mode: str | None = None) 
             raise self.retry(countdown=EDGE_LOCK_RETRY_S, max_retries=None)
         store = graph_store()
         report = build_edges(store, settings, mode or "auto")
+        # New images join the existing community with the best modularity gain (no-op before
+        # the first clustering run); a full re-run is `medgraph cluster --if-stale`, scheduled.
+        unassigned = [row["key"] for row in store.query("community_unassigned_keys")]
+        communities_assigned = len(assign_new_images(store, unassigned))
     summary = {
         "status": "done",
         "edge_mode": report.mode,
@@ -245,6 +250,7 @@ def link_images(self: Task, job_id: str | None = None, mode: str | None = None) 
         "reciprocal_edges": report.reciprocal,
         "images_linked": report.pending,
         "edge_seconds": round(report.total_s, 3),
+        "communities_assigned": communities_assigned,
         "finished_at": f"{time.time():.3f}",
     }
     if job_id is not None:
