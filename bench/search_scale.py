@@ -255,9 +255,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-http", action="store_true")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--merge", action="store_true", help="Keep the other sizes' results already in --output."
+    )
     arguments = parser.parse_args()
     settings = bench_settings()
     results: list[dict[str, Any]] = []
+    if arguments.merge and arguments.output.exists():
+        sizes = {int(value) for value in arguments.sizes.split(",")}
+        previous = json.loads(arguments.output.read_text())["results"]
+        results.extend(entry for entry in previous if entry["images"] not in sizes)
     document = {
         "benchmark": "search_scale",
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -278,6 +285,7 @@ def main() -> None:
             entry["load_average_1m_after_queries"] = round(os.getloadavg()[0], 2)
             entry["python_rss_mib"] = round(psutil.Process().memory_info().rss / 2**20)
             results.append(entry)
+            results.sort(key=lambda item: item["images"])
             arguments.output.parent.mkdir(parents=True, exist_ok=True)
             arguments.output.write_text(json.dumps(document, indent=2) + "\n")
             print_table(entry)
