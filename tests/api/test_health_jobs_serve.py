@@ -19,7 +19,9 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from services.auth.api_keys import create_api_key
 from services.config import REPO_ROOT, Settings
+from services.graph.store import GraphStore
 from tests.api.conftest import ApiGraph
 
 pytestmark = pytest.mark.neo4j
@@ -159,17 +161,22 @@ def http_server(app: Flask, api_settings: Settings) -> Iterator[str]:
         thread.join(timeout=10)
 
 
-def test_search_over_http_with_waitress(http_server: str, api_graph: ApiGraph) -> None:
+def test_search_over_http_with_waitress(
+    http_server: str, api_graph: ApiGraph, graph_store: GraphStore
+) -> None:
+    token = create_api_key(graph_store, "http-test", ("read",)).token
+    authorization = {"Authorization": f"Bearer {token}"}
     request = urllib.request.Request(
         f"{http_server}/api/v1/search",
         data=json.dumps({"key": api_graph.keys[0], "k": 7}).encode(),
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **authorization},
         method="POST",
     )
     with urllib.request.urlopen(request, timeout=60) as response:
         body = json.loads(response.read())
     assert len(body["results"]) == 7
     with pytest.raises(urllib.error.HTTPError) as error:
-        urllib.request.urlopen(f"{http_server}/api/v1/images/{'0' * 64}", timeout=30)
+        unknown = f"{http_server}/api/v1/images/{'0' * 64}"
+        urllib.request.urlopen(urllib.request.Request(unknown, headers=authorization), timeout=30)
     assert error.value.code == 404
     assert json.loads(error.value.read())["error"]["message"]
