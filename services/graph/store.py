@@ -24,6 +24,9 @@ def open_driver(settings: Settings) -> Driver:
         settings.bolt_uri,
         auth=settings.neo4j_auth_tuple(),
         max_transaction_retry_time=settings.neo4j_retry_time_s,
+        # Cypher that reads optional properties makes Neo4j send "property does not exist"
+        # notices on a young database; they are expected here and only flood the logs.
+        notifications_min_severity="OFF",
     )
 
 
