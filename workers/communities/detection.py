@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass
 
 import networkx as nx
+from neo4j.exceptions import ClientError
 
 from services.graph.store import GraphStore
 
@@ -89,8 +90,18 @@ def detect_gds(store: GraphStore, parameters: DetectionParameters) -> Detection:
     seed_discarded = False
     try:
         projected = store.query("community_gds_project", graph_name=graph_name)[0]
-        result = _run_gds(store, parameters, graph_name, "community", seeded)
         label_property = "community"
+        try:
+            result = _run_gds(store, parameters, graph_name, label_property, seeded)
+        except ClientError as error:
+            # GDS 2.13's seeded Leiden can fail inside the procedure (a NullPointerException in
+            # its dendrogram manager when the seed is already a fixed point): start over.
+            if not seeded:
+                raise
+            log.warning("seeded %s failed (%s): starting over from singletons",
+                        parameters.algorithm, error.message)  # fmt: skip
+            label_property, seeded, seed_discarded = "community_unseeded", False, True
+            result = _run_gds(store, parameters, graph_name, label_property, False)
         if seeded:
             start_q = _gds_modularity(store, graph_name, "seed_community")
             found_q = _gds_modularity(store, graph_name, "community")
