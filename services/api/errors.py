@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from flask import Flask, Response, jsonify
+from kombu.exceptions import OperationalError as BrokerUnavailable
 from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -103,7 +104,8 @@ def register_error_handlers(app: Flask) -> None:
             logger.warning("graph database unavailable: %s", error)
             return error_response(503, "the graph database is unavailable; retry shortly")
 
-    for redis_error in (RedisConnectionError, RedisTimeoutError):
+    # kombu wraps the broker's connection errors when a job is enqueued (POST /jobs/...).
+    for redis_error in (RedisConnectionError, RedisTimeoutError, BrokerUnavailable):
 
         @app.errorhandler(redis_error)
         def _queue_unavailable(error: Exception) -> Response:
