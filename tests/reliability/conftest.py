@@ -109,6 +109,8 @@ def seeded_graph(
             "encoder_checkpoint": ingest_checkpoint,
             "api_max_upload_bytes": MAX_UPLOAD_BYTES,
             "api_upload_dir": root / "uploads",
+            # Hundreds of requests a minute on one key; the rate limit has its own tests.
+            "api_rate_limit_per_minute": 0,
         }
     )
     graph_store.run_autocommit(

@@ -158,7 +158,8 @@ class WorkerProcess:
                 cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip
-        probe = Celery("worker-probe", broker=self.broker_url)
+        # Not the current app: shared tasks (clustering) must stay bound to medgraph's own app.
+        probe = Celery("worker-probe", broker=self.broker_url, set_as_current=False)
         deadline = time.monotonic() + timeout_s
         try:
             while not probe.control.ping(destination=[self.hostname], timeout=0.5):

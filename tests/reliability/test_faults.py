@@ -218,7 +218,10 @@ def test_neo4j_stopped_mid_ingest_then_started(
     worker.stop()
     print(f"Neo4j stopped at {at_stop.done}/{FILES}; {restarted.done} when it was back; "
           f"final: {final.status} {final.done} stored, {final.failed} failed")  # fmt: skip
-    assert "Retry in" in log, "no task met the outage (it must have been retried)"
+    # A short outage is absorbed by the driver's own transaction retries, a longer one by the
+    # task's retries; either way some task met it.
+    retried = ("Retry in", "Transaction failed and will be retried")
+    assert any(mark in log for mark in retried), "no task met the outage"
     assert_stored_exactly_once(stack, expected, job_id)
 
 

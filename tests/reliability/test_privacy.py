@@ -197,7 +197,9 @@ def test_no_phi_value_is_stored_or_returned_anywhere(
         for url, status, body in every_get_response(reliability_app, client, graph, graph_store):
             statuses[url] = status
             responses.append((url, body))
+    # /ready may say 503 on a busy machine (its worker ping times out); data endpoints may not.
     failing = {url: status for url, status in statuses.items() if status >= 400}
+    failing.pop(f"{API}/ready", None)
     assert not failing, f"data endpoints that did not answer: {failing}"
     # The endpoints that return each stored DICOM's data were among them.
     for dicom in graph.dicoms:
