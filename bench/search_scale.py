@@ -48,15 +48,15 @@ KNN_K = 10
 RESULTS = REPO_ROOT / "bench" / "results" / "search_scale.json"
 
 
-def bench_settings() -> Settings:
+def bench_settings(heap: str = "4g", pagecache: str = "3g") -> Settings:
     return Settings(
         home=REPO_ROOT / ".medgraph" / "bench-search",
         neo4j_bolt_port=27887,
         neo4j_http_port=27674,
         redis_port=26779,
         api_port=25040,
-        neo4j_heap="4g",
-        neo4j_pagecache="3g",
+        neo4j_heap=heap,
+        neo4j_pagecache=pagecache,
         knn_k=KNN_K,
     )
 
@@ -110,6 +110,30 @@ def build_graph(store: GraphStore, settings: Settings, n: int, seed: int) -> dic
         clustering_algorithm=summary.algorithm,
     )
     return report
+
+
+def stored_graph_report(store: GraphStore, n: int) -> dict[str, Any]:
+    """The graph figures of a graph built by an earlier run (``--reuse-graph``)."""
+    images = store.run_text("MATCH (i:Image) RETURN count(i) AS n")[0]["n"]
+    if images != n:
+        raise SystemExit(f"--reuse-graph: the stored graph has {images} images, not {n}")
+    run = store.run_text(
+        "MATCH (r:ClusteringRun {status: 'finished'}) RETURN r {.*} AS run "
+        "ORDER BY r.finished_at DESC LIMIT 1"
+    )[0]["run"]
+    say(f"n={n}: reusing the stored graph (run {run['id']})")
+    return {
+        "images": n,
+        "pairs": run["edge_count"],
+        "graph_reused_from_an_earlier_run": True,
+        "communities": run["community_count"],
+        "community_size_min": run["size_min"],
+        "community_size_median": run["size_median"],
+        "community_size_max": run["size_max"],
+        "modularity": round(run["modularity"], 6),
+        "total_weight_m": round(run["total_weight_m"], 3),
+        "clustering_algorithm": run["algorithm"],
+    }
 
 
 def numpy_top_k(matrix: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
@@ -173,14 +197,17 @@ def measure(
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         try:
+            from services.auth.api_keys import create_api_key
+
+            token = create_api_key(store, "bench-search-scale", ("read",)).token
             connection = http.client.HTTPConnection("127.0.0.1", settings.api_port, timeout=120)
             for strategy in Strategy:
                 for key in warmup:
-                    http_search(connection, key, strategy)
+                    http_search(connection, key, strategy, token)
                 samples = []
                 for key in chosen:
                     clock = time.perf_counter()
-                    http_search(connection, key, strategy)
+                    http_search(connection, key, strategy, token)
                     samples.append((time.perf_counter() - clock) * 1000.0)
                 http_latencies[strategy.value] = samples
                 say(f"  http {strategy.value}: p50 {np.percentile(samples, 50):.1f} ms")
@@ -222,9 +249,12 @@ def measure(
     return report
 
 
-def http_search(connection: http.client.HTTPConnection, key: str, strategy: Strategy) -> None:
+def http_search(
+    connection: http.client.HTTPConnection, key: str, strategy: Strategy, token: str
+) -> None:
     body = json.dumps({"key": key, "k": K, "strategy": strategy.value})
-    connection.request("POST", "/api/v1/search", body, {"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+    connection.request("POST", "/api/v1/search", body, headers)
     response = connection.getresponse()
     payload = response.read()
     if response.status != 200:
@@ -256,10 +286,17 @@ def main() -> None:
     parser.add_argument("--no-http", action="store_true")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument(
+        "--reuse-graph",
+        action="store_true",
+        help="Measure the graph already in the benchmark's Neo4j (one size) without rebuilding.",
+    )
+    parser.add_argument("--heap", default="4g", help="Neo4j heap of the benchmark's server.")
+    parser.add_argument("--pagecache", default="3g", help="Neo4j page cache.")
+    parser.add_argument(
         "--merge", action="store_true", help="Keep the other sizes' results already in --output."
     )
     arguments = parser.parse_args()
-    settings = bench_settings()
+    settings = bench_settings(arguments.heap, arguments.pagecache)
     results: list[dict[str, Any]] = []
     if arguments.merge and arguments.output.exists():
         sizes = {int(value) for value in arguments.sizes.split(",")}
@@ -276,9 +313,17 @@ def main() -> None:
     }
     try:
         for n in (int(value) for value in arguments.sizes.split(",")):
-            say(f"n={n}: fresh Neo4j")
-            store = fresh_neo4j(settings)
-            entry = build_graph(store, settings, n, arguments.seed)
+            if arguments.reuse_graph:
+                store = GraphStore.from_settings(settings)
+                entry = stored_graph_report(store, n)
+            else:
+                say(f"n={n}: fresh Neo4j")
+                store = fresh_neo4j(settings)
+                entry = build_graph(store, settings, n, arguments.seed)
+            entry["neo4j_heap"], entry["neo4j_pagecache"] = (
+                settings.neo4j_heap,
+                settings.neo4j_pagecache,
+            )
             entry["load_average_1m_before_queries"] = round(os.getloadavg()[0], 2)
             entry.update(measure(store, settings, arguments.queries, arguments.seed,
                                  not arguments.no_http))  # fmt: skip
