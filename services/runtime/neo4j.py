@@ -81,9 +81,11 @@ def java_major_version(java: Path) -> int:
 class Neo4jRuntime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.jar_dir = settings.cache_dir / f"neo4j-{settings.neo4j_version}"
-        self.home = settings.neo4j_home
-        self.data_dir = settings.neo4j_data_dir or self.home / "data"
+        # neo4j.conf needs absolute paths (gds.export.location refuses a relative one), and a
+        # relative MEDGRAPH_HOME is a natural thing for an operator to set.
+        self.jar_dir = (settings.cache_dir / f"neo4j-{settings.neo4j_version}").resolve()
+        self.home = settings.neo4j_home.resolve()
+        self.data_dir = (settings.neo4j_data_dir or self.home / "data").resolve()
         self.process = ManagedProcess(
             "neo4j", self.home / "run" / "neo4j.pid", self.home / "logs" / "console.log"
         )
