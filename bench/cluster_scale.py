@@ -30,9 +30,7 @@ import platform
 import shutil
 import subprocess
 import sys
-import threading
 import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,6 +38,7 @@ from typing import Any
 import numpy as np
 import psutil
 
+from bench.memory import PeakSampler
 from bench.similarity_graph import (
     knn_agreement,
     knn_edges,
@@ -81,37 +80,6 @@ def child_environment(settings: Settings) -> dict[str, str]:
     return environment
 
 
-@dataclass
-class MemorySampler:
-    """Peak resident memory of some processes, sampled in a thread."""
-
-    pids: dict[str, int]
-    interval_s: float = 0.2
-    peaks: dict[str, int] = field(default_factory=dict)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def __enter__(self) -> MemorySampler:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join()
-
-    def _run(self) -> None:
-        processes = {name: psutil.Process(pid) for name, pid in self.pids.items()}
-        while True:
-            for name, process in processes.items():
-                try:
-                    rss = process.memory_info().rss
-                except psutil.Error:
-                    continue
-                self.peaks[name] = max(self.peaks.get(name, 0), rss)
-            if self._stop.wait(self.interval_s):
-                return
 
 
 def apply_bench_schema(store: GraphStore) -> None:
@@ -170,7 +138,7 @@ def measure_size(n: int, algorithm: str, say: Any) -> dict[str, Any]:
         cwd=REPO_ROOT, env=child_environment(settings), stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    with MemorySampler({"python": child.pid, "neo4j": jvm_pid}) as sampler:
+    with PeakSampler({"python": child.pid, "neo4j": jvm_pid}, interval_s=0.2) as sampler:
         stdout, stderr = child.communicate()
     wall = time.perf_counter() - clock
     if child.returncode != 0:

@@ -25,7 +25,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 import psutil
 
+from bench.memory import PeakSampler
 from bench.synthetic import SCALES, generate
 from services.config import REPO_ROOT, Settings
 
@@ -63,39 +63,6 @@ def patient_store(settings: Settings) -> Any:
         max_transaction_retry_time=600, connection_acquisition_timeout=600,
     )  # fmt: skip
     return GraphStore(driver, settings.neo4j_database)
-
-
-@dataclass
-class PeakSampler:
-    """Peak resident memory of processes, sampled every ``interval_s`` in a thread."""
-
-    pids: dict[str, int]
-    interval_s: float = 0.25
-    peaks: dict[str, int] = field(default_factory=dict)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def __enter__(self) -> PeakSampler:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join()
-
-    def _run(self) -> None:
-        processes = {name: psutil.Process(pid) for name, pid in self.pids.items()}
-        while True:
-            for name, process in processes.items():
-                try:
-                    rss = process.memory_info().rss
-                except psutil.Error:
-                    continue
-                self.peaks[name] = max(self.peaks.get(name, 0), rss)
-            if self._stop.wait(self.interval_s):
-                return
 
 
 def vm_hwm_mib(pid: int) -> float | None:
