@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 ALGORITHMS = ("leiden", "louvain", "cnm")
 GDS_ALGORITHMS = ("leiden", "louvain")
+SEED_PROPERTY = "seed_community"  # projected by cypher/community_gds_project.cypher
+PLACEHOLDER_COMMUNITY = 0  # the seed of images without a community (never a community id)
 
 
 class ClusteringError(RuntimeError):
@@ -42,6 +44,7 @@ class Detection:
     seconds: float
     seeded: bool = False  # started from the stored partition
     seed_discarded: bool = False  # the seeded result was worse than its start; rerun unseeded
+    seed_kept: bool = False  # the seeded result was worse than its start, which was kept
 
 
 @dataclass(frozen=True)
@@ -81,54 +84,70 @@ def detect_gds(store: GraphStore, parameters: DetectionParameters) -> Detection:
 
     Seeded from the stored partition, the result must be at least as modular as that start:
     GDS 2.13's seeded Leiden sometimes returns a worse partition (a few communities merged,
-    measured 0.52 from a 0.57 start on one node order out of six), and then the run starts
-    over from singletons.
+    measured 0.52 from a 0.57 start on one node order out of six) or fails inside the
+    procedure. Then the start itself is kept when it covers every image (the algorithm could
+    not improve on it, and keeping it keeps every id); a start with images in the placeholder
+    community 0 is no partition worth keeping, so the run starts over from singletons.
     """
     graph_name = f"medgraph-communities-{uuid.uuid4().hex[:12]}"
     started = time.perf_counter()
     seeded = parameters.seed_from_previous
-    seed_discarded = False
+    seed_discarded = seed_kept = False
     try:
         projected = store.query("community_gds_project", graph_name=graph_name)[0]
         label_property = "community"
+        result: dict[str, object] | None
         try:
             result = _run_gds(store, parameters, graph_name, label_property, seeded)
         except ClientError as error:
             # GDS 2.13's seeded Leiden can fail inside the procedure (a NullPointerException in
-            # its dendrogram manager when the seed is already a fixed point): start over.
+            # its dendrogram manager when the seed is already a fixed point).
             if not seeded:
                 raise
-            log.warning("seeded %s failed (%s): starting over from singletons",
-                        parameters.algorithm, error.message)  # fmt: skip
-            label_property, seeded, seed_discarded = "community_unseeded", False, True
-            result = _run_gds(store, parameters, graph_name, label_property, False)
+            log.warning("seeded %s failed (%s)", parameters.algorithm, error.message)
+            result = None
         if seeded:
-            start_q = _gds_modularity(store, graph_name, "seed_community")
-            found_q = _gds_modularity(store, graph_name, "community")
-            if found_q < start_q - 1e-9:
-                log.warning(
-                    "seeded %s lost modularity (%.6f from a %.6f start): starting over from "
-                    "singletons", parameters.algorithm, found_q, start_q,
-                )  # fmt: skip
-                result = _run_gds(store, parameters, graph_name, "community_unseeded", False)
-                label_property, seeded, seed_discarded = "community_unseeded", False, True
-        streamed = store.query(
-            "community_gds_labels", graph_name=graph_name, property=label_property
-        )[0]
-        labels = dict(zip(streamed["keys"], map(int, streamed["labels"]), strict=True))
+            start_q = _gds_modularity(store, graph_name, SEED_PROPERTY)
+            found_q = None if result is None else _gds_modularity(store, graph_name, "community")
+            if found_q is None or found_q < start_q - 1e-9:
+                if found_q is not None:
+                    log.warning("seeded %s lost modularity (%.6f from a %.6f start)",
+                                parameters.algorithm, found_q, start_q)  # fmt: skip
+                if _seed_is_complete(store, graph_name):
+                    log.warning("keeping the start partition (modularity %.6f)", start_q)
+                    label_property, seed_kept = SEED_PROPERTY, True
+                    result = {"modularity": start_q, "ranLevels": 0, "didConverge": True}
+                else:
+                    log.warning("the start has images without a community: starting over "
+                                "from singletons")  # fmt: skip
+                    label_property, seeded, seed_discarded = "community_unseeded", False, True
+                    result = _run_gds(store, parameters, graph_name, label_property, False)
+        assert result is not None
+        labels = _gds_labels(store, graph_name, label_property)
     finally:
         store.query("community_gds_drop", graph_name=graph_name)
     return Detection(
         labels=labels,
-        reported_modularity=float(result["modularity"]),
-        levels=int(result["ranLevels"]),
+        reported_modularity=float(result["modularity"]),  # type: ignore[arg-type]
+        levels=int(result["ranLevels"]),  # type: ignore[call-overload]
         converged=bool(result["didConverge"]),
         node_count=int(projected["nodeCount"]),
         pair_count=int(projected["pairCount"]),
         seconds=time.perf_counter() - started,
         seeded=seeded,
         seed_discarded=seed_discarded,
+        seed_kept=seed_kept,
     )
+
+
+def _gds_labels(store: GraphStore, graph_name: str, property_name: str) -> dict[str, int]:
+    streamed = store.query("community_gds_labels", graph_name=graph_name, property=property_name)
+    return dict(zip(streamed[0]["keys"], map(int, streamed[0]["labels"]), strict=True))
+
+
+def _seed_is_complete(store: GraphStore, graph_name: str) -> bool:
+    """Whether every image of the projection starts in a real community (none in 0)."""
+    return PLACEHOLDER_COMMUNITY not in _gds_labels(store, graph_name, SEED_PROPERTY).values()
 
 
 def _run_gds(
@@ -138,7 +157,7 @@ def _run_gds(
     common = {
         "graph_name": graph_name,
         "property": property_name,
-        "seed_property": "seed_community" if seeded else None,
+        "seed_property": SEED_PROPERTY if seeded else None,
         "concurrency": parameters.concurrency,
         "max_levels": parameters.max_levels,
     }

@@ -230,6 +230,7 @@ def run_clustering(
             "size_median": float(statistics.median(sizes)),
             "levels": detection.levels, "converged": detection.converged,
             "seeded": detection.seeded, "seed_discarded": detection.seed_discarded,
+            "seed_kept": detection.seed_kept,
             "next_community_id": matched.next_community_id,
             "communities_inherited": matched.inherited, "communities_new": matched.fresh,
             "images_kept": matched.images_kept, "images_before": matched.images_before,

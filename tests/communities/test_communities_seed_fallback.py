@@ -1,0 +1,88 @@
+"""When GDS's seeded Leiden cannot improve on its start, the start is kept (ids and all).
+
+GDS 2.13's seeded Leiden now and then returns a less modular partition than its seed, or throws
+inside the procedure; neither can be provoked on purpose, so these tests make the seeded call
+itself misbehave the same two ways (against the real Neo4j and GDS) and check what
+``detect_gds`` and the run make of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pytest
+from community_graphs import (
+    REALISTIC_SIZE,
+    assert_stored_sums_match_graph,
+    latest_run,
+    realistic_set,
+    stored_assignment,
+    write_subset,
+)
+from neo4j.exceptions import ClientError
+
+from bench.similarity_graph import synthetic_keys
+from services.config import Settings
+from services.graph.store import GraphStore
+from workers.communities import detection, run_clustering
+
+
+def merging_seeded_leiden(real_run: Any) -> Any:
+    """A seeded Leiden that returns a worse partition: a tiny resolution merges every cluster."""
+
+    def run(store: GraphStore, parameters: Any, graph_name: str, prop: str, seeded: bool) -> Any:
+        if not seeded:
+            return real_run(store, parameters, graph_name, prop, seeded)
+        coarse = replace(parameters, resolution=1e-6)
+        return real_run(store, coarse, graph_name, prop, False)
+
+    return run
+
+
+def failing_seeded_leiden(real_run: Any) -> Any:
+    def run(store: GraphStore, parameters: Any, graph_name: str, prop: str, seeded: bool) -> Any:
+        if seeded:
+            raise ClientError("java.lang.NullPointerException (as GDS 2.13 once threw)")
+        return real_run(store, parameters, graph_name, prop, seeded)
+
+    return run
+
+
+@pytest.mark.parametrize("misbehaviour", [merging_seeded_leiden, failing_seeded_leiden])
+def test_a_seeded_run_that_cannot_improve_keeps_its_start(
+    clean_graph: GraphStore, community_settings: Settings, monkeypatch: pytest.MonkeyPatch,
+    misbehaviour: Any,
+) -> None:  # fmt: skip
+    write_subset(clean_graph, realistic_set(), np.arange(REALISTIC_SIZE))
+    first = run_clustering(clean_graph, community_settings)
+    before = stored_assignment(clean_graph)
+    monkeypatch.setattr(detection, "_run_gds", misbehaviour(detection._run_gds))
+
+    second = run_clustering(clean_graph, community_settings)
+
+    assert stored_assignment(clean_graph) == before
+    assert second.modularity == pytest.approx(first.modularity, abs=1e-9)
+    assert (second.images_kept, second.images_before) == (REALISTIC_SIZE, REALISTIC_SIZE)
+    run = latest_run(clean_graph)
+    assert (run["seeded"], run["seed_kept"], run["seed_discarded"]) == (True, True, False)
+    assert_stored_sums_match_graph(clean_graph)
+
+
+def test_a_start_with_unassigned_images_is_not_kept(
+    clean_graph: GraphStore, community_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_subset(clean_graph, realistic_set(), np.arange(REALISTIC_SIZE))
+    run_clustering(clean_graph, community_settings)
+    unassigned = synthetic_keys(range(40))  # < half: the run still seeds from the rest
+    clean_graph.query("community_clear_assignment", keys=unassigned)
+    monkeypatch.setattr(detection, "_run_gds", merging_seeded_leiden(detection._run_gds))
+
+    run_clustering(clean_graph, community_settings)
+
+    after = stored_assignment(clean_graph)
+    assert all(after[key] is not None for key in unassigned)
+    run = latest_run(clean_graph)
+    assert (run["seeded"], run["seed_kept"], run["seed_discarded"]) == (False, False, True)
+    assert_stored_sums_match_graph(clean_graph)
