@@ -99,7 +99,11 @@ def wait_for(check: Callable[[], object], timeout_s: float, what: str) -> object
 
 def finished_job(client: FlaskClient, job_id: str, timeout_s: float) -> dict:
     def state() -> dict | None:
-        body = client.get(f"/api/v1/jobs/{job_id}").get_json()
+        response = client.get(f"/api/v1/jobs/{job_id}")
+        if response.status_code == 503:  # Redis or Neo4j busy for a moment: ask again
+            return None
+        body = response.get_json()
+        assert response.status_code == 200, body
         return body if body["state"] in ("done", "failed") else None
 
     return wait_for(state, timeout_s, f"job {job_id}")  # type: ignore[return-value]
