@@ -69,9 +69,7 @@ class Settings(BaseSettings):
         default_factory=lambda: [REPO_ROOT / "data"],
         description="Only image files under these folders are ever served by the API.",
     )
-    model_dir: Path | None = Field(
-        None, description="Checkpoints folder. Default: <home>/models."
-    )
+    model_dir: Path | None = Field(None, description="Checkpoints folder. Default: <home>/models.")
     initial_weights: Path | None = Field(
         None, description="Local DenseNet-121 initial weights (.pth); none = from scratch."
     )
@@ -187,7 +185,9 @@ class Settings(BaseSettings):
     )  # fmt: skip
     cluster_seed: int = Field(42, description="Random seed of Leiden.")
     cluster_concurrency: int = Field(
-        1, ge=1, description="GDS threads for Leiden/Louvain; 1 keeps runs reproducible."
+        1,
+        ge=1,
+        description="GDS threads for the projection and Leiden/Louvain; 1 keeps runs reproducible.",
     )
     cluster_max_levels: int = Field(10, ge=1, description="Leiden/Louvain aggregation levels.")
     cluster_seed_previous: bool = Field(
@@ -215,9 +215,7 @@ class Settings(BaseSettings):
     region_max_communities: int = Field(
         32, ge=1, description="Most communities one region search visits before it stops."
     )
-    search_max_k: int = Field(
-        1000, ge=1, le=100_000, description="Largest k a search accepts."
-    )
+    search_max_k: int = Field(1000, ge=1, le=100_000, description="Largest k a search accepts.")
     search_max_index_candidates: int = Field(
         10_000, ge=10,
         description="Most vector-index candidates one query asks for while filters thin them.",

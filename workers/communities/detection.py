@@ -94,7 +94,10 @@ def detect_gds(store: GraphStore, parameters: DetectionParameters) -> Detection:
     seeded = parameters.seed_from_previous
     seed_discarded = seed_kept = False
     try:
-        projected = store.query("community_gds_project", graph_name=graph_name)[0]
+        projected = store.query(
+            "community_gds_project", graph_name=graph_name,
+            read_concurrency=parameters.concurrency,
+        )[0]  # fmt: skip
         label_property = "community"
         result: dict[str, object] | None
         try:
