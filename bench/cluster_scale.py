@@ -80,8 +80,6 @@ def child_environment(settings: Settings) -> dict[str, str]:
     return environment
 
 
-
-
 def apply_bench_schema(store: GraphStore) -> None:
     for statement in load_cypher_statements("schema"):
         if "VECTOR INDEX" not in statement:

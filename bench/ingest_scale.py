@@ -260,7 +260,8 @@ def save_result(result: dict[str, Any]) -> dict[str, Any]:
             "gpu": False,
         },
         "settings": {
-            "knn_k": settings.knn_k, "min_cosine": settings.min_cosine,
+            "knn_k": settings.knn_k,
+            "min_cosine": settings.min_cosine,
             "write_batch_size": settings.write_batch_size,
             "edge_write_batch_size": settings.edge_write_batch_size,
             "knn_block_mib": settings.knn_block_mib,
@@ -310,8 +311,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", type=int, nargs="*", default=sorted(SCALES.values()))
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--markdown", action="store_true", help="Print the README table.")
-    parser.add_argument("--overlap", action="store_true",
-                        help="Compute the kNN while the nodes are written (saves time).")
+    parser.add_argument(
+        "--overlap",
+        action="store_true",
+        help="Compute the kNN while the nodes are written (saves time).",
+    )
     parser.add_argument("--heap", default="4g", help="Neo4j heap.")
     parser.add_argument("--pagecache", default="4g", help="Neo4j page cache.")
     args = parser.parse_args(argv)

@@ -85,9 +85,7 @@ def measure_k(
         community_of[list(members)] = label
     mates = (community_of[:, None] == community_of[None, :]) & other_patient
     sizes = np.array([len(members) for members in communities])
-    per_image = [
-        float(same_findings[i, mates[i]].mean()) for i in range(n) if mates[i].any()
-    ]
+    per_image = [float(same_findings[i, mates[i]].mean()) for i in range(n) if mates[i].any()]
     return {
         "k": k,
         "precision_at_k_other_patients": round(precision, 4),
@@ -100,11 +98,11 @@ def measure_k(
         "louvain_modularity": round(modularity, 4),
         "community_precision": round(float(np.mean(per_image)), 4),
         "community_size_min_median_max": [
-            int(sizes.min()), int(np.median(sizes)), int(sizes.max())
+            int(sizes.min()),
+            int(np.median(sizes)),
+            int(sizes.max()),
         ],
-        "images_in_communities_of_50_or_more": round(
-            float(np.mean(sizes[community_of] >= 50)), 4
-        ),
+        "images_in_communities_of_50_or_more": round(float(np.mean(sizes[community_of] >= 50)), 4),
         "knn_build_s": round(build_s, 3),
     }
 

@@ -135,8 +135,13 @@ def stack_status() -> None:
     neo4j_status = Neo4jRuntime(settings).status()
     redis_status = RedisRuntime(settings).status()
     worker_status = WorkerRuntime(settings).status()
-    click.echo(_status_line("neo4j", neo4j_status.pid,
-                            f"Bolt {neo4j_status.bolt_uri}  Browser {neo4j_status.browser_url}"))
+    click.echo(
+        _status_line(
+            "neo4j",
+            neo4j_status.pid,
+            f"Bolt {neo4j_status.bolt_uri}  Browser {neo4j_status.browser_url}",
+        )
+    )
     click.echo(_status_line("redis", redis_status.pid, redis_status.url))
     click.echo(_status_line("worker", worker_status.pid, worker_status.node))
     if not (neo4j_status.running and redis_status.running and worker_status.running):

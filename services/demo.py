@@ -69,14 +69,18 @@ def run_demo(settings: Settings, serve: bool) -> None:
     click.secho("medgraph is up.", fg="green", bold=True)
     click.echo(f"  Dashboard:     {base}/dashboard/")
     click.echo(f"  REST API:      {base}/api/v1   (docs: {base}/api/docs)")
-    click.echo(f"  Neo4j Browser: http://{settings.neo4j_host}:{settings.neo4j_http_port}/browser/"
-               f"  (user {settings.neo4j_user}, password in {settings.secrets_dir}/neo4j-password)")
+    click.echo(
+        f"  Neo4j Browser: http://{settings.neo4j_host}:{settings.neo4j_http_port}/browser/"
+        f"  (user {settings.neo4j_user}, password in {settings.secrets_dir}/neo4j-password)"
+    )
     if token:
         click.secho(f"  API key (read+write, shown once): {token}", fg="yellow")
         click.echo(f"  Open the dashboard with it:       {base}/dashboard/#key={token}")
     else:
-        click.echo("  API key: created on the first run; make another with "
-                   "`medgraph apikey create --name me --scope write`")
+        click.echo(
+            "  API key: created on the first run; make another with "
+            "`medgraph apikey create --name me --scope write`"
+        )
     click.echo("  Stop with:     .venv/bin/medgraph stack stop")
     if serve:
         from services.api.commands import serve_api

@@ -78,8 +78,10 @@ def clean_graph(graph_store: GraphStore) -> GraphStore:
 
 
 def wipe_graph(store: GraphStore) -> None:
-    store.run_text("CALL gds.graph.list() YIELD graphName CALL gds.graph.drop(graphName) YIELD "
-                   "graphName AS dropped RETURN count(dropped)")
+    store.run_text(
+        "CALL gds.graph.list() YIELD graphName CALL gds.graph.drop(graphName) YIELD "
+        "graphName AS dropped RETURN count(dropped)"
+    )
     store.run_autocommit("MATCH (n) CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF 5000 ROWS")
 
 
@@ -89,4 +91,3 @@ def artifacts_dir() -> Path:
     path = REPO_ROOT / "test-artifacts"
     path.mkdir(exist_ok=True)
     return path
-

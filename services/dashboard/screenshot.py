@@ -111,9 +111,7 @@ def capture(
     out_dir.mkdir(parents=True, exist_ok=True)
     context = browser.new_context(viewport=viewport)
     if api_key:
-        context.add_init_script(
-            f"sessionStorage.setItem('medgraph.apiKey', {json.dumps(api_key)})"
-        )
+        context.add_init_script(f"sessionStorage.setItem('medgraph.apiKey', {json.dumps(api_key)})")
     page = context.new_page()
     shots: dict[str, Path] = {}
     views = {
@@ -140,15 +138,25 @@ def capture(
 
 @click.command()
 @click.option("--url", "base_url", default="http://127.0.0.1:5000/dashboard/", show_default=True)
-@click.option("--out", "out_file", type=click.Path(path_type=Path),
-              default=Path("docs/dashboard.png"), show_default=True,
-              help="The README screenshot (the graph view).")
+@click.option(
+    "--out",
+    "out_file",
+    type=click.Path(path_type=Path),
+    default=Path("docs/dashboard.png"),
+    show_default=True,
+    help="The README screenshot (the graph view).",
+)
 @click.option("--key", default=None, help="Focus image (default: one of the largest community).")
 @click.option("--api-key", default=None, envvar="MEDGRAPH_DASHBOARD_API_KEY")
-@click.option("--all-views", type=click.Path(path_type=Path), default=None,
-              help="Also save every view at 1366 and 2560 px into this folder.")
-def main(base_url: str, out_file: Path, key: str | None, api_key: str | None,
-         all_views: Path | None) -> None:
+@click.option(
+    "--all-views",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also save every view at 1366 and 2560 px into this folder.",
+)
+def main(
+    base_url: str, out_file: Path, key: str | None, api_key: str | None, all_views: Path | None
+) -> None:
     """Save the README screenshot of the running dashboard."""
     key = key or first_key(base_url, api_key)
     with launch_chromium() as browser:
@@ -166,8 +174,9 @@ def main(base_url: str, out_file: Path, key: str | None, api_key: str | None,
         click.echo(f"saved {out_file}")
         if all_views:
             for viewport in (LAPTOP_VIEWPORT, LARGE_VIEWPORT):
-                for path in capture(browser, base_url, all_views, key, api_key=api_key,
-                                    viewport=viewport).values():
+                for path in capture(
+                    browser, base_url, all_views, key, api_key=api_key, viewport=viewport
+                ).values():
                     click.echo(f"saved {path}")
 
 

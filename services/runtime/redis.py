@@ -23,9 +23,7 @@ class RedisRuntime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.home = settings.home / "redis"
-        self.process = ManagedProcess(
-            "redis", self.home / "redis.pid", self.home / "redis.log"
-        )
+        self.process = ManagedProcess("redis", self.home / "redis.pid", self.home / "redis.log")
 
     def status(self) -> RedisStatus:
         return RedisStatus(self.process.is_running(), self.process.pid(), self.settings.broker_url)

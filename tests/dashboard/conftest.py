@@ -161,8 +161,10 @@ def page(chromium: object, artifacts_dir: Path) -> Iterator[object]:
     context.set_default_timeout(90_000)
     tab = context.new_page()
     tab.console_errors = []
-    tab.on("console", lambda message: message.type == "error" and tab.console_errors.append(
-        message.text))
+    tab.on(
+        "console",
+        lambda message: message.type == "error" and tab.console_errors.append(message.text),
+    )
     tab.on("pageerror", lambda error: tab.console_errors.append(str(error)))
     try:
         yield tab

@@ -69,8 +69,16 @@ def test_page_and_every_asset_are_served_by_the_app_without_a_key(dashboard_url:
             modules.append(content.decode())
     # The modules import only relative paths: nothing leaves the app.
     static_js = origin_of(dashboard_url) + "/dashboard/static/js/"
-    for name in ("api.js", "dom.js", "chart.js", "router.js", "views/search.js",
-                 "views/graph.js", "views/communities.js", "views/image.js"):
+    for name in (
+        "api.js",
+        "dom.js",
+        "chart.js",
+        "router.js",
+        "views/search.js",
+        "views/graph.js",
+        "views/communities.js",
+        "views/image.js",
+    ):
         status, content = http_get(static_js + name)
         assert status == 200, name
         modules.append(content.decode())
@@ -99,7 +107,10 @@ def test_without_a_key_a_view_shows_the_api_s_401_and_asks_for_a_key(
 
 
 def test_a_search_by_key_with_the_typed_api_key_shows_k_cards(
-    page: Any, dashboard_url: str, seeded_graph: SeededGraph, read_token: str,
+    page: Any,
+    dashboard_url: str,
+    seeded_graph: SeededGraph,
+    read_token: str,
     artifacts_dir: Path,
 ) -> None:
     query = seeded_graph.images[0]
@@ -107,8 +118,13 @@ def test_a_search_by_key_with_the_typed_api_key_shows_k_cards(
     assert wait_for_view(page) == "error"  # the API wants a key
 
     sent_headers: list[str] = []
-    page.on("request", lambda request: "/api/v1/" in request.url and sent_headers.append(
-        request.headers.get("authorization", "")))
+    page.on(
+        "request",
+        lambda request: (
+            "/api/v1/" in request.url
+            and sent_headers.append(request.headers.get("authorization", ""))
+        ),
+    )
     page.fill("#api-key-input", read_token)
     page.click("#api-key-form button[type=submit]")
     page.wait_for_function(
@@ -177,9 +193,11 @@ def test_the_search_form_puts_its_state_in_the_url(
     other.goto(f"{dashboard_url}{fragment}")
     wait_for_view(other)
     keys_here = page.locator("[data-testid=result-card]").evaluate_all(
-        "cards => cards.map(card => card.dataset.key)")
+        "cards => cards.map(card => card.dataset.key)"
+    )
     keys_there = other.locator("[data-testid=result-card]").evaluate_all(
-        "cards => cards.map(card => card.dataset.key)")
+        "cards => cards.map(card => card.dataset.key)"
+    )
     assert keys_here == keys_there
     assert other.input_value("#search-strategy") == "exact"
 
@@ -231,7 +249,10 @@ def ball(seeded_graph: SeededGraph, key: str, hops: int, min_weight: float) -> s
 
 
 def test_neighbourhood_graph_shows_thumbnails_community_colours_and_refocuses_on_click(
-    keyed_page: Any, dashboard_url: str, seeded_graph: SeededGraph, artifacts_dir: Path,
+    keyed_page: Any,
+    dashboard_url: str,
+    seeded_graph: SeededGraph,
+    artifacts_dir: Path,
     timings: Timings,
 ) -> None:
     page = keyed_page
@@ -270,7 +291,8 @@ def test_neighbourhood_graph_shows_thumbnails_community_colours_and_refocuses_on
     assert {node["key"] for node in refocused["nodes"]} == ball(seeded_graph, neighbour, 1, 0.0)
     assert f"key={neighbour}" in page.evaluate("window.location.hash")
     assert neighbour in page.inner_text("#graph-side") or neighbour[:12] in page.inner_text(
-        "#graph-side")
+        "#graph-side"
+    )
     page.go_back()  # the previous focus is one step back in history
     page.wait_for_function(
         "(key) => document.getElementById('view').dataset.focus === key", arg=focus
@@ -313,7 +335,10 @@ def test_graph_sliders_set_hops_and_minimum_similarity(
 
 
 def test_community_browser_lists_every_community_with_a_chart(
-    keyed_page: Any, dashboard_url: str, seeded_graph: SeededGraph, artifacts_dir: Path,
+    keyed_page: Any,
+    dashboard_url: str,
+    seeded_graph: SeededGraph,
+    artifacts_dir: Path,
     timings: Timings,
 ) -> None:
     page = keyed_page
@@ -369,12 +394,16 @@ def test_a_community_lists_its_links_to_other_communities(
     }
     assert linked, "the test graph should link its largest community to others"
     links = page.locator("#community-links a.community-chip").evaluate_all(
-        "chips => chips.map(chip => chip.textContent)")
+        "chips => chips.map(chip => chip.textContent)"
+    )
     assert set(links) == {f"C{community}" for community in linked}
 
 
 def test_image_detail_shows_findings_neighbours_and_a_neo4j_browser_link_but_no_patient_ids(
-    keyed_page: Any, dashboard_url: str, seeded_graph: SeededGraph, settings: Any,
+    keyed_page: Any,
+    dashboard_url: str,
+    seeded_graph: SeededGraph,
+    settings: Any,
     artifacts_dir: Path,
 ) -> None:
     page = keyed_page
@@ -390,7 +419,8 @@ def test_image_detail_shows_findings_neighbours_and_a_neo4j_browser_link_but_no_
         assert finding in text
     assert f"C{image.community}" in text
     neighbours = page.locator("#image-neighbours > li").evaluate_all(
-        "items => items.map(item => item.dataset.key)")
+        "items => items.map(item => item.dataset.key)"
+    )
     assert set(neighbours) == seeded_graph.neighbours(image.key)
     # Never a patient identifier: not the patient key, not the NIH file name (patient number).
     html = page.content()
@@ -406,11 +436,16 @@ def test_image_detail_shows_findings_neighbours_and_a_neo4j_browser_link_but_no_
     page.screenshot(path=str(artifacts_dir / "dashboard-image.png"), full_page=True)
 
 
-@pytest.mark.parametrize("viewport", [{"width": 1366, "height": 800}, LARGE_VIEWPORT],
-                         ids=["laptop", "large"])
+@pytest.mark.parametrize(
+    "viewport", [{"width": 1366, "height": 800}, LARGE_VIEWPORT], ids=["laptop", "large"]
+)
 def test_views_fit_laptop_and_large_widths(
-    chromium: Any, dashboard_url: str, seeded_graph: SeededGraph, read_token: str,
-    viewport: dict[str, int], artifacts_dir: Path,
+    chromium: Any,
+    dashboard_url: str,
+    seeded_graph: SeededGraph,
+    read_token: str,
+    viewport: dict[str, int],
+    artifacts_dir: Path,
 ) -> None:
     context = chromium.new_context(viewport=viewport)
     context.set_default_timeout(90_000)
@@ -430,7 +465,8 @@ def test_views_fit_laptop_and_large_widths(
                 wait_for_graph(page)
             # Nothing spills sideways: no horizontal scrolling at this width.
             overflow = page.evaluate(
-                "document.documentElement.scrollWidth - document.documentElement.clientWidth")
+                "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+            )
             assert overflow <= 0, f"{name} overflows by {overflow}px at {viewport['width']}px"
             page.screenshot(
                 path=str(artifacts_dir / f"dashboard-{name}-{viewport['width']}.png"),

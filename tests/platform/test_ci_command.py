@@ -13,7 +13,12 @@ def run_test_command(*args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "MEDGRAPH_"))}
     return subprocess.run(
         [str(REPO_ROOT / "scripts" / "test"), *args],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
 
 

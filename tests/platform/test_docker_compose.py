@@ -46,11 +46,13 @@ def test_every_medgraph_variable_is_a_setting_and_parses() -> None:
         seen.update(environment)
     # The values must be acceptable to the settings object itself (after ${VAR} substitution).
     values = {
-        key[len("MEDGRAPH_"):].lower(): re.sub(r"\$\{[^}]*\}", "placeholder", str(value))
+        key[len("MEDGRAPH_") :].lower(): re.sub(r"\$\{[^}]*\}", "placeholder", str(value))
         for key, value in seen.items()
     }
-    settings = Settings(**{k: v for k, v in values.items() if k != "data_roots"},
-                        data_roots=yaml.safe_load(values["data_roots"]))
+    settings = Settings(
+        **{k: v for k, v in values.items() if k != "data_roots"},
+        data_roots=yaml.safe_load(values["data_roots"]),
+    )
     assert settings.bolt_uri == "bolt://neo4j:7687"
     assert settings.broker_url == "redis://redis:6379/0"
 

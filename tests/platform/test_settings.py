@@ -28,16 +28,21 @@ def test_explicit_uris_win_over_host_and_port() -> None:
     assert settings.broker_url == "redis://cache:6379/2"
 
 
-@pytest.mark.parametrize("field, value", [("neo4j_bolt_port", 0), ("redis_port", 70000),
-                                          ("knn_k", 0), ("min_cosine", 2.0)])
+@pytest.mark.parametrize(
+    "field, value",
+    [("neo4j_bolt_port", 0), ("redis_port", 70000), ("knn_k", 0), ("min_cosine", 2.0)],
+)
 def test_out_of_range_values_are_refused_with_the_field_named(field: str, value: object) -> None:
     with pytest.raises(ValidationError, match=field):
         Settings(**{field: value})
 
 
 def test_readme_configuration_table_is_current() -> None:
-    match = re.search(r"<!-- settings-table:start -->\n(.*?)\n<!-- settings-table:end -->",
-                      README.read_text(), re.S)
+    match = re.search(
+        r"<!-- settings-table:start -->\n(.*?)\n<!-- settings-table:end -->",
+        README.read_text(),
+        re.S,
+    )
     assert match, "README lost its settings table markers"
     assert match.group(1) == settings_markdown_table(), (
         "README's configuration table is stale: run `medgraph config --update-readme`"

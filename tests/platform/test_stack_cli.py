@@ -82,9 +82,14 @@ def test_start_status_restart_and_stop(own_stack_env: dict[str, str]) -> None:
     assert "neo4j: stopped" in after.stdout and "redis: stopped" in after.stdout
 
 
-@pytest.mark.parametrize("part, port_variable", [("redis", "MEDGRAPH_REDIS_PORT"),
-                                                 ("neo4j", "MEDGRAPH_NEO4J_BOLT_PORT"),
-                                                 ("neo4j", "MEDGRAPH_NEO4J_HTTP_PORT")])
+@pytest.mark.parametrize(
+    "part, port_variable",
+    [
+        ("redis", "MEDGRAPH_REDIS_PORT"),
+        ("neo4j", "MEDGRAPH_NEO4J_BOLT_PORT"),
+        ("neo4j", "MEDGRAPH_NEO4J_HTTP_PORT"),
+    ],
+)
 def test_port_in_use_is_named(own_stack_env: dict[str, str], part: str, port_variable: str) -> None:
     with socket.socket() as squatter:
         squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -102,7 +107,7 @@ def test_wrong_java_version_is_explained(own_stack_env: dict[str, str], tmp_path
     fake_java_home = tmp_path / "jdk11"
     (fake_java_home / "bin").mkdir(parents=True)
     fake_java = fake_java_home / "bin" / "java"
-    fake_java.write_text('#!/bin/sh\necho \'openjdk version "11.0.22" 2024-01-16\' >&2\n')
+    fake_java.write_text("#!/bin/sh\necho 'openjdk version \"11.0.22\" 2024-01-16' >&2\n")
     fake_java.chmod(0o755)
     env = dict(own_stack_env, JAVA_HOME=str(fake_java_home))
     result = run_cli(env, "stack", "start", "--only", "neo4j")
@@ -118,8 +123,11 @@ def test_missing_java_is_explained(own_stack_env: dict[str, str], tmp_path: Path
 
 
 def test_download_failure_is_reported(own_stack_env: dict[str, str], tmp_path: Path) -> None:
-    env = dict(own_stack_env, MEDGRAPH_CACHE_DIR=str(tmp_path / "cache"),
-               MEDGRAPH_NEO4J_VERSION="5.26.9999")
+    env = dict(
+        own_stack_env,
+        MEDGRAPH_CACHE_DIR=str(tmp_path / "cache"),
+        MEDGRAPH_NEO4J_VERSION="5.26.9999",
+    )
     result = run_cli(env, "stack", "fetch")
     assert result.returncode == 1
     assert "Downloading Neo4j 5.26.9999" in result.stderr and "failed" in result.stderr

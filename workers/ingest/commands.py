@@ -273,10 +273,20 @@ def ingest_status(job_id: str, wait: bool, report: Path | None) -> None:
 
 
 @click.command("worker")
-@click.option("--queues", "-Q", default="embed,graph", show_default=True,
-              help="Comma-separated queues: embed (images -> codes), graph (Neo4j writes).")
-@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=None,
-              help="Pool processes (default: number of CPUs).")
+@click.option(
+    "--queues",
+    "-Q",
+    default="embed,graph",
+    show_default=True,
+    help="Comma-separated queues: embed (images -> codes), graph (Neo4j writes).",
+)
+@click.option(
+    "--concurrency",
+    "-c",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Pool processes (default: number of CPUs).",
+)
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 @click.option("--hostname", "-n", default=None, help="Node name (default: celery@<host>).")
 def worker(queues: str, concurrency: int | None, loglevel: str, hostname: str | None) -> None:

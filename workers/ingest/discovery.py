@@ -36,7 +36,7 @@ class Discovery:
 
 
 def sniff_format(path: Path) -> str | None:
-    """"png", "jpeg" or "dicom" from the first bytes; None for anything else or unreadable."""
+    """ "png", "jpeg" or "dicom" from the first bytes; None for anything else or unreadable."""
     try:
         with path.open("rb") as handle:
             head = handle.read(SNIFF_BYTES)

@@ -57,9 +57,7 @@ class UnknownJob(KeyError):
 
 def check_job_id(job_id: str) -> str:
     if not _JOB_ID.match(job_id):
-        raise ValueError(
-            f"invalid job id {job_id!r}: use 1-64 letters, digits, '.', '_' or '-'"
-        )
+        raise ValueError(f"invalid job id {job_id!r}: use 1-64 letters, digits, '.', '_' or '-'")
     return job_id
 
 

@@ -162,9 +162,7 @@ def embed_batch(self: Task, job_id: str, batch_id: str, entries: list[FileEntry]
         lookup_known=lambda keys: stored_keys(store, keys, extractor.model_version),
         batch_size=settings.embed_batch_size,
     )
-    write_images.apply_async(
-        (job_id, batch_id, outcome.rows, outcome.failures), queue=GRAPH_QUEUE
-    )
+    write_images.apply_async((job_id, batch_id, outcome.rows, outcome.failures), queue=GRAPH_QUEUE)
     return {"rows": len(outcome.rows), "failed": len(outcome.failures),
             "embedded": outcome.embedded, "reused": outcome.reused}  # fmt: skip
 
