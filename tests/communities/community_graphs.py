@@ -12,15 +12,8 @@ import pytest
 
 from bench.similarity_graph import knn_edges, synthetic_keys, write_graph
 from bench.synthetic import SyntheticSet, generate
-from services.config import REPO_ROOT, Settings
 from services.graph.store import GraphStore
-from services.secrets import patient_key_secret
-from workers.encoder.imaging import ReadLimits, read_image
-from workers.encoder.labels import read_labels
-from workers.ingest.edges import build_edges
 from workers.ingest.knn import SymmetricEdges
-from workers.ingest.pipeline import FileEntry, embed_files, write_image_rows
-from workers.ingest.pipeline import patient_key as pipeline_patient_key
 
 K = 10
 # The size of the bundled NIH demo set; spread 0.15 makes about a quarter of the kNN pairs
@@ -107,41 +100,3 @@ def assert_stored_sums_match_graph(store: GraphStore, rel: float = 1e-9) -> None
 
 def realistic_set(n: int = REALISTIC_SIZE, seed: int = 7) -> SyntheticSet:
     return generate(n, spread=REALISTIC_SPREAD, seed=seed)
-
-
-BUNDLED_DIR = REPO_ROOT / "data" / "nih-cxr14-64px"
-
-
-class PixelProjection:
-    """Image codes without a trained network: mean-centred pixels times a fixed Gaussian matrix,
-    L2-normalised (training the DenseNet first would take the tests ~12 minutes)."""
-
-    model_version = "communities-test-pixel-projection"
-
-    def __init__(self, mean_pixels: np.ndarray, dimensions: int = 1024) -> None:
-        self.mean = mean_pixels.ravel().astype(np.float64)
-        self.projection = np.random.default_rng(0).standard_normal((self.mean.size, dimensions))
-
-    def embed(self, images: list[np.ndarray]) -> np.ndarray:
-        centred = np.stack([image.ravel().astype(np.float64) for image in images]) - self.mean
-        codes = centred @ self.projection
-        return (codes / np.linalg.norm(codes, axis=1, keepdims=True)).astype(np.float32)
-
-
-def ingest_bundled_set(store: GraphStore, settings: Settings) -> int:
-    """The bundled NIH set through ingestion's own steps (labels, hashing, decoding, patient
-    keys, node writes, exact symmetric kNN edges), with pixel-projection image codes."""
-    records = read_labels(BUNDLED_DIR / "labels.csv").records
-    secret = patient_key_secret(settings)
-    entries = [
-        FileEntry(path=str(record.image_path), findings=list(record.findings),
-                  patient_key=pipeline_patient_key(secret, record.patient_id))
-        for record in records
-    ]  # fmt: skip
-    mean = np.mean([read_image(record.image_path).pixels for record in records], axis=0)
-    limits = ReadLimits(settings.max_file_bytes, settings.max_image_pixels)
-    outcome = embed_files(entries, PixelProjection(mean), limits=limits, secret=secret)
-    assert not outcome.failures, outcome.failures
-    write_image_rows(store, outcome.rows, settings.write_batch_size)
-    build_edges(store, settings, "bulk")
-    return len(records)

@@ -1,5 +1,5 @@
 """Acceptance 1 on the bundled NIH set after ingest (ingestion's own code; the image codes are a
-pixel projection instead of the trained DenseNet, see community_graphs.PixelProjection)."""
+pixel projection instead of the trained DenseNet, see tests/support.py PixelProjection)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import networkx as nx
 import pytest
 from community_graphs import (
     assert_stored_sums_match_graph,
-    ingest_bundled_set,
     latest_run,
     networkx_graph,
     stored_assignment,
@@ -15,11 +14,12 @@ from community_graphs import (
 
 from services.config import Settings
 from services.graph.store import GraphStore
+from tests.support import ingest_bundled
 from workers.communities import run_clustering
 
 
 def test_bundled_set_after_ingest(clean_graph: GraphStore, community_settings: Settings) -> None:
-    files = ingest_bundled_set(clean_graph, community_settings)
+    files = ingest_bundled(clean_graph, community_settings)
     images = clean_graph.run_text("MATCH (i:Image) RETURN count(i) AS n")[0]["n"]
     assert 0 < images <= files
 

@@ -18,40 +18,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from services.auth.api_keys import create_api_key
-from services.config import REPO_ROOT, Settings
+from services.config import Settings
 from services.graph.store import GraphStore
-from services.secrets import patient_key_secret
 from tests.conftest import wipe_graph
+from tests.support import ingest_bundled
 from workers.communities.job import ClusteringSummary, run_clustering
-from workers.encoder.imaging import ReadLimits, read_image
-from workers.encoder.labels import read_labels
-from workers.ingest.edges import build_edges
-from workers.ingest.pipeline import FileEntry, embed_files, patient_key, write_image_rows
 
-BUNDLED_DIR = REPO_ROOT / "data" / "nih-cxr14-64px"
 SEED_IMAGES = 150
-EMBEDDING_DIM = 1024
-
-
-class PixelProjection:
-    """An ``Embedder`` without training: centred pixels times a fixed Gaussian matrix."""
-
-    model_version = "dashboard-test-projection"
-
-    def __init__(self, mean_pixels: np.ndarray) -> None:
-        self.mean = mean_pixels.ravel().astype(np.float64)
-        rng = np.random.default_rng(0)
-        self.projection = rng.standard_normal((self.mean.size, EMBEDDING_DIM))
-
-    def embed(self, images: list[np.ndarray]) -> np.ndarray:
-        centred = np.stack([image.ravel().astype(np.float64) for image in images]) - self.mean
-        codes = centred @ self.projection
-        return (codes / np.linalg.norm(codes, axis=1, keepdims=True)).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -84,27 +61,10 @@ class SeededGraph:
         return dict(Counter(i.community for i in self.images if i.community is not None))
 
 
-def ingest_bundled_slice(store: GraphStore, settings: Settings, count: int) -> None:
-    """Ingestion's own steps, in process: image rows, node writes, kNN edges."""
-    records = read_labels(BUNDLED_DIR / "labels.csv").records[:count]
-    secret = patient_key_secret(settings)
-    entries = [
-        FileEntry(path=str(record.image_path), findings=list(record.findings),
-                  patient_key=patient_key(secret, record.patient_id))
-        for record in records
-    ]  # fmt: skip
-    mean = np.mean([read_image(record.image_path).pixels for record in records], axis=0)
-    limits = ReadLimits(settings.max_file_bytes, settings.max_image_pixels)
-    outcome = embed_files(entries, PixelProjection(mean), limits=limits, secret=secret)
-    assert not outcome.failures, outcome.failures
-    write_image_rows(store, outcome.rows, settings.write_batch_size)
-    build_edges(store, settings, "bulk")
-
-
 @pytest.fixture(scope="session")
 def seeded_graph(graph_store: GraphStore, settings: Settings) -> SeededGraph:
     wipe_graph(graph_store)
-    ingest_bundled_slice(graph_store, settings, SEED_IMAGES)
+    ingest_bundled(graph_store, settings, SEED_IMAGES)
     summary = run_clustering(graph_store, settings)
     edges = [
         (record["source"], record["target"], float(record["weight"]))
