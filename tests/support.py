@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 from flask.testing import FlaskClient
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from services.auth.api_keys import create_api_key
 from services.config import REPO_ROOT, Settings
@@ -15,6 +19,8 @@ from workers.ingest.edges import build_edges
 from workers.ingest.pipeline import FileEntry, embed_files, patient_key, write_image_rows
 
 BUNDLED_DIR = REPO_ROOT / "data" / "nih-cxr14-64px"
+DX_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # SOP class: Digital X-Ray, for presentation
+CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"  # SOP class: Computed Radiography
 
 
 def authorise(
@@ -60,3 +66,38 @@ def ingest_bundled(store: GraphStore, settings: Settings, count: int | None = No
     write_image_rows(store, outcome.rows, settings.write_batch_size)
     build_edges(store, settings, "bulk")
     return len(records)
+
+
+def dicom_dataset(
+    stored: np.ndarray,
+    *,
+    photometric: str = "MONOCHROME2",
+    bits_stored: int = 12,
+    patient_id: str | None = None,
+    modality: str = "DX",
+    sop_class: str = DX_IMAGE_STORAGE,
+    **elements: object,
+) -> Dataset:
+    """A DICOM dataset with ``stored`` (unsigned ints) as its pixel data; ``elements`` are set
+    by keyword last, so they can also overwrite what the pixels implied (to make bad files)."""
+    dataset = Dataset()
+    dataset.file_meta = FileMetaDataset()
+    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset.file_meta.MediaStorageSOPClassUID = sop_class
+    dataset.SOPClassUID = sop_class
+    dataset.SOPInstanceUID = generate_uid()
+    dataset.Modality = modality
+    if patient_id is not None:
+        dataset.PatientID = patient_id
+    dataset.set_pixel_data(stored, photometric, bits_stored, generate_instance_uid=False)
+    for keyword, value in elements.items():
+        setattr(dataset, keyword, value)
+    dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+    return dataset
+
+
+def dicom_bytes(dataset: Dataset) -> bytes:
+    """A Part 10 file (preamble, DICM marker, file meta) of ``dataset``."""
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()

@@ -7,12 +7,12 @@ import io
 import numpy as np
 import pytest
 from flask.testing import FlaskClient
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import SecondaryCaptureImageStorage
 
 from services.config import Settings
 from tests.api.conftest import MAX_UPLOAD, QUERY_EDGES, ApiGraph, exact_top
 from tests.retrieval.reference import reference_region_search
+from tests.support import dicom_bytes, dicom_dataset
 
 pytestmark = pytest.mark.neo4j
 
@@ -144,27 +144,12 @@ def test_upload_of_a_stored_image_never_returns_itself(
     assert not same_patient & set(result_keys(body))
 
 
-def dicom_bytes(pixels: np.ndarray, patient_id: str) -> bytes:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset = FileDataset("query.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
-    dataset.SOPClassUID = meta.MediaStorageSOPClassUID
-    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    dataset.Modality = "DX"
-    dataset.PatientID = patient_id
-    dataset.Rows, dataset.Columns = pixels.shape
-    dataset.SamplesPerPixel = 1
-    dataset.PhotometricInterpretation = "MONOCHROME2"
-    dataset.BitsAllocated = 16
-    dataset.BitsStored = 12
-    dataset.HighBit = 11
-    dataset.PixelRepresentation = 0
-    dataset.PixelData = (pixels.astype(np.float64) * 4095).round().astype("<u2").tobytes()
-    buffer = io.BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+def query_dicom(pixels: np.ndarray, patient_id: str) -> bytes:
+    """``pixels`` (floats in [0, 1]) as a 12-bit secondary-capture DICOM of ``patient_id``."""
+    stored = (pixels.astype(np.float64) * 4095).round().astype(np.uint16)
+    return dicom_bytes(
+        dicom_dataset(stored, patient_id=patient_id, sop_class=SecondaryCaptureImageStorage)
+    )
 
 
 def test_upload_dicom_excludes_its_patient(
@@ -178,7 +163,7 @@ def test_upload_dicom_excludes_its_patient(
     theirs = {key for key in api_graph.keys if api_graph.raw_patient_of[key] == raw_id}
     assert len(theirs) >= 2
     pixels = read_image(api_graph.path_of[sorted(theirs)[0]]).pixels
-    data = dicom_bytes(pixels, raw_id)
+    data = query_dicom(pixels, raw_id)
     query = embed_file(api_settings, data, "query.dcm")
     k = len(api_graph.keys)
 

@@ -13,18 +13,15 @@ import nibabel
 import numpy as np
 import pydicom
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
 
-from services.config import REPO_ROOT
+from tests import support
+from tests.support import BUNDLED_DIR
 
-BUNDLED_DIR = REPO_ROOT / "data" / "nih-cxr14-64px"
 BUNDLED_LABELS = BUNDLED_DIR / "labels.csv"
 PYDICOM_TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 NIBABEL_TEST_DATA = Path(nibabel.__file__).parent / "tests" / "data"
 SECRET_PATIENT_ID = "PATIENT-SECRET-4711"
-# DX: digital X-ray for presentation, the SOP class a chest film typically has.
-DX_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.1"
 TWELVE_BIT_MAX = 4095
 
 
@@ -68,34 +65,10 @@ def jpeg_bytes(array: np.ndarray, mode: str = "L", quality: int = 95) -> bytes:
 
 
 def dicom_dataset(
-    stored: np.ndarray,
-    *,
-    photometric: str = "MONOCHROME2",
-    bits_stored: int = 12,
-    patient_id: str | None = SECRET_PATIENT_ID,
-    **elements: object,
+    stored: np.ndarray, *, patient_id: str | None = SECRET_PATIENT_ID, **kwargs: object
 ) -> Dataset:
-    """A DX dataset with ``stored`` as its pixel data and any extra elements by keyword."""
-    dataset = Dataset()
-    dataset.file_meta = FileMetaDataset()
-    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset.file_meta.MediaStorageSOPClassUID = DX_SOP_CLASS
-    dataset.SOPClassUID = DX_SOP_CLASS
-    dataset.SOPInstanceUID = generate_uid()
-    dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
-    dataset.Modality = "DX"
-    if patient_id is not None:
-        dataset.PatientID = patient_id
-    dataset.set_pixel_data(stored, photometric, bits_stored, generate_instance_uid=False)
-    for keyword, value in elements.items():
-        setattr(dataset, keyword, value)
-    return dataset
-
-
-def dicom_bytes(dataset: Dataset) -> bytes:
-    buffer = io.BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+    """``tests.support.dicom_dataset`` carrying the patient id the privacy checks look for."""
+    return support.dicom_dataset(stored, patient_id=patient_id, **kwargs)  # type: ignore[arg-type]
 
 
 def write_labels(path: Path, header: list[str], rows: list[list[str]]) -> Path:

@@ -12,11 +12,11 @@ from encoder_testkit import (
     BUNDLED_DIR,
     TWELVE_BIT_MAX,
     base_image,
-    dicom_bytes,
     dicom_dataset,
     png_bytes,
 )
 
+from tests.support import dicom_bytes
 from workers.encoder.checkpoint import CheckpointError
 from workers.encoder.extractor import FEATURE_DIM, FeatureExtractor
 from workers.encoder.imaging import ReadLimits, read_image

@@ -17,7 +17,6 @@ from encoder_testkit import (
     SECRET_PATIENT_ID,
     TWELVE_BIT_MAX,
     base_image,
-    dicom_bytes,
     dicom_dataset,
     jpeg_bytes,
     png_bytes,
@@ -26,6 +25,7 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
+from tests.support import dicom_bytes
 from workers.encoder.imaging import DecodedImage, ImageReadError, ReadLimits, read_image
 
 BASE = base_image()

@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import csv
 import hmac
-import io
 import shutil
 from hashlib import sha256
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from services.config import Settings
 from services.graph.store import GraphStore
 from services.secrets import patient_key_secret
 from tests.ingest.conftest import BUNDLED_IMAGES, file_sha256, image_property, wipe
+from tests.support import dicom_bytes, dicom_dataset
 from workers.ingest.commands import EXIT_FILES_FAILED
 
 pytestmark = [pytest.mark.neo4j, pytest.mark.redis, pytest.mark.slow]
@@ -26,27 +23,9 @@ GOOD_COUNT = 12
 DICOM_PATIENT = "DICOM-PATIENT-0042"
 
 
-def dicom_bytes(patient_id: str, seed: int) -> bytes:
+def archive_dicom(patient_id: str, seed: int) -> bytes:
     pixels = (np.random.default_rng(seed).random((48, 40)) * 4095).astype(np.uint16)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset = Dataset()
-    dataset.file_meta = meta
-    dataset.SOPClassUID = meta.MediaStorageSOPClassUID
-    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    dataset.PatientID = patient_id
-    dataset.Modality = "DX"
-    dataset.Rows, dataset.Columns = pixels.shape
-    dataset.SamplesPerPixel = 1
-    dataset.PhotometricInterpretation = "MONOCHROME2"
-    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 16, 12, 11
-    dataset.PixelRepresentation = 0
-    dataset.PixelData = pixels.tobytes()
-    buffer = io.BytesIO()
-    pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
-    return buffer.getvalue()
+    return dicom_bytes(dicom_dataset(pixels, patient_id=patient_id))
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +45,7 @@ def mixed_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, set[Pa
     good.add(sniffed)
     for number in (1, 2):
         dicom = images / f"archive-{number}"  # DICOM without extension: the DICM marker
-        dicom.write_bytes(dicom_bytes(DICOM_PATIENT, number))
+        dicom.write_bytes(archive_dicom(DICOM_PATIENT, number))
         good.add(dicom)
 
     png = sources[0].read_bytes()

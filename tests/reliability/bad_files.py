@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from services.config import REPO_ROOT
+from tests.support import CR_IMAGE_STORAGE, dicom_bytes, dicom_dataset
 
 GOOD_PNG = sorted((REPO_ROOT / "data" / "nih-cxr14-64px" / "images").glob("*.png"))[0]
 
@@ -57,42 +58,19 @@ def jpeg_bytes() -> bytes:
     return buffer.getvalue()
 
 
-def dicom_bytes(**overrides: object) -> bytes:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
+def png_as_dicom(drop: tuple[str, ...] = (), **overrides: object) -> bytes:
+    """The good PNG's pixels as a DICOM; ``overrides`` set and ``drop`` removes elements."""
     pixels = np.asarray(Image.open(GOOD_PNG).convert("L"), dtype=np.uint16)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset = Dataset()
-    dataset.file_meta = meta
-    dataset.SOPClassUID = meta.MediaStorageSOPClassUID
-    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    dataset.Modality = "DX"
-    dataset.Rows, dataset.Columns = pixels.shape
-    dataset.SamplesPerPixel = 1
-    dataset.PhotometricInterpretation = "MONOCHROME2"
-    dataset.BitsAllocated = 16
-    dataset.BitsStored = 12
-    dataset.HighBit = 11
-    dataset.PixelRepresentation = 0
-    dataset.PixelData = pixels.tobytes()
-    drop = overrides.pop("drop", ())
-    for keyword, value in overrides.items():
-        setattr(dataset, keyword, value)
-    for keyword in drop:  # type: ignore[attr-defined]
+    dataset = dicom_dataset(pixels, sop_class=CR_IMAGE_STORAGE, **overrides)
+    for keyword in drop:
         delattr(dataset, keyword)
-    buffer = io.BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+    return dicom_bytes(dataset)
 
 
 def bad_files() -> list[BadFile]:
     good_png = GOOD_PNG.read_bytes()
     good_jpeg = jpeg_bytes()
-    good_dicom = dicom_bytes()
+    good_dicom = png_as_dicom()
     gif = io.BytesIO()
     Image.new("L", (8, 8)).save(gif, format="GIF")
     return [
@@ -110,9 +88,9 @@ def bad_files() -> list[BadFile]:
         BadFile("truncated.jpg", good_jpeg[: len(good_jpeg) // 3], "truncated or corrupt JPEG"),
         BadFile("truncated-header.dcm", good_dicom[:200], "DICOM"),
         BadFile("truncated-pixels.dcm", good_dicom[: len(good_dicom) - 3000], "DICOM pixel data"),
-        BadFile("no-pixels.dcm", dicom_bytes(drop=("PixelData",)), "no pixel data"),
+        BadFile("no-pixels.dcm", png_as_dicom(drop=("PixelData",)), "no pixel data"),
         BadFile("garbage.dcm", b"\x00" * 128 + b"DICM" + b"\xfe" * 300, "DICOM"),
-        BadFile("huge.dcm", dicom_bytes(Rows=60_000, Columns=60_000), "max_image_pixels"),
+        BadFile("huge.dcm", png_as_dicom(Rows=60_000, Columns=60_000), "max_image_pixels"),
         BadFile(
             "unknown-syntax.dcm",
             # A transfer syntax no decoder knows (same length, so the header stays valid).
@@ -121,10 +99,10 @@ def bad_files() -> list[BadFile]:
         ),
         BadFile(
             "colour-model.dcm",
-            dicom_bytes(PhotometricInterpretation="YBR_FULL"),
+            png_as_dicom(PhotometricInterpretation="YBR_FULL"),
             "color space",
         ),
-        BadFile("no-rows.dcm", dicom_bytes(drop=("Rows",)), "DICOM image attributes"),
+        BadFile("no-rows.dcm", png_as_dicom(drop=("Rows",)), "DICOM image attributes"),
     ]
 
 

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from tests.support import CR_IMAGE_STORAGE, dicom_bytes, dicom_dataset
+
 # One patient per letter; every value is unique to this file.
 PATIENTS = {
     "A": {
@@ -114,32 +116,13 @@ def study_tags(patient: str, number: int) -> dict[str, str]:
 
 def write_dicom(path: Path, pixels_png: Path, tags: dict[str, str]) -> None:
     """A 16-bit MONOCHROME2 CR image from a PNG's pixels, carrying ``tags``."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian
-
     grey = np.asarray(Image.open(pixels_png).convert("L"), dtype=np.uint16) * 16
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"  # CR Image Storage
-    meta.MediaStorageSOPInstanceUID = tags["SOPInstanceUID"]
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset = Dataset()
-    dataset.file_meta = meta
-    dataset.SOPClassUID = meta.MediaStorageSOPClassUID
-    for keyword, value in tags.items():
-        setattr(dataset, keyword, value)
-    dataset.Modality = "CR"
-    dataset.Rows, dataset.Columns = grey.shape
-    dataset.SamplesPerPixel = 1
-    dataset.PhotometricInterpretation = "MONOCHROME2"
-    dataset.BitsAllocated = 16
-    dataset.BitsStored = 12
-    dataset.HighBit = 11
-    dataset.PixelRepresentation = 0
-    dataset.WindowCenter = 2048
-    dataset.WindowWidth = 4096
-    dataset.PixelData = grey.tobytes()
+    dataset = dicom_dataset(
+        grey, modality="CR", sop_class=CR_IMAGE_STORAGE, WindowCenter=2048, WindowWidth=4096,
+        **tags,
+    )  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
-    dataset.save_as(path, enforce_file_format=True)
+    path.write_bytes(dicom_bytes(dataset))
 
 
 def write_phi_dicoms(folder: Path, sources: list[Path], *, stored: bool) -> list[PhiDicom]:
