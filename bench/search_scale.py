@@ -15,8 +15,9 @@ cache 3g):
    brute-force top-50 over the same float32 matrix (the ``exact`` cache's), and recall@50 of
    ``region`` and ``vector`` against ``exact``.
 
-Run: ``.venv/bin/python -m bench.search_scale`` (about 30-40 min on 2 cores);
-``--sizes 10000`` for a quick look. Writes ``bench/results/search_scale.json``.
+Run: ``.venv/bin/python -m bench.search_scale`` (about 16 min on the idle 2-core machine);
+``--sizes 10000`` for a quick look. The server is stopped at the end unless ``--keep-neo4j``.
+Writes ``bench/results/search_scale.json``.
 """
 
 from __future__ import annotations
@@ -290,6 +291,11 @@ def main() -> None:
         action="store_true",
         help="Measure the graph already in the benchmark's Neo4j (one size) without rebuilding.",
     )
+    parser.add_argument(
+        "--keep-neo4j",
+        action="store_true",
+        help="Leave the benchmark's Neo4j (and its last graph) running, e.g. for --reuse-graph.",
+    )
     parser.add_argument("--heap", default="4g", help="Neo4j heap of the benchmark's server.")
     parser.add_argument("--pagecache", default="3g", help="Neo4j page cache.")
     parser.add_argument(
@@ -314,6 +320,7 @@ def main() -> None:
     try:
         for n in (int(value) for value in arguments.sizes.split(",")):
             if arguments.reuse_graph:
+                Neo4jRuntime(settings).start()  # no-op when still running from --keep-neo4j
                 store = GraphStore.from_settings(settings)
                 entry = stored_graph_report(store, n)
             else:
@@ -336,6 +343,8 @@ def main() -> None:
             print_table(entry)
     finally:
         close_shared_drivers()
+        if not arguments.keep_neo4j:  # a 4 GiB-heap server left behind slows everything after
+            Neo4jRuntime(settings).stop()
     say(f"wrote {arguments.output}")
 
 
