@@ -16,7 +16,12 @@ DEMO_JOB_ID = "demo-nih-cxr14"
 
 
 def ingest_demo_set(settings: Settings) -> None:
-    from workers.ingest.commands import _ensure_checkpoint, _finish, _follow_with_bar
+    from workers.ingest.commands import (
+        _ensure_checkpoint,
+        _finish,
+        _follow_with_bar,
+        _stall_watch,
+    )
     from workers.ingest.jobs import JobTracker
     from workers.ingest.submit import plan_ingest, submit
 
@@ -30,7 +35,8 @@ def ingest_demo_set(settings: Settings) -> None:
         f"({len(plan.entries)} files, {result.batches_sent} batches sent)"
     )
     tracker = JobTracker.from_settings(settings)
-    final = _follow_with_bar(tracker, result.job_id, show=True)
+    watch = _stall_watch(settings, lambda: submit(plan, settings, DEMO_JOB_ID))
+    final = _follow_with_bar(tracker, result.job_id, show=True, watch=watch)
     _finish(settings, tracker, final, None)
 
 

@@ -3,6 +3,8 @@ through the real worker."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -13,7 +15,7 @@ from tests.ingest.conftest import BUNDLED_IMAGES, exact_top_k, stored_edges, sto
 from workers.ingest.edges import build_edges
 from workers.ingest.jobs import JobTracker
 from workers.ingest.pipeline import write_image_rows
-from workers.ingest.submit import follow, plan_ingest, submit
+from workers.ingest.submit import StallWatch, follow, messages_in_flight, plan_ingest, submit
 
 pytestmark = [pytest.mark.neo4j, pytest.mark.redis]
 
@@ -106,3 +108,53 @@ def test_a_batch_that_keeps_killing_its_worker_is_split_then_reported(
     [(file, reason)] = tracker.failures("crashy")
     assert file == str(files[0]) and "worker process died" in reason
     assert tracker.recorded_batches("crashy") == {"b000000", "b000000.0", "b000000.1", "b000000.2"}
+
+
+def test_a_stalled_job_with_nothing_in_flight_is_resumed_once(stack: Settings) -> None:
+    """A batch whose message was lost (see StallWatch): follow() resends it, and only then."""
+    tracker = JobTracker.from_settings(stack)
+    job_id = f"stall-{time.time_ns()}"
+    assert tracker.create(job_id, total=4, source="test")
+    tracker.record_batch(job_id, "b0", 2, [])
+    stalled_at: list[int] = []
+
+    def resend_missing() -> None:  # what submit() of the same job does: the lost batch arrives
+        tracker.record_batch(job_id, "b1", 2, [])
+        tracker.update(job_id, status="done")
+
+    # The broker's queues are the session's, where other tests may leave messages: an empty
+    # database of the same Redis stands for "nothing in flight".
+    idle_broker = stack.model_copy(update={"redis_url": f"{stack.broker_url.rsplit('/', 1)[0]}/14"})
+    watch = StallWatch(
+        resume=resend_missing, in_flight=lambda: messages_in_flight(idle_broker), stall_s=1.0,
+        on_resume=lambda progress: stalled_at.append(progress.remaining),
+    )  # fmt: skip
+    final = follow(tracker, job_id, lambda progress: None, poll_s=0.1, timeout_s=30, watch=watch)
+
+    assert (final.status, final.done, stalled_at) == ("done", 4, [2])
+
+
+def test_a_job_with_work_in_flight_is_not_resumed(stack: Settings) -> None:
+    tracker = JobTracker.from_settings(stack)
+    job_id = f"busy-{time.time_ns()}"
+    assert tracker.create(job_id, total=4, source="test")
+    resumed: list[bool] = []
+    watch = StallWatch(resume=lambda: resumed.append(True), in_flight=lambda: 1, stall_s=0.2)
+
+    with pytest.raises(TimeoutError):
+        follow(tracker, job_id, lambda progress: None, poll_s=0.1, timeout_s=1.5, watch=watch)
+    assert resumed == []
+
+
+def test_messages_in_flight_counts_queued_and_unacknowledged(stack: Settings) -> None:
+    import redis
+
+    broker = stack.model_copy(update={"redis_url": f"{stack.broker_url.rsplit('/', 1)[0]}/13"})
+    client = redis.Redis.from_url(broker.broker_url)
+    client.flushdb()
+    assert messages_in_flight(broker) == 0
+    client.lpush("embed", "m1", "m2")
+    client.lpush("graph", "m3")
+    client.hset("unacked", "tag-1", "m4")
+    assert messages_in_flight(broker) == 4
+    client.flushdb()

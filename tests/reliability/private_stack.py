@@ -135,6 +135,12 @@ class PrivateStack:
         """Celery messages delivered to a worker and not acknowledged yet (kombu's ``unacked``)."""
         return int(redis.Redis.from_url(self.settings.broker_url).hlen("unacked"))
 
+    def messages_in_flight(self) -> int:
+        """Messages still queued (embed, graph) or delivered and not acknowledged."""
+        client = redis.Redis.from_url(self.settings.broker_url)
+        queued = sum(int(client.llen(queue)) for queue in ("embed", "graph"))
+        return queued + int(client.hlen("unacked"))
+
 
 class WorkerProcess:
     """``celery -A workers.celery_app worker -Q embed,graph -c 2`` as its own process group."""

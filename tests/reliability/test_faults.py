@@ -27,6 +27,7 @@ from services.config import REPO_ROOT, Settings
 from services.secrets import patient_key_secret
 from tests.reliability.private_stack import PrivateStack
 from workers.encoder.labels import read_labels
+from workers.ingest.jobs import JobProgress
 from workers.ingest.knn import exact_knn, knn_floor, symmetric_edges
 
 pytestmark = [pytest.mark.neo4j, pytest.mark.redis, pytest.mark.slow]
@@ -115,6 +116,30 @@ def start_ingest(stack: PrivateStack, expected: Expected, worker_name: str, kind
     return job_id
 
 
+def finish_or_resume(
+    stack: PrivateStack, expected: Expected, job_id: str
+) -> tuple[JobProgress, bool]:
+    """The job's end: by itself, or, when it stalls, by resuming it (same id, same files).
+
+    Kombu's Redis transport moves a message to its ``unacked`` hash only after the worker has
+    read it from the queue, so a worker killed (or a Redis restarted) in that gap loses the
+    message: the job then stalls with nothing in flight, says exactly what is left, and a
+    resume sends only the batches never counted.
+    """
+    try:
+        finished = stack.wait_for(job_id, lambda p: p.finished, timeout_s=VISIBILITY_TIMEOUT_S + 60)
+        return finished, False
+    except TimeoutError:
+        pass
+    stalled = stack.tracker().progress(job_id)
+    assert stack.messages_in_flight() == 0, "stalled with messages still in flight"
+    status = stack.cli("ingest-status", job_id)
+    assert f"{stalled.remaining} remaining of {FILES}" in status.stdout, status.stdout
+    output = submitted(stack, submit(stack, expected, job_id))
+    assert f"job {job_id} resumed" in output, output
+    return stack.wait_for(job_id, lambda p: p.finished, timeout_s=JOB_TIMEOUT_S), True
+
+
 def assert_stored_exactly_once(stack: PrivateStack, expected: Expected, job_id: str) -> None:
     """The graph a clean ingest of the files gives, and the job's own count of it."""
     progress = stack.tracker().progress(job_id)
@@ -193,10 +218,11 @@ def test_worker_killed_mid_ingest_and_restarted(
     time.sleep(max(0.0, VISIBILITY_TIMEOUT_S + 1 - (time.monotonic() - killed_at)))
     second = stack.worker("fault-kill-2")
     second.start()
-    final = stack.wait_for(job_id, lambda p: p.finished, timeout_s=JOB_TIMEOUT_S)
+    final, resumed = finish_or_resume(stack, expected, job_id)
     second.stop()
     print(f"killed at {at_kill.done}/{FILES} images with {in_flight} messages in flight; "
-          f"final: {final.status} {final.done} stored, {final.failed} failed")  # fmt: skip
+          f"resumed: {resumed}; final: {final.status} {final.done} stored, "
+          f"{final.failed} failed")  # fmt: skip
     assert_stored_exactly_once(stack, expected, job_id)
     assert stack.unacknowledged_messages() == 0
 
@@ -238,19 +264,7 @@ def test_redis_restarted_mid_ingest(empty_graph: PrivateStack, expected: Expecte
     assert after.done + after.failed < FILES, "Redis came back after the ingest ended"
     assert after.done >= at_restart.done, "the append-only file kept the job's progress"
 
-    # Either the job completes by itself, or it stalls and says exactly what is left ...
-    try:
-        final = stack.wait_for(job_id, lambda p: p.finished, timeout_s=VISIBILITY_TIMEOUT_S + 60)
-        resumed = False
-    except TimeoutError:
-        stalled = stack.tracker().progress(job_id)
-        status = stack.cli("ingest-status", job_id)
-        assert f"{stalled.remaining} remaining of {FILES}" in status.stdout, status.stdout
-        # ... and resuming the job (same id, same files) sends only what is missing.
-        output = submitted(stack, submit(stack, expected, job_id))
-        assert f"job {job_id} resumed" in output, output
-        final = stack.wait_for(job_id, lambda p: p.finished, timeout_s=JOB_TIMEOUT_S)
-        resumed = True
+    final, resumed = finish_or_resume(stack, expected, job_id)
     worker.stop()
     print(f"Redis restarted at {at_restart.done}/{FILES}; resumed: {resumed}; "
           f"final: {final.status} {final.done} stored, {final.failed} failed")  # fmt: skip

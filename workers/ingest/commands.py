@@ -19,7 +19,10 @@ import click
 from services.config import Settings, get_settings
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from workers.ingest.jobs import JobProgress, JobTracker
+    from workers.ingest.submit import StallWatch
 
 EXIT_FILES_FAILED = 3
 EXIT_JOB_FAILED = 1
@@ -148,7 +151,10 @@ def ingest(
                 click.echo(f"follow it with: medgraph ingest-status {result.job_id} --wait")
                 return
             tracker = JobTracker.from_settings(settings)
-            final = _follow_with_bar(tracker, result.job_id, progress)
+            final = _follow_with_bar(
+                tracker, result.job_id, progress,
+                _stall_watch(settings, lambda: submit(plan, settings, result.job_id, edge_mode)),
+            )  # fmt: skip
         finally:
             if worker is not None:
                 worker.stop()
@@ -174,7 +180,21 @@ def _ensure_checkpoint(settings: Settings) -> None:
     ensure_demo_checkpoint(settings)
 
 
-def _follow_with_bar(tracker: JobTracker, job_id: str, show: bool) -> JobProgress:
+def _stall_watch(settings: Settings, resume: Callable[[], object]) -> StallWatch:
+    from workers.ingest.submit import StallWatch, messages_in_flight
+
+    def say(progress: JobProgress) -> None:
+        click.echo(
+            f"\njob {progress.job_id} stalled at {progress.remaining} remaining with no task "
+            "queued or running anywhere (a lost message): resending what is missing"
+        )
+
+    return StallWatch(resume=resume, in_flight=lambda: messages_in_flight(settings), on_resume=say)
+
+
+def _follow_with_bar(
+    tracker: JobTracker, job_id: str, show: bool, watch: StallWatch | None = None
+) -> JobProgress:
     from tqdm import tqdm
 
     from workers.ingest.submit import follow
@@ -196,7 +216,7 @@ def _follow_with_bar(tracker: JobTracker, job_id: str, show: bool) -> JobProgres
             click.echo("building SIMILAR edges…")
 
     try:
-        return follow(tracker, job_id, update)
+        return follow(tracker, job_id, update, watch=watch)
     finally:
         if bar is not None:
             bar.close()

@@ -149,21 +149,63 @@ def submit(
     return SubmitResult(job_id, len(missing), len(batches), resumed=not created)
 
 
+def messages_in_flight(settings: Settings) -> int:
+    """Celery messages queued on the ingest queues or delivered and not yet acknowledged."""
+    import redis
+
+    from workers.celery_app import QUEUES
+
+    client = redis.Redis.from_url(settings.broker_url)
+    try:
+        queued = sum(int(client.llen(queue)) for queue in QUEUES)  # type: ignore[arg-type]
+        return queued + int(client.hlen("unacked"))  # type: ignore[arg-type]
+    finally:
+        client.close()
+
+
+@dataclass(frozen=True)
+class StallWatch:
+    """Resume a job that stopped moving with no Celery message left anywhere.
+
+    Kombu's Redis transport records a message as unacknowledged only after the worker has read
+    it from the queue, so a worker killed (or Redis restarted) in that gap loses the message,
+    and with it a batch the job still waits for. When the job has not moved for ``stall_s``
+    and nothing is queued or unacknowledged, ``resume`` (a re-submit of the same job and
+    files, which sends only the batches never counted) gets it going again.
+    """
+
+    resume: Callable[[], object]
+    in_flight: Callable[[], int]
+    stall_s: float = 30.0
+    on_resume: Callable[[JobProgress], None] = lambda progress: None
+
+
 def follow(
     tracker: JobTracker,
     job_id: str,
     on_progress: Callable[[JobProgress], None],
     poll_s: float = 0.5,
     timeout_s: float | None = None,
+    watch: StallWatch | None = None,
 ) -> JobProgress:
     """Poll the job until it is finished; ``on_progress`` sees every poll."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    last_state: tuple[str, int, int] | None = None
+    last_change = time.monotonic()
     while True:
         progress = tracker.progress(job_id)
         on_progress(progress)
         if progress.finished:
             return progress
-        if deadline is not None and time.monotonic() > deadline:
+        now = time.monotonic()
+        state = (progress.status, progress.done, progress.failed)
+        if state != last_state:
+            last_state, last_change = state, now
+        elif watch is not None and now - last_change >= watch.stall_s and watch.in_flight() == 0:
+            watch.on_resume(progress)
+            watch.resume()
+            last_change = now
+        if deadline is not None and now > deadline:
             raise TimeoutError(f"job {job_id} did not finish within {timeout_s:.0f}s")
         time.sleep(poll_s)
 
