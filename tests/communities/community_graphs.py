@@ -64,6 +64,14 @@ def stored_assignment(store: GraphStore) -> dict[str, int | None]:
     }
 
 
+def stored_parts(assignment: dict[str, int | None]) -> dict[int | None, set[str]]:
+    """The partition an assignment describes: community id -> its image keys."""
+    parts: dict[int | None, set[str]] = {}
+    for key, community in assignment.items():
+        parts.setdefault(community, set()).add(key)
+    return parts
+
+
 def stored_communities(store: GraphStore) -> dict[int, dict]:
     return {
         row["c"]["id"]: row["c"] for row in store.run_text("MATCH (c:Community) RETURN c {.*} AS c")

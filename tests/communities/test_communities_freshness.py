@@ -14,6 +14,7 @@ from community_graphs import (
     realistic_set,
     stored_assignment,
     stored_communities,
+    stored_parts,
     write_subset,
 )
 
@@ -80,9 +81,7 @@ def test_new_images_get_a_community_and_a_rerun_keeps_the_ids(
     assert run["weight_added"] == pytest.approx(run["total_weight_m"] - m_before)
     assert run["total_weight_m_at_run"] == pytest.approx(m_before)
     graph = networkx_graph(clean_graph)
-    parts: dict[int, set[str]] = {}
-    for key, community in assignment.items():
-        parts.setdefault(community, set()).add(key)
+    parts = stored_parts(assignment)
     current_q = clean_graph.query("community_current_modularity")[0]["modularity"]
     assert current_q == pytest.approx(nx.community.modularity(graph, parts.values()), abs=1e-6)
     state = staleness(clean_graph, community_settings)

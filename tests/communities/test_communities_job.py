@@ -15,6 +15,7 @@ from community_graphs import (
     realistic_set,
     stored_assignment,
     stored_communities,
+    stored_parts,
     write_subset,
 )
 
@@ -40,9 +41,7 @@ def test_run_stores_a_partition_that_recomputes_exactly(
     assert_stored_sums_match_graph(clean_graph)
 
     graph = networkx_graph(clean_graph)
-    parts: dict[int, set[str]] = {}
-    for key, community in assignment.items():
-        parts.setdefault(community, set()).add(key)
+    parts = stored_parts(assignment)
     expected_q = nx.community.modularity(graph, parts.values(), weight="weight")
     run = latest_run(clean_graph)
     assert run["modularity"] == pytest.approx(expected_q, abs=1e-6)

@@ -10,6 +10,7 @@ from community_graphs import (
     latest_run,
     networkx_graph,
     stored_assignment,
+    stored_parts,
 )
 
 from services.config import Settings
@@ -30,9 +31,7 @@ def test_bundled_set_after_ingest(clean_graph: GraphStore, community_settings: S
     assert all(community is not None for community in assignment.values())
     assert_stored_sums_match_graph(clean_graph)
     graph = networkx_graph(clean_graph)
-    parts: dict[int, set[str]] = {}
-    for key, community in assignment.items():
-        parts.setdefault(community, set()).add(key)
+    parts = stored_parts(assignment)
     expected = nx.community.modularity(graph, parts.values(), weight="weight")
     assert latest_run(clean_graph)["modularity"] == pytest.approx(expected, abs=1e-6)
     assert summary.modularity == pytest.approx(expected, abs=1e-6)
