@@ -3,8 +3,8 @@
 // projection of (a)-[r:SIMILAR]->(b), several times faster to build). Each node carries its
 // current community as 'seed_community' (0, never a community id, for images without one) to
 // start Leiden/Louvain from the previous partition. $read_concurrency is the number of loading
-// threads: with several, the projection's node order (which Leiden's result depends on) varies
-// from run to run with thread timing, so 1 is what makes a run reproducible.
+// threads (MEDGRAPH_CLUSTER_CONCURRENCY, 1 by default): with several, the node order can vary
+// with thread timing.
 // Parameters: $graph_name, $read_concurrency.
 CALL gds.graph.project(
   $graph_name,
