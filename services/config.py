@@ -176,8 +176,9 @@ class Settings(BaseSettings):
     # --- communities (workers/communities) ---------------------------------------------------
     cluster_algorithm: str = Field(
         "leiden", pattern="^(leiden|louvain|cnm)$",
-        description="Community detection: leiden or louvain (GDS, inside Neo4j), or cnm "
-        "(Clauset-Newman-Moore greedy modularity in networkx, as in the paper; small graphs).",
+        description="Community detection: leiden (GDS, inside Neo4j, then a merge pass) or "
+        "louvain (GDS), or cnm (Clauset-Newman-Moore greedy modularity in networkx, as in the "
+        "paper; small graphs).",
     )  # fmt: skip
     cluster_resolution: float = Field(
         1.0, gt=0,

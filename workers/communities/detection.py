@@ -45,6 +45,7 @@ class Detection:
     seeded: bool = False  # started from the stored partition
     seed_discarded: bool = False  # the seeded result was worse than its start; rerun unseeded
     seed_kept: bool = False  # the seeded result was worse than its start, which was kept
+    communities_merged: int = 0  # Leiden communities joined by the merge pass (merge_pass)
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ def detect_gds(store: GraphStore, parameters: DetectionParameters) -> Detection:
     procedure. Then the start itself is kept when it covers every image (the algorithm could
     not improve on it, and keeping it keeps every id); a start with images in the placeholder
     community 0 is no partition worth keeping, so the run starts over from singletons.
+    Leiden's result then goes through :func:`merge_pass`.
     """
     graph_name = f"medgraph-communities-{uuid.uuid4().hex[:12]}"
     started = time.perf_counter()
@@ -127,6 +129,15 @@ def detect_gds(store: GraphStore, parameters: DetectionParameters) -> Detection:
                     result = _run_gds(store, parameters, graph_name, label_property, False)
         assert result is not None
         labels = _gds_labels(store, graph_name, label_property)
+        communities_merged = 0
+        if parameters.algorithm == "leiden":
+            merged = merge_pass(store, graph_name, label_property, parameters.resolution)
+            if merged.merged:
+                log.info("merge pass joined %d Leiden communities (modularity %.6f)",
+                         merged.merged, merged.modularity)  # fmt: skip
+                labels = {key: merged.label_of.get(label, label) for key, label in labels.items()}
+                result = {**result, "modularity": merged.modularity}
+            communities_merged = merged.merged
     finally:
         store.query("community_gds_drop", graph_name=graph_name)
     return Detection(
@@ -140,6 +151,47 @@ def detect_gds(store: GraphStore, parameters: DetectionParameters) -> Detection:
         seeded=seeded,
         seed_discarded=seed_discarded,
         seed_kept=seed_kept,
+        communities_merged=communities_merged,
+    )
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    label_of: dict[int, int]  # old label -> merged label (labels absent here are unchanged)
+    merged: int  # communities that disappeared into another
+    modularity: float  # of the merged partition, at resolution 1
+
+
+def merge_pass(
+    store: GraphStore, graph_name: str, property_name: str, resolution: float
+) -> MergeResult:
+    """Joins whole communities while that raises modularity (at ``resolution``).
+
+    GDS Leiden aggregates the *refined* partition, so its last level moves sub-communities, never
+    a whole community: it can stop with one cluster split in two halves that no single
+    sub-community gains by leaving. Measured on the planted-cluster test graph, 13 of 100 node
+    orders of the projection ended so (10 communities, modularity 0.62, adjusted Rand index 0.75
+    instead of 9 communities, 0.655, 0.99), and the native projection's node order varies with
+    the store's node ids. Clauset-Newman-Moore on the community graph (each community a node,
+    its internal weight a self-loop) joins such halves; on a partition no merge improves it
+    changes nothing. A merge only joins communities linked by an edge, so each stays connected.
+    """
+    rows = store.query("community_gds_links", graph_name=graph_name, property=property_name)[0]
+    community_graph = nx.Graph()
+    community_graph.add_weighted_edges_from(
+        zip(rows["sources"], rows["targets"], map(float, rows["weights"]), strict=True)
+    )
+    if community_graph.size(weight="weight") <= 0:
+        return MergeResult(label_of={}, merged=0, modularity=0.0)
+    parts = nx.community.greedy_modularity_communities(
+        community_graph, weight="weight", resolution=resolution
+    )
+    label_of = {int(label): int(min(part)) for part in parts for label in part}
+    modularity = nx.community.modularity(community_graph, parts, weight="weight", resolution=1.0)
+    return MergeResult(
+        label_of=label_of,
+        merged=community_graph.number_of_nodes() - len(parts),
+        modularity=float(modularity),
     )
 
 

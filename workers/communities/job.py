@@ -231,6 +231,7 @@ def run_clustering(
             "levels": detection.levels, "converged": detection.converged,
             "seeded": detection.seeded, "seed_discarded": detection.seed_discarded,
             "seed_kept": detection.seed_kept,
+            "communities_merged": detection.communities_merged,
             "next_community_id": matched.next_community_id,
             "communities_inherited": matched.inherited, "communities_new": matched.fresh,
             "images_kept": matched.images_kept, "images_before": matched.images_before,
