@@ -152,6 +152,7 @@ def measure_size(n: int, algorithm: str, say: Any) -> dict[str, Any]:
         "size_max": summary["size_max"],
         "modularity": round(summary["modularity"], 6),
         "reported_modularity": round(summary["reported_modularity"], 6),
+        "communities_merged": summary["communities_merged"],
         "python_peak_rss_mib": round(sampler.peaks.get("python", 0) / MIB),
         "neo4j_rss_before_mib": round(jvm_before / MIB),
         "neo4j_peak_rss_mib": round(sampler.peaks.get("neo4j", 0) / MIB),

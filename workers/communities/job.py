@@ -67,6 +67,7 @@ class ClusteringSummary:
     late_images_assigned: int
     seconds: float
     phase_seconds: dict[str, float]
+    communities_merged: int = 0  # by Leiden's merge pass (detection.merge_pass)
 
     @property
     def kept_fraction(self) -> float | None:
@@ -83,6 +84,9 @@ class ClusteringSummary:
             f"  modularity: {_figure(self.modularity)} (algorithm reported "
             f"{_figure(self.reported_modularity)}), m = {self.total_weight_m:.4f}",
         ]
+        if self.communities_merged:
+            lines.append(f"  merge pass: joined {self.communities_merged} communities that "
+                         "Leiden left apart")  # fmt: skip
         if self.images_before:
             lines.append(
                 f"  stable ids: {self.images_kept}/{self.images_before} previously clustered "
@@ -270,6 +274,7 @@ def run_clustering(
         late_images_assigned=late_assigned,
         seconds=time.perf_counter() - clock,
         phase_seconds=phases,
+        communities_merged=detection.communities_merged,
     )
 
 
