@@ -20,6 +20,10 @@ K = 10
 # cross planted clusters, so that the partition is not just the connected components.
 REALISTIC_SIZE = 733
 REALISTIC_SPREAD = 0.15
+# The planted-cluster graph: at this spread about 11% of the kNN pairs cross planted clusters,
+# so the clusters are not the connected components and the detector has to find them.
+PLANTED_SIZE = 1500
+PLANTED_SPREAD = 0.13
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from community_graphs import latest_run, stored_assignment, write_subset
+from community_graphs import (
+    PLANTED_SIZE,
+    PLANTED_SPREAD,
+    latest_run,
+    stored_assignment,
+    write_subset,
+)
 from sklearn.metrics import adjusted_rand_score
 
 from bench.similarity_graph import synthetic_keys
@@ -25,8 +31,6 @@ from services.graph.store import GraphStore
 from workers.communities import detection, run_clustering
 from workers.communities.detection import merge_pass
 
-PLANTED_SIZE = 1500
-PLANTED_SPREAD = 0.13  # the graph of test_communities_planted.py
 GRAPH_NAME = "merge-pass-test"
 # Node orders (random.Random(order).shuffle of the sorted keys) after which Leiden with seed 42
 # split a planted cluster in two on GDS 2.13.9 (8 of orders 0-59 did), and two after which it

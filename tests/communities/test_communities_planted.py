@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from community_graphs import latest_run, stored_assignment, write_subset
+from community_graphs import (
+    PLANTED_SIZE,
+    PLANTED_SPREAD,
+    latest_run,
+    stored_assignment,
+    write_subset,
+)
 from sklearn.metrics import adjusted_rand_score
 
 from bench.similarity_graph import synthetic_keys
@@ -12,11 +18,6 @@ from bench.synthetic import generate
 from services.config import Settings
 from services.graph.store import GraphStore
 from workers.communities import run_clustering
-
-PLANTED_SIZE = 1500
-# At this spread about 11% of the kNN pairs cross planted clusters: the clusters are not the
-# connected components, so the detector has to find them.
-PLANTED_SPREAD = 0.13
 
 
 @pytest.mark.parametrize("algorithm", ["leiden", "louvain", "cnm"])
@@ -27,7 +28,7 @@ def test_planted_clusters_are_recovered(
     written = write_subset(clean_graph, data, np.arange(PLANTED_SIZE))
     planted = data.cluster
     crossing = planted[written.edges.smaller] != planted[written.edges.larger]
-    assert 0.05 < crossing.mean() < 0.2  # the premise above
+    assert 0.05 < crossing.mean() < 0.2  # the premise of PLANTED_SPREAD
 
     summary = run_clustering(clean_graph, community_settings, algorithm=algorithm)
 
