@@ -66,11 +66,6 @@ def _project(store: GraphStore, keys: list[str]) -> None:
     assert nodes == len(keys)
 
 
-def _labels(store: GraphStore, property_name: str) -> dict[str, int]:
-    rows = store.query("community_gds_labels", graph_name=GRAPH_NAME, property=property_name)
-    return dict(zip(rows[0]["keys"], map(int, rows[0]["labels"]), strict=True))
-
-
 def _ari(planted: dict[str, int], labels: dict[str, int]) -> float:
     keys = sorted(planted)
     return float(adjusted_rand_score([planted[k] for k in keys], [labels[k] for k in keys]))
@@ -120,7 +115,7 @@ def test_leiden_splits_on_some_node_orders_and_the_merge_pass_recovers_every_one
                 "community_gds_leiden", graph_name=GRAPH_NAME, property="leiden",
                 resolution=1.0, seed=42, seed_property=None, concurrency=1, max_levels=10,
             )[0]  # fmt: skip
-            labels = _labels(clean_graph, "leiden")
+            labels = detection._gds_labels(clean_graph, GRAPH_NAME, "leiden")
             leiden_alone[order] = _ari(planted_graph, labels)
             merged = merge_pass(clean_graph, GRAPH_NAME, "leiden", resolution=1.0)
             final = {key: merged.label_of.get(label, label) for key, label in labels.items()}

@@ -14,7 +14,7 @@ import pytest
 from services.config import Settings
 from services.graph.store import GraphStore
 from services.secrets import patient_key_secret
-from tests.ingest.conftest import BUNDLED_IMAGES, file_sha256, image_property, wipe
+from tests.ingest.conftest import BUNDLED_IMAGES, CliResult, file_sha256, image_property, wipe
 from tests.support import dicom_bytes, dicom_dataset
 from workers.ingest.commands import EXIT_FILES_FAILED
 
@@ -71,17 +71,27 @@ def mixed_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, set[Pa
     return root, good, set(bad)
 
 
-def test_good_files_stored_bad_ones_reported_with_reasons(
+@pytest.fixture(scope="module")
+def mixed_ingest(
     mixed_folder, graph_store: GraphStore, ingest_worker: str, medgraph_cli,
-    settings: Settings, tmp_path: Path,
-) -> None:  # fmt: skip
-    root, good, bad = mixed_folder
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[CliResult, Path]:  # fmt: skip
+    """The mixed folder ingested once into an emptied graph: the CLI result and its report."""
+    root, _, _ = mixed_folder
     wipe(graph_store)
-    report = tmp_path / "failures.csv"
+    report = tmp_path_factory.mktemp("report") / "failures.csv"
     result = medgraph_cli(
         "ingest", root / "images", "--labels", root / "labels.csv", "--report", report,
         "--no-local-worker", "--no-progress",
     )  # fmt: skip
+    return result, report
+
+
+def test_good_files_stored_bad_ones_reported_with_reasons(
+    mixed_folder, mixed_ingest: tuple[CliResult, Path], graph_store: GraphStore
+) -> None:
+    root, good, bad = mixed_folder
+    result, report = mixed_ingest
     assert result.returncode == EXIT_FILES_FAILED, result.output
     assert f"{len(good)} stored, {len(bad)} failed" in result.output
 
@@ -99,11 +109,12 @@ def test_good_files_stored_bad_ones_reported_with_reasons(
     assert {Path(source) for source in stored.values()} == good
 
 
-def test_labels_and_dicom_patients(mixed_folder, settings: Settings, graph_store: GraphStore):
-    """Runs after the ingest above: CSV labels where given, else the DICOM PatientID."""
-    root, good, _ = mixed_folder
-    if graph_store.run_text("MATCH (i:Image) RETURN count(i) AS n")[0]["n"] != len(good):
-        pytest.skip("needs the ingest of the previous test")
+def test_labels_and_dicom_patients(
+    mixed_folder, mixed_ingest: tuple[CliResult, Path], settings: Settings,
+    graph_store: GraphStore,
+) -> None:  # fmt: skip
+    """After the mixed ingest: CSV labels where given, else the DICOM PatientID."""
+    root, _, _ = mixed_folder
     secret = patient_key_secret(settings)
     findings = image_property(graph_store, "findings")
     patients = image_property(graph_store, "patient_key")
