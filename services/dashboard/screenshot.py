@@ -51,9 +51,15 @@ def launch_chromium(executable: str = CHROMIUM_PATH) -> Iterator[Any]:
 
 
 def wait_for_view(page: Any, timeout_ms: int = READY_TIMEOUT_MS) -> str:
-    """Waits until the current view has finished loading; returns its status (ready or error)."""
+    """Waits until the view of the current address has finished loading; returns its status.
+
+    The status only counts once the router has taken the current address: just after a click on a
+    link the hash has changed but hashchange has not run yet, and the old view still says ready.
+    """
     page.wait_for_function(
-        "() => ['ready', 'error', 'idle'].includes(document.getElementById('view').dataset.status)",
+        "() => { const view = document.getElementById('view');"
+        " return view.dataset.route === window.location.hash"
+        " && ['ready', 'error', 'idle'].includes(view.dataset.status); }",
         timeout=timeout_ms,
     )
     return str(page.evaluate("document.getElementById('view').dataset.status"))

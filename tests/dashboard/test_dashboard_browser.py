@@ -368,6 +368,7 @@ def test_community_browser_lists_every_community_with_a_chart(
         "(id) => window.location.hash === '#/communities/' + id", arg=str(largest)
     )
     assert wait_for_view(page) == "ready"
+    assert page.locator("#view h1").first.inner_text() == f"Community {largest}"
     members = page.locator("[data-testid=member]")
     member_keys = set(members.evaluate_all("ms => ms.map(m => m.dataset.key)"))
     expected_members = {i.key for i in seeded_graph.images if i.community == largest}

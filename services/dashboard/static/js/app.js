@@ -18,6 +18,9 @@ const root = document.getElementById('view');
 let current = null; // { name, view }
 
 function route() {
+  // Stamped before the view runs: a waiter (the browser tests, screenshots) can tell the status of
+  // this address from the status the previous one left, since hashchange arrives a task later.
+  root.dataset.route = window.location.hash;
   const state = parseHash();
   const view = views[state.view];
   if (!view) {
