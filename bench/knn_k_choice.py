@@ -36,10 +36,10 @@ RESULTS = REPO_ROOT / "bench" / "results" / "knn_k_choice.json"
 def embed_bundled() -> tuple[np.ndarray, list[frozenset[str]], np.ndarray, str]:
     from workers.encoder.extractor import FeatureExtractor, ensure_demo_checkpoint
     from workers.encoder.imaging import read_image
-    from workers.encoder.labels import read_labels
+    from workers.encoder.labels import bundled_label_files, read_label_sets
 
     settings = get_settings()
-    table = read_labels(settings.data_dir / "labels.csv")
+    table = read_label_sets(bundled_label_files(settings.data_dir))
     extractor = FeatureExtractor(ensure_demo_checkpoint(settings), "cpu").load()
     codes = extractor.embed([read_image(record.image_path).pixels for record in table.records])
     findings = [frozenset(record.findings) for record in table.records]
