@@ -211,7 +211,7 @@ def test_evaluate_held_out_prints_views_baselines_and_intervals(
     assert "held-out queries:" in out and "own patient excluded" in out
     for row in ("(exact)", "raw pixels", "random-init DenseNet-121", "random (expected)"):
         assert row in out
-    assert "mean validation AUROC, encoder.pt:" in out and "minus encoder.pt" in out
+    assert "mean validation AUROC, encoder.pt:" in out and "encoder.pt minus other.pt" in out
     saved = json.loads((tmp_path / "out" / "heldout.json").read_text())
     views = [view["view"] for view in saved["views"]]
     assert views == ["pooled", labels.parent.name]

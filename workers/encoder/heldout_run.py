@@ -62,9 +62,14 @@ class HeldOutResult:
         for name, entry in self.auroc.items():
             line = f"mean validation AUROC, {name}: {_interval(entry['mean'])}"
             if entry.get("difference") is not None:
-                line += f"; minus {self.checkpoint}: {_interval(entry['difference'], signed=True)}"
+                gain = _negated(entry["difference"])
+                line += f"; {self.checkpoint} minus {name}, paired: {_interval(gain, signed=True)}"
             lines.append(line)
         return "\n".join(lines)
+
+
+def _negated(interval: Interval) -> Interval:
+    return Interval(-interval.value, -interval.high, -interval.low)
 
 
 def _interval(interval: Interval | dict[str, float], signed: bool = False) -> str:
