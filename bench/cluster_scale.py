@@ -162,7 +162,7 @@ def measure_size(n: int, algorithm: str, say: Any) -> dict[str, Any]:
         f"{wall:.1f} s, python peak {record['python_peak_rss_mib']} MiB, Neo4j peak "
         f"{record['neo4j_peak_rss_mib']} MiB")  # fmt: skip
 
-    from workers.communities.freshness import assign_new_images
+    from services.communities.freshness import assign_new_images
 
     new = np.arange(n, n + NEW_IMAGES)
     write_graph(store, keys[n:], data.embeddings[new], data.findings[n:], data.patient[new], None)

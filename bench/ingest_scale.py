@@ -3,7 +3,7 @@ build, edge writes, and an incremental add, at 10^4, 10^5 and 223,648 (CheXpert)
 
 Skips Celery and the encoder (measured elsewhere): the generated embeddings of
 ``bench.synthetic`` go through the same Cypher (``cypher/ingest_*.cypher``) and the same
-``workers.ingest`` code the graph-queue tasks run. Each size runs in its own child process
+``services.ingest`` code the graph-queue tasks run. Each size runs in its own child process
 against a fresh Neo4j (own home and ports below, heap 4g, page cache 4g), so the peak memory
 figures belong to that size alone.
 
@@ -110,9 +110,9 @@ def measure(
     from services.graph.cypher import load_cypher_statements
     from services.graph.store import close_shared_drivers
     from services.runtime.neo4j import Neo4jRuntime
-    from workers.ingest.edges import build_edges, edge_state, load_embeddings
-    from workers.ingest.knn import exact_knn, knn_floor, symmetric_edges
-    from workers.ingest.pipeline import write_image_rows
+    from services.ingest.edges import build_edges, edge_state, load_embeddings
+    from services.ingest.knn import exact_knn, knn_floor, symmetric_edges
+    from services.ingest.pipeline import write_image_rows
 
     settings = bench_settings(heap, pagecache)
     runtime = Neo4jRuntime(settings)
@@ -163,7 +163,7 @@ def measure(
         say(f"{n}: nodes written at {result['nodes_per_s']:.0f}/s "
             f"({result['node_write_s']:.0f}s + index {result['index_wait_s']:.0f}s)")  # fmt: skip
 
-        # The bulk edge build, phase by phase, exactly as workers.ingest.edges._bulk runs it.
+        # The bulk edge build, phase by phase, exactly as services.ingest.edges._bulk runs it.
         clock = time.monotonic()
         keys, matrix = load_embeddings(store, pending_only=False)
         result["embedding_read_s"] = time.monotonic() - clock
@@ -199,7 +199,7 @@ def measure(
         )  # fmt: skip
         del matrix
 
-        from workers.ingest.edges import write_edges
+        from services.ingest.edges import write_edges
 
         clock = time.monotonic()
         write_edges(
@@ -287,7 +287,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
 
 
 def markdown_table(results: list[dict[str, Any]]) -> str:
-    """The README table of ``workers/ingest/README.md``."""
+    """The README table of ``services/ingest/README.md``."""
     lines = [
         "| images | nodes/s (with embeddings, vector index) | embeddings read back s | exact kNN s "
         "| SIMILAR pairs | edges/s | incremental ms / new image | peak Python MiB "

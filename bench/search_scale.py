@@ -7,7 +7,7 @@ cache 3g):
 2. the kNN graph (k = 10) with the ingestion's exact blocked kNN inside each planted cluster
    (``bench.similarity_graph.knn_edges``; ``knn_agreement`` checks on a sample that every point's
    all-points k nearest are among its edges), written as ingestion writes it;
-3. communities by the clustering job itself (``workers.communities.job.run_clustering``, GDS
+3. communities by the clustering job itself (``services.communities.job.run_clustering``, GDS
    Leiden), which stores the sums region search reads;
 4. for ``--queries`` stored images as leave-one-out queries (own patient excluded, k = 50):
    server-side latency of ``RetrievalService.search`` per strategy, the same through HTTP
@@ -80,7 +80,7 @@ def fresh_neo4j(settings: Settings) -> GraphStore:
 def build_graph(store: GraphStore, settings: Settings, n: int, seed: int) -> dict[str, Any]:
     from bench.similarity_graph import knn_agreement, knn_edges, synthetic_keys, write_graph
     from bench.synthetic import generate
-    from workers.communities.job import run_clustering
+    from services.communities.job import run_clustering
 
     report: dict[str, Any] = {"images": n}
     clock = time.perf_counter()

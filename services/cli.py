@@ -227,19 +227,19 @@ def demo(serve: bool) -> None:
     run_demo(get_settings(), serve)
 
 
-# --- image encoder (workers/encoder) -------------------------------------------------------
-from workers.encoder.commands import embed, train  # noqa: E402
+# --- image encoder (services/encoder) -------------------------------------------------------
+from services.encoder.commands import embed, train  # noqa: E402
 
 main.add_command(train)
 main.add_command(embed)
 
-# --- communities (workers/communities) -----------------------------------------------------
-from workers.communities.commands import cluster  # noqa: E402
+# --- communities (services/communities) -----------------------------------------------------
+from services.communities.commands import cluster  # noqa: E402
 
 main.add_command(cluster)
 
-# --- ingestion (workers/ingest) ------------------------------------------------------------
-from workers.ingest.commands import ingest, ingest_status, worker  # noqa: E402
+# --- ingestion (services/ingest) ------------------------------------------------------------
+from services.ingest.commands import ingest, ingest_status, worker  # noqa: E402
 
 main.add_command(ingest)
 main.add_command(ingest_status)

@@ -16,14 +16,14 @@ DEMO_JOB_ID = "demo-nih-cxr14"
 
 
 def ingest_demo_set(settings: Settings) -> None:
-    from workers.ingest.commands import (
+    from services.ingest.commands import (
         _ensure_checkpoint,
         _finish,
         _follow_with_bar,
         _stall_watch,
     )
-    from workers.ingest.jobs import JobTracker
-    from workers.ingest.submit import plan_ingest, submit
+    from services.ingest.jobs import JobTracker
+    from services.ingest.submit import plan_ingest, submit
 
     _ensure_checkpoint(settings)
     plan = plan_ingest(
@@ -41,8 +41,8 @@ def ingest_demo_set(settings: Settings) -> None:
 
 
 def cluster_if_needed(settings: Settings, store: GraphStore) -> None:
-    from workers.communities.freshness import staleness
-    from workers.communities.job import run_clustering
+    from services.communities.freshness import staleness
+    from services.communities.job import run_clustering
 
     state = staleness(store, settings)
     if not state.stale:

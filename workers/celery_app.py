@@ -33,8 +33,8 @@ GRAPH_QUEUE = "graph"
 QUEUES = (EMBED_QUEUE, GRAPH_QUEUE)
 
 TASK_MODULES = (
-    "workers.ingest.tasks",
-    "workers.communities.tasks",
+    "workers.tasks.ingest",
+    "workers.tasks.communities",
 )
 
 

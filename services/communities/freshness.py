@@ -26,7 +26,7 @@ from neo4j import ManagedTransaction
 from services.config import Settings, get_settings
 from services.graph.cypher import load_cypher
 from services.graph.store import GraphStore
-from workers.communities.statistics import CommunitySums
+from services.communities.statistics import CommunitySums
 
 log = logging.getLogger(__name__)
 

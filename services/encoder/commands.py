@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from workers.encoder.labels import LABEL_FORMATS
+from services.encoder.labels import LABEL_FORMATS
 
 # Torch is imported inside the commands, so other `medgraph` commands stay quick to start.
 TOP_FINDINGS_SHOWN = 3
@@ -18,11 +18,11 @@ TOP_FINDINGS_SHOWN = 3
 
 def _user_errors() -> tuple[type[Exception], ...]:
     """Errors that describe bad input or settings: shown as one line, no traceback."""
-    from workers.encoder.checkpoint import CheckpointError
-    from workers.encoder.imaging import ImageReadError
-    from workers.encoder.labels import LabelFileError
-    from workers.encoder.network import InitialWeightsError
-    from workers.encoder.training import TrainingError
+    from services.encoder.checkpoint import CheckpointError
+    from services.encoder.imaging import ImageReadError
+    from services.encoder.labels import LabelFileError
+    from services.encoder.network import InitialWeightsError
+    from services.encoder.training import TrainingError
 
     return (LabelFileError, ImageReadError, CheckpointError, InitialWeightsError, TrainingError)
 
@@ -99,7 +99,7 @@ def train(
 ) -> None:
     """Train the DenseNet-121 encoder and report per-finding validation AUROC."""
     from services.config import get_settings
-    from workers.encoder.training import TrainConfig, train_encoder
+    from services.encoder.training import TrainConfig, train_encoder
 
     config = TrainConfig.from_settings(
         get_settings(),
@@ -147,10 +147,10 @@ def embed(
     import numpy as np
 
     from services.config import get_settings
-    from workers.encoder.checkpoint import CheckpointError
-    from workers.encoder.extractor import FeatureExtractor
-    from workers.encoder.imaging import ImageReadError, read_image
-    from workers.encoder.training import default_checkpoint_path
+    from services.encoder.checkpoint import CheckpointError
+    from services.encoder.extractor import FeatureExtractor
+    from services.encoder.imaging import ImageReadError, read_image
+    from services.encoder.training import default_checkpoint_path
 
     settings = get_settings()
     extractor = FeatureExtractor(

@@ -21,8 +21,8 @@ from services.config import Settings, get_settings
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from workers.ingest.jobs import JobProgress, JobTracker
-    from workers.ingest.submit import StallWatch
+    from services.ingest.jobs import JobProgress, JobTracker
+    from services.ingest.submit import StallWatch
 
 EXIT_FILES_FAILED = 3
 EXIT_JOB_FAILED = 1
@@ -32,11 +32,11 @@ FAILURES_SHOWN = 10
 def _is_user_error(exc: BaseException) -> bool:
     """The user's input or environment is at fault: a message, not a traceback."""
     from services.runtime.processes import RuntimeProblem
-    from workers.encoder.labels import LabelFileError
-    from workers.ingest.discovery import DiscoveryError
-    from workers.ingest.submit import IngestError
+    from services.encoder.labels import LabelFileError
+    from services.ingest.discovery import DiscoveryError
+    from services.ingest.submit import IngestError
 
-    checkpoint = sys.modules.get("workers.encoder.checkpoint")  # imports torch; only if loaded
+    checkpoint = sys.modules.get("services.encoder.checkpoint")  # imports torch; only if loaded
     kinds: tuple[type[BaseException], ...] = (
         LabelFileError, DiscoveryError, IngestError, RuntimeProblem,
     )  # fmt: skip
@@ -110,9 +110,9 @@ def ingest(
     DenseNet-121 embedding, findings and patient link; then SIMILAR kNN edges are built.
     """
     from workers.celery_app import QUEUES
-    from workers.ingest.jobs import JobTracker
-    from workers.ingest.local_worker import LocalWorker, listening_queues
-    from workers.ingest.submit import plan_ingest, submit
+    from services.ingest.jobs import JobTracker
+    from services.ingest.local_worker import LocalWorker, listening_queues
+    from services.ingest.submit import plan_ingest, submit
 
     settings = get_settings()
     started = time.monotonic()
@@ -173,7 +173,7 @@ def ingest(
 
 def _ensure_checkpoint(settings: Settings) -> None:
     """Train the demo encoder here, once, rather than inside a worker task."""
-    from workers.encoder.training import default_checkpoint_path, ensure_demo_checkpoint
+    from services.encoder.training import default_checkpoint_path, ensure_demo_checkpoint
 
     if not settings.encoder_checkpoint and not default_checkpoint_path(settings).is_file():
         click.echo("no encoder checkpoint yet: training one on the bundled set (once)…")
@@ -181,7 +181,7 @@ def _ensure_checkpoint(settings: Settings) -> None:
 
 
 def _stall_watch(settings: Settings, resume: Callable[[], object]) -> StallWatch:
-    from workers.ingest.submit import StallWatch, messages_in_flight
+    from services.ingest.submit import StallWatch, messages_in_flight
 
     def say(progress: JobProgress) -> None:
         click.echo(
@@ -197,7 +197,7 @@ def _follow_with_bar(
 ) -> JobProgress:
     from tqdm import tqdm
 
-    from workers.ingest.submit import follow
+    from services.ingest.submit import follow
 
     bar = None
     linking_announced = False
@@ -230,7 +230,7 @@ def _finish(
     elapsed_s: float | None = None,
 ) -> int:
     """Print the summary, write the failure report; returns the exit status."""
-    from workers.ingest.submit import report_path, write_failure_report
+    from services.ingest.submit import report_path, write_failure_report
 
     failures = tracker.failures(progress.job_id)
     path = write_failure_report(report or report_path(settings, progress.job_id), failures)
@@ -268,7 +268,7 @@ def _finish(
 def ingest_status(job_id: str, wait: bool, report: Path | None) -> None:
     """Progress of an ingest job; the summary and failure report once it ended."""
     from services.graph.store import GraphStore
-    from workers.ingest.jobs import JobTracker, UnknownJob
+    from services.ingest.jobs import JobTracker, UnknownJob
 
     settings = get_settings()
     tracker = JobTracker.from_settings(settings)

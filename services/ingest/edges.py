@@ -35,7 +35,7 @@ import numpy as np
 
 from services.config import Settings
 from services.graph.store import GraphStore
-from workers.ingest.knn import exact_knn, knn_floor, pick_device, symmetric_edges
+from services.ingest.knn import exact_knn, knn_floor, pick_device, symmetric_edges
 
 EDGE_MODES = ("auto", "bulk", "incremental")
 # Pending images per vector-index query round trip.

@@ -14,9 +14,9 @@ from pathlib import Path
 from services.config import Settings
 from services.graph.store import GraphStore
 from services.secrets import patient_key_secret
-from workers.ingest.discovery import discover
-from workers.ingest.jobs import JobProgress, JobTracker, check_job_id
-from workers.ingest.pipeline import FileEntry, patient_key
+from services.ingest.discovery import discover
+from services.ingest.jobs import JobProgress, JobTracker, check_job_id
+from services.ingest.pipeline import FileEntry, patient_key
 
 
 class IngestError(ValueError):
@@ -57,7 +57,7 @@ def plan_ingest(
     label_format: str = "auto",
 ) -> IngestPlan:
     """The job's files with their findings and patient keys (raw patient ids stop here)."""
-    from workers.encoder.labels import read_labels
+    from services.encoder.labels import read_labels
 
     discovery = discover(paths)
     by_path: dict[Path, tuple[tuple[str, ...], str]] = {}
@@ -108,7 +108,7 @@ def submit(
     Resuming a job id sends only the batches not yet counted; the file list must be the same.
     """
     from workers.celery_app import EMBED_QUEUE, app
-    from workers.ingest.tasks import embed_batch, link_images
+    from workers.tasks.ingest import embed_batch, link_images
 
     if not plan.entries:
         raise IngestError(f"no image files found in {plan.source}")

@@ -37,7 +37,7 @@ class WorkerRuntime:
         if self.process.is_running():
             return False
         from workers.celery_app import QUEUES, app
-        from workers.ingest.local_worker import worker_argv
+        from services.ingest.local_worker import worker_argv
 
         env = dict(os.environ)
         env.update(self._settings_environment())

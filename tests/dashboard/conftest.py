@@ -26,7 +26,7 @@ from services.config import Settings
 from services.graph.store import GraphStore
 from tests.conftest import wipe_graph
 from tests.support import ingest_bundled
-from workers.communities.job import ClusteringSummary, run_clustering
+from services.communities.job import ClusteringSummary, run_clustering
 
 SEED_IMAGES = 150
 

@@ -26,7 +26,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from tests.support import dicom_bytes
-from workers.encoder.imaging import DecodedImage, ImageReadError, ReadLimits, read_image
+from services.encoder.imaging import DecodedImage, ImageReadError, ReadLimits, read_image
 
 BASE = base_image()
 STORED = np.round(BASE * TWELVE_BIT_MAX).astype(np.uint16)

@@ -11,10 +11,10 @@ import torch
 from encoder_testkit import BUNDLED_DIR, BUNDLED_LABELS, TINY_TRAINING, bundled_subset
 from sklearn.metrics import roc_auc_score
 
-from workers.encoder.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
-from workers.encoder.labels import FINDINGS_NIH, LabelRecord, LabelTable, read_labels
-from workers.encoder.network import InitialWeightsError, build_densenet121
-from workers.encoder.training import (
+from services.encoder.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
+from services.encoder.labels import FINDINGS_NIH, LabelRecord, LabelTable, read_labels
+from services.encoder.network import InitialWeightsError, build_densenet121
+from services.encoder.training import (
     TrainConfig,
     TrainingError,
     TrainResult,

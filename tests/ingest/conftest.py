@@ -39,10 +39,10 @@ def ingest_checkpoint(settings: Settings) -> Path:
     Training is the encoder's concern (and minutes on 2 cores); ingestion only needs a fixed,
     deterministic network. Its codes are unit vectors like a trained one's, only more alike.
     """
-    from workers.encoder.checkpoint import EncoderCheckpoint, save_checkpoint
-    from workers.encoder.labels import FINDINGS_NIH
-    from workers.encoder.network import build_densenet121
-    from workers.encoder.preprocessing import Normalisation
+    from services.encoder.checkpoint import EncoderCheckpoint, save_checkpoint
+    from services.encoder.labels import FINDINGS_NIH
+    from services.encoder.network import build_densenet121
+    from services.encoder.preprocessing import Normalisation
 
     path = settings.home / "models" / "ingest-test-encoder.pt"
     if not path.is_file():
@@ -73,7 +73,7 @@ def ingest_env(stack: Settings, ingest_checkpoint: Path) -> dict[str, str]:
 def ingest_worker(stack: Settings, ingest_env: dict[str, str]) -> Iterator[str]:
     """A real worker: ``celery -A workers.celery_app worker -Q embed,graph -c 2``."""
     from workers.celery_app import app
-    from workers.ingest.local_worker import worker_argv
+    from services.ingest.local_worker import worker_argv
 
     slot = os.environ.get("MEDGRAPH_TEST_SLOT", "0")
     hostname = f"ingest-test-{slot}-{os.getpid()}@%h"

@@ -25,7 +25,7 @@ from tests.ingest.conftest import (
     stored_embeddings,
     wipe,
 )
-from workers.encoder.labels import read_labels
+from services.encoder.labels import read_labels
 
 pytestmark = [pytest.mark.neo4j, pytest.mark.redis, pytest.mark.slow]
 TIE_TOLERANCE = 1e-6

@@ -16,7 +16,7 @@ from tests.ingest.conftest import (
     stored_edges,
     stored_embeddings,
 )
-from workers.ingest.jobs import JobTracker
+from services.ingest.jobs import JobTracker
 
 pytestmark = [pytest.mark.neo4j, pytest.mark.redis, pytest.mark.slow]
 NEW_IMAGES = 50

@@ -97,9 +97,9 @@ def seeded_graph(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> SeededGraph:
     from services.auth.api_keys import create_api_key
-    from workers.communities.job import run_clustering
-    from workers.ingest.jobs import JobTracker
-    from workers.ingest.submit import follow, plan_ingest, submit
+    from services.communities.job import run_clustering
+    from services.ingest.jobs import JobTracker
+    from services.ingest.submit import follow, plan_ingest, submit
 
     root = tmp_path_factory.mktemp("reliability-data") / "root"
     dicoms, upload_dicoms = build_data_root(root)

@@ -24,7 +24,7 @@ from services.config import REPO_ROOT, Settings
 from services.graph.store import GraphStore
 from tests.reliability.bad_files import BadFile, bad_files, write_bad_files
 from tests.reliability.conftest import MAX_UPLOAD_BYTES, SeededGraph, graph_fingerprint
-from workers.ingest.jobs import JobTracker
+from services.ingest.jobs import JobTracker
 
 pytestmark = [pytest.mark.neo4j, pytest.mark.redis]
 

@@ -27,7 +27,7 @@ from services.secrets import patient_key_secret
 from tests.reliability.conftest import SeededGraph
 from tests.reliability.phi import all_phi_values, leaks, needles, texts_of
 from tests.reliability.private_stack import WorkerProcess
-from workers.ingest.jobs import JobProgress, JobTracker
+from services.ingest.jobs import JobProgress, JobTracker
 
 pytestmark = [pytest.mark.neo4j, pytest.mark.redis, pytest.mark.slow]
 

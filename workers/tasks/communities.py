@@ -8,9 +8,9 @@ from celery import shared_task
 
 from services.config import get_settings
 from services.graph.store import TRANSIENT_NEO4J_ERRORS, GraphStore
-from workers.communities.detection import ClusteringInProgress
-from workers.communities.freshness import staleness
-from workers.communities.job import run_clustering
+from services.communities.detection import ClusteringInProgress
+from services.communities.freshness import staleness
+from services.communities.job import run_clustering
 
 
 @shared_task(

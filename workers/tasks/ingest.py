@@ -35,10 +35,10 @@ from services.config import Settings, get_settings
 from services.graph.store import TRANSIENT_NEO4J_ERRORS, GraphStore
 from services.secrets import patient_key_secret
 from workers.celery_app import EMBED_QUEUE, GRAPH_QUEUE, app
-from workers.communities.freshness import assign_new_images
-from workers.ingest.edges import build_edges
-from workers.ingest.jobs import JobTracker
-from workers.ingest.pipeline import FileEntry, embed_files, stored_keys, write_image_rows
+from services.communities.freshness import assign_new_images
+from services.ingest.edges import build_edges
+from services.ingest.jobs import JobTracker
+from services.ingest.pipeline import FileEntry, embed_files, stored_keys, write_image_rows
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class LazyExtractor:
     again only when the checkpoint file changes."""
 
     def __init__(self, path: Path, settings: Settings) -> None:
-        from workers.encoder.extractor import FeatureExtractor
+        from services.encoder.extractor import FeatureExtractor
 
         self.stamp = (str(path), path.stat().st_mtime)
         self.extractor = FeatureExtractor(
@@ -127,7 +127,7 @@ _extractor: LazyExtractor | None = None
 
 
 def checkpoint_path(settings: Settings) -> Path:
-    from workers.encoder.training import default_checkpoint_path, ensure_demo_checkpoint
+    from services.encoder.training import default_checkpoint_path, ensure_demo_checkpoint
 
     path = default_checkpoint_path(settings)
     return path if path.is_file() else ensure_demo_checkpoint(settings)
@@ -150,7 +150,7 @@ def embed_batch(self: Task, job_id: str, batch_id: str, entries: list[FileEntry]
     if starts > settings.ingest_max_crashes:
         return _isolate_crashing_batch(job_id, batch_id, entries, starts - 1)
 
-    from workers.encoder.imaging import ReadLimits
+    from services.encoder.imaging import ReadLimits
 
     extractor = extractor_for(settings)
     store = graph_store()

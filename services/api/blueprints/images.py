@@ -98,7 +98,7 @@ def image_thumbnail(key: str) -> Response:
     size = context.settings.api_thumbnail_pixels
     cached = thumbnails.get(key, size)
     if cached is None:
-        from workers.encoder.imaging import ImageReadError, ReadLimits, read_image
+        from services.encoder.imaging import ImageReadError, ReadLimits, read_image
 
         path, data = _stored_file(context, key)
         limits = ReadLimits(context.settings.max_file_bytes, context.settings.max_image_pixels)

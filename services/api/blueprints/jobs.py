@@ -1,4 +1,4 @@
-"""Background jobs: ingest (workers/ingest) and clustering (workers/communities), submit and status.
+"""Background jobs: ingest (services/ingest) and clustering (services/communities), submit and status.
 
 Ingest jobs are the ingestion package's own (``plan_ingest`` + ``submit``; progress kept in Redis
 by its ``JobTracker``). A clustering job is the ``medgraph.communities.cluster`` Celery task, sent
@@ -43,7 +43,7 @@ def under_data_roots(context: ApiContext, raw: str, what: str) -> Path:
 
 
 def start_ingest(context: ApiContext, paths: list[Path], labels: Path | None) -> str:
-    from workers.ingest.submit import IngestError, plan_ingest, submit
+    from services.ingest.submit import IngestError, plan_ingest, submit
 
     try:
         plan = plan_ingest(paths, context.settings, labels_csv=labels)
@@ -98,7 +98,7 @@ def submit_ingest(body: IngestJobRequest) -> JobStatus:
     errors=(400, 415, 422),
 )
 def submit_cluster(body: ClusterJobRequest) -> JobStatus:
-    from workers.communities.tasks import cluster_task
+    from workers.tasks.communities import cluster_task
 
     options = body.model_dump(exclude_none=True)
     job_id = f"{CLUSTER_PREFIX}{uuid.uuid4()}"
@@ -123,7 +123,7 @@ def job_status(job_id: str) -> JobStatus:
 
 
 def ingest_status(context: ApiContext, job_id: str) -> JobStatus:
-    from workers.ingest.jobs import JobTracker, UnknownJob
+    from services.ingest.jobs import JobTracker, UnknownJob
 
     try:
         progress = JobTracker.from_settings(context.settings).progress(job_id)

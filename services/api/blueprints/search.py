@@ -151,8 +151,8 @@ def prepare_stored(context: ApiContext, parameters: SearchParameters) -> Prepare
 def prepare_upload(
     context: ApiContext, parameters: SearchParameters, upload: FileStorage
 ) -> PreparedQuery:
-    from workers.encoder.imaging import ImageReadError, ReadLimits, read_image
-    from workers.ingest.pipeline import modality_of, patient_key
+    from services.encoder.imaging import ImageReadError, ReadLimits, read_image
+    from services.ingest.pipeline import modality_of, patient_key
 
     settings = context.settings
     stage_ms: dict[str, float] = {}
