@@ -35,6 +35,13 @@ import psutil
 from bench.memory import PeakSampler
 from bench.synthetic import SCALES, generate
 from services.config import REPO_ROOT, Settings
+from services.graph.cypher import load_cypher_statements
+from services.graph.store import GraphStore, close_shared_drivers
+from services.ingest.edges import build_edges, edge_state, load_embeddings, write_edges
+from services.ingest.knn import exact_knn, knn_floor, symmetric_edges
+from services.ingest.pipeline import write_image_rows
+from services.runtime.neo4j import Neo4jRuntime
+from services.secrets import neo4j_auth
 
 BENCH_HOME = REPO_ROOT / ".medgraph" / "bench-ingest"
 BOLT_PORT, HTTP_PORT = 27687, 27474
@@ -56,10 +63,8 @@ def patient_store(settings: Settings) -> Any:
     heavy jobs Neo4j can stall for longer than the driver's default 30 s of retries."""
     from neo4j import GraphDatabase
 
-    from services.graph.store import GraphStore
-
     driver = GraphDatabase.driver(
-        settings.bolt_uri, auth=settings.neo4j_auth_tuple(),
+        settings.bolt_uri, auth=neo4j_auth(settings),
         max_transaction_retry_time=600, connection_acquisition_timeout=600,
     )  # fmt: skip
     return GraphStore(driver, settings.neo4j_database)
@@ -107,13 +112,6 @@ def measure(
     embeddings, the same values the bulk path reads back), to fit a slow, shared machine's
     time budget; the result says so, and both phases then share the CPU.
     """
-    from services.graph.cypher import load_cypher_statements
-    from services.graph.store import close_shared_drivers
-    from services.runtime.neo4j import Neo4jRuntime
-    from services.ingest.edges import build_edges, edge_state, load_embeddings
-    from services.ingest.knn import exact_knn, knn_floor, symmetric_edges
-    from services.ingest.pipeline import write_image_rows
-
     settings = bench_settings(heap, pagecache)
     runtime = Neo4jRuntime(settings)
     close_shared_drivers()
@@ -198,8 +196,6 @@ def measure(
                      for a, b in zip(indices[rows], reference, strict=True)])
         )  # fmt: skip
         del matrix
-
-        from services.ingest.edges import write_edges
 
         clock = time.monotonic()
         write_edges(

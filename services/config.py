@@ -284,14 +284,6 @@ class Settings(BaseSettings):
     def neo4j_home(self) -> Path:
         return self.home / "neo4j"
 
-    def neo4j_auth_tuple(self) -> tuple[str, str] | None:
-        """Credentials for the driver; None when the local server runs without auth."""
-        if not self.neo4j_auth:
-            return None
-        from services.secrets import neo4j_password
-
-        return (self.neo4j_user, neo4j_password(self))
-
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
