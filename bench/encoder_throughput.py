@@ -12,7 +12,7 @@ bench/results/encoder_throughput.json under the device's name (a CPU run keeps G
 
 from __future__ import annotations
 
-import workers  # noqa: F401  (before torch: sets its OpenMP wait policy, see workers/__init__.py)
+import services  # noqa: F401  (before torch: sets its OpenMP wait policy, see services/__init__.py)
 
 # isort: split
 import argparse

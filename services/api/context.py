@@ -61,6 +61,7 @@ class ApiContext:
         if self._extractor is None:
             with self._lock:
                 if self._extractor is None:
+                    # defers torch: the API starts without it; the first upload loads it
                     from services.encoder.extractor import FeatureExtractor, ensure_demo_checkpoint
 
                     checkpoint = ensure_demo_checkpoint(self.settings)

@@ -9,11 +9,11 @@ import time
 import click
 from neo4j.exceptions import AuthError, ServiceUnavailable
 
-from services.config import get_settings
-from services.graph.store import GraphStore
 from services.communities.detection import ALGORITHMS, ClusteringError
 from services.communities.freshness import staleness
 from services.communities.job import run_clustering
+from services.config import get_settings
+from services.graph.store import GraphStore
 
 
 @click.command("cluster")

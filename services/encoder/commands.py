@@ -9,18 +9,19 @@ import sys
 from pathlib import Path
 
 import click
+import numpy as np
 
-from services.encoder.labels import LABEL_FORMATS
+from services.config import get_settings
+from services.encoder.imaging import ImageReadError, read_image
+from services.encoder.labels import LABEL_FORMATS, LabelFileError
 
-# Torch is imported inside the commands, so other `medgraph` commands stay quick to start.
 TOP_FINDINGS_SHOWN = 3
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
     """Errors that describe bad input or settings: shown as one line, no traceback."""
+    # defers torch (these modules import it): other `medgraph` commands stay quick to start
     from services.encoder.checkpoint import CheckpointError
-    from services.encoder.imaging import ImageReadError
-    from services.encoder.labels import LabelFileError
     from services.encoder.network import InitialWeightsError
     from services.encoder.training import TrainingError
 
@@ -98,7 +99,7 @@ def train(
     progress: bool,
 ) -> None:
     """Train the DenseNet-121 encoder and report per-finding validation AUROC."""
-    from services.config import get_settings
+    # defers torch: other `medgraph` commands stay quick to start
     from services.encoder.training import TrainConfig, train_encoder
 
     config = TrainConfig.from_settings(
@@ -144,12 +145,9 @@ def embed(
     files: tuple[Path, ...], checkpoint: Path | None, output: Path | None, device: str | None
 ) -> None:
     """Read images, print their top predicted findings, optionally save their image codes."""
-    import numpy as np
-
-    from services.config import get_settings
+    # defers torch: other `medgraph` commands stay quick to start
     from services.encoder.checkpoint import CheckpointError
     from services.encoder.extractor import FeatureExtractor
-    from services.encoder.imaging import ImageReadError, read_image
     from services.encoder.training import default_checkpoint_path
 
     settings = get_settings()

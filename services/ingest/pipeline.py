@@ -23,8 +23,8 @@ from typing import Any, Protocol, TypedDict
 
 import numpy as np
 
-from services.graph.store import GraphStore
 from services.encoder.imaging import DecodedImage, ImageReadError, ReadLimits, read_image
+from services.graph.store import GraphStore
 
 EMBEDDING_DIM = 1024
 # Decoded float32 pixels held at once while embedding (full-size DICOMs are ~10-40 MB each).
