@@ -88,7 +88,13 @@ def send(
     kwargs: dict[str, Any] | None = None,
     **options: Any,
 ) -> AsyncResult:
-    """Enqueue the task registered as ``name`` (queue from the routes unless ``queue=``)."""
+    """Enqueue the task registered as ``name`` (queue from the routes unless ``queue=``).
+
+    Results are not kept unless ``ignore_result=False`` is given, as with ``apply_async`` on
+    the tasks themselves (``send_task`` alone would also subscribe this client to every
+    task's result channel).
+    """
+    options.setdefault("ignore_result", True)
     return client(settings).send_task(name, args=args, kwargs=kwargs, **options)
 
 

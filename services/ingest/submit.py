@@ -142,11 +142,11 @@ def submit(
         for batch_id, entries in missing:
             celery.send_task(
                 jobs.EMBED_BATCH, (job_id, batch_id, entries), queue=jobs.EMBED_QUEUE,
-                producer=producer,
+                producer=producer, ignore_result=True,
             )  # fmt: skip
         if not created and not missing and not tracker.progress(job_id).finished:
             # Every file was counted but linking never finished: start it again.
-            celery.send_task(jobs.LINK_IMAGES, (job_id,), producer=producer)
+            celery.send_task(jobs.LINK_IMAGES, (job_id,), producer=producer, ignore_result=True)
     return SubmitResult(job_id, len(missing), len(batches), resumed=not created)
 
 
