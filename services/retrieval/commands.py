@@ -10,12 +10,13 @@ from pathlib import Path
 import click
 
 from services.config import Settings, get_settings
+from services.encoder.imaging import ImageReadError
+from services.encoder.labels import LabelFileError, bundled_label_files
+from services.graph.store import GraphStore
 from services.retrieval.contract import Strategy
-from workers.encoder.checkpoint import CheckpointError
-from workers.encoder.heldout_run import HeldOutResult, held_out_evaluation
-from workers.encoder.imaging import ImageReadError
-from workers.encoder.labels import LabelFileError, bundled_label_files
-from workers.encoder.training import TrainingError, default_checkpoint_path
+from services.retrieval.evaluation import evaluate as run_evaluation
+from services.retrieval.evaluation import plot_curves
+from services.retrieval.service import RetrievalService
 
 STRATEGY_NAMES = [strategy.value for strategy in Strategy]
 
@@ -102,11 +103,6 @@ def evaluate(
     if held_out:
         _held_out(get_settings(), k, seed, output_dir, checkpoint, compare, label_files, resamples)
         return
-    from services.graph.store import GraphStore
-    from services.retrieval.evaluation import evaluate as run_evaluation
-    from services.retrieval.evaluation import plot_curves
-    from services.retrieval.service import RetrievalService
-
     try:
         chosen = [Strategy(name.strip()) for name in strategies.split(",") if name.strip()]
         k_values = [int(value) for value in ks.split(",") if value.strip()]
@@ -151,8 +147,13 @@ def _held_out(
     settings: Settings, k: int, seed: int, output_dir: Path | None, checkpoint: Path | None,
     compare: Path | None, label_files: tuple[Path, ...], resamples: int,
 ) -> None:  # fmt: skip
+    # defers torch: other `medgraph` commands stay quick to start
+    from services.encoder.checkpoint import CheckpointError
+    from services.encoder.training import TrainingError, default_checkpoint_path
+    from services.retrieval.heldout_run import held_out_evaluation
+
     try:
-        result: HeldOutResult = held_out_evaluation(
+        result = held_out_evaluation(
             list(label_files) or bundled_label_files(settings.data_dir),
             checkpoint or default_checkpoint_path(settings),
             compare=compare, k=k, resamples=resamples, seed=seed,

@@ -15,10 +15,10 @@ from encoder_testkit import BUNDLED_DIR, TINY_TRAINING, bundled_subset, write_la
 from services.cli import main
 from services.config import REPO_ROOT, Settings
 from services.demo import demo_plan
-from workers.encoder.checkpoint import file_sha256, load_checkpoint, save_checkpoint
-from workers.encoder.labels import LabelFileError, bundled_label_files, read_label_sets
-from workers.encoder.shipping import ShippingError, ship_checkpoint, shipped_checkpoint
-from workers.encoder.training import (
+from services.encoder.checkpoint import file_sha256, load_checkpoint, save_checkpoint
+from services.encoder.labels import LabelFileError, bundled_label_files, read_label_sets
+from services.encoder.shipping import ShippingError, ship_checkpoint, shipped_checkpoint
+from services.encoder.training import (
     COSINE_FLOOR,
     RECIPES,
     TrainConfig,

@@ -18,6 +18,13 @@ import numpy as np
 import torch
 from torch.nn import functional
 
+from services.encoder.checkpoint import EncoderCheckpoint, file_sha256, load_checkpoint
+from services.encoder.extractor import FeatureExtractor
+from services.encoder.imaging import read_image
+from services.encoder.labels import LabelTable, read_label_sets
+from services.encoder.network import build_densenet121, pooled_features
+from services.encoder.preprocessing import Normalisation, prepare_batch, resize_pixels
+from services.encoder.training import TrainingError, resolve_device
 from services.retrieval.heldout import (
     CodeSet,
     HeldOutReport,
@@ -27,13 +34,6 @@ from services.retrieval.heldout import (
     mean_auroc_interval,
 )
 from services.retrieval.metrics import LabelSpace
-from workers.encoder.checkpoint import EncoderCheckpoint, file_sha256, load_checkpoint
-from workers.encoder.extractor import FeatureExtractor
-from workers.encoder.imaging import read_image
-from workers.encoder.labels import LabelTable, read_label_sets
-from workers.encoder.network import build_densenet121, pooled_features
-from workers.encoder.preprocessing import Normalisation, prepare_batch, resize_pixels
-from workers.encoder.training import TrainingError, resolve_device
 
 RAW_PIXEL_SIZE = 64
 RAW_PIXELS_ROW = "raw pixels (64 px, centred)"

@@ -25,24 +25,24 @@ from torch.nn import functional
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from workers.encoder.checkpoint import (
+from services.encoder.checkpoint import (
     CheckpointError,
     EncoderCheckpoint,
     file_sha256,
     load_checkpoint,
     save_checkpoint,
 )
-from workers.encoder.imaging import read_image
-from workers.encoder.labels import LabelTable, bundled_label_files, read_label_sets
-from workers.encoder.network import ARCHITECTURE, build_densenet121
-from workers.encoder.preprocessing import (
+from services.encoder.imaging import read_image
+from services.encoder.labels import LabelTable, bundled_label_files, read_label_sets
+from services.encoder.network import ARCHITECTURE, build_densenet121
+from services.encoder.preprocessing import (
     AUGMENTATIONS,
     Normalisation,
     XrayAugmentation,
     resize_pixels,
     to_network_input,
 )
-from workers.encoder.shipping import shipped_checkpoint
+from services.encoder.shipping import shipped_checkpoint
 
 if TYPE_CHECKING:
     from services.config import Settings
@@ -64,7 +64,7 @@ PROGRESS_LINES_PER_EPOCH = 4
 
 # The two recipes `train_recipe` names; every value can still be overridden one by one.
 # "paper" is the paper's (and CheXNet's) recipe as this project first ran it; "tuned" is the one
-# kept after the ablation in workers/encoder/README.md.
+# kept after the ablation in services/encoder/README.md.
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": {
         "epochs": 15,

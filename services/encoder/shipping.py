@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from services.config import REPO_ROOT
-from workers.encoder.checkpoint import CheckpointError, file_sha256, load_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +65,9 @@ _verified: dict[tuple[str, int, int], bool] = {}
 
 def shipped_checkpoint(path: Path = SHIPPED_CHECKPOINT) -> Path | None:
     """The shipped checkpoint when present and its sha256 matches its record, else None."""
+    # defers torch: `medgraph` commands import this module and must start quickly
+    from services.encoder.checkpoint import file_sha256
+
     if not path.is_file() or not record_path(path).is_file():
         return None
     stat = path.stat()
@@ -93,6 +95,9 @@ def ship_checkpoint(
     Both must have been validated on the same images (``val_image_sha256``), and the candidate's
     mean validation AUROC must be higher.
     """
+    # defers torch: `medgraph` commands import this module and must start quickly
+    from services.encoder.checkpoint import CheckpointError, file_sha256, load_checkpoint
+
     try:
         trained, cpu = load_checkpoint(candidate), load_checkpoint(reference)
     except CheckpointError as exc:
