@@ -54,9 +54,9 @@ def _user_errors() -> tuple[type[Exception], ...]:
 )
 @click.option(
     "--recipe",
-    type=click.Choice(["tuned", "paper"]),
-    help="tuned (AdamW, warm-up + cosine, strong augmentation) or paper (Adam, plateau, light "
-    "augmentation). Default: train_recipe setting.",
+    type=click.Choice(["paper", "regularised"]),
+    help="paper (Adam, plateau, light augmentation) or regularised (AdamW, warm-up + cosine, "
+    "strong augmentation). Default: train_recipe setting.",
 )
 @click.option(
     "--epochs", type=click.IntRange(min=1), help="Default: train_epochs, else the recipe's."

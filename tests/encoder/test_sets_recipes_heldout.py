@@ -93,9 +93,10 @@ def test_the_demo_plans_every_bundled_image(tmp_path: Path) -> None:
 
 def test_recipes_from_settings_and_overrides(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, encoder_device="cpu")
-    tuned = TrainConfig.from_settings(settings)
-    assert tuned.recipe == "tuned" and tuned.schedule == "cosine" and tuned.weight_decay > 0
-    assert tuned.augmentation == "strong" and tuned.epochs == RECIPES["tuned"]["epochs"]
+    tuned = TrainConfig.from_settings(settings, recipe="regularised")
+    assert tuned.recipe == "regularised" and tuned.schedule == "cosine" and tuned.weight_decay > 0
+    assert tuned.augmentation == "strong" and tuned.epochs == RECIPES["regularised"]["epochs"]
+    assert TrainConfig.from_settings(settings).recipe == "paper"
     assert [path.parent.name for path in tuned.label_files] == [
         "nih-cxr14-64px",
         "nih-cxr14-extra-128px",
