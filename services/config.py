@@ -107,8 +107,9 @@ class Settings(BaseSettings):
     # --- encoder (services/encoder) --------------------------------------------------------
     encoder_checkpoint: Path | None = Field(
         None,
-        description="Encoder checkpoint for image codes. Default: <models_dir>/densenet121-"
-        "<image_size>px.pt, trained on the bundled set when missing.",
+        description="Encoder checkpoint for image codes. Default: the shipped models/densenet121-"
+        "demo.pt when present with a matching sha256, else <models_dir>/densenet121-<image_size>"
+        "px.pt, trained on the bundled sets when missing.",
     )
     encoder_device: str | None = Field(
         None, description="Torch device for training and image codes. Default: cuda if present."
