@@ -15,7 +15,7 @@ from pydantic_settings import SettingsError
 from services.config import Settings, get_settings, settings_problem
 from services.runtime.neo4j import Neo4jRuntime
 from services.runtime.processes import RuntimeProblem
-from services.runtime.redis import RedisRuntime
+from services.runtime.redis import RedisRuntime, redacted_url
 from services.runtime.worker import WorkerRuntime
 
 STACK_PARTS = ("neo4j", "redis", "worker")
@@ -71,7 +71,7 @@ def start_stack(settings: Settings, parts: tuple[str, ...] = STACK_PARTS) -> Non
     if "redis" in parts:
         redis_runtime = RedisRuntime(settings)
         if redis_runtime.start():
-            click.echo(f"redis: started on {settings.broker_url}")
+            click.echo(f"redis: started on {redacted_url(settings)}")
         else:
             click.echo(f"redis: already running (pid {redis_runtime.process.pid()})")
     if "neo4j" in parts:

@@ -41,6 +41,17 @@ def ensure_neo4j_password(settings: Settings) -> tuple[str, bool]:
     return _read_or_create(neo4j_password_file(settings), 18)
 
 
+def redis_password_file(settings: Settings) -> Path:
+    return settings.secrets_dir / "redis-password"
+
+
+def redis_password(settings: Settings) -> str:
+    """The local Redis's password (``requirepass``); URL-safe, so it can sit in a Redis URL."""
+    if settings.redis_password:
+        return settings.redis_password
+    return _read_or_create(redis_password_file(settings), 24)[0]
+
+
 def patient_key_secret(settings: Settings) -> bytes:
     if settings.patient_key_secret:
         return settings.patient_key_secret.encode()

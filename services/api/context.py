@@ -9,11 +9,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+from celery import Celery
 from flask import Flask, current_app
 
 from services.config import Settings
 from services.graph.store import GraphStore
 from services.retrieval.service import RetrievalService
+from workers.celery_app import GRAPH_QUEUE
+from workers.celery_app import app as celery_app
+from workers.encoder.imaging import DecodeGate, ReadLimits
 
 if TYPE_CHECKING:
     from workers.encoder.extractor import FeatureExtractor
@@ -31,6 +35,40 @@ class ApiContext:
     # One forward pass at a time: torch already uses every core for one, and a shared model is
     # not documented as safe for concurrent calls.
     _embed_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Bounds the images decoded and held as pixels at once (see workers/encoder/imaging.py).
+    decode_gate: DecodeGate = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.decode_gate = DecodeGate(self.settings.decode_slots, self.settings.decode_wait_s)
+
+    _celery: Celery | None = None
+
+    @property
+    def celery(self) -> Celery:
+        """medgraph's Celery app (its task names and queues) on this API's broker.
+
+        Always this object, never Celery's "current" app: in waitress's request threads the
+        current app is Celery's default one (amqp), which is why jobs/cluster answered 503
+        under `medgraph serve` while the test client (another thread layout) worked."""
+        if self._celery is None:
+            with self._lock:
+                if self._celery is None:
+                    broker = self.settings.broker_url
+                    if celery_app.conf.broker_url == broker:
+                        self._celery = celery_app
+                    else:  # an app built with other settings (tests, a second broker)
+                        self._celery = Celery(
+                            "medgraph-api", broker=broker, backend=broker, set_as_current=False
+                        )
+                        self._celery.conf.update(
+                            task_default_queue=GRAPH_QUEUE, task_serializer="json",
+                            result_serializer="json", accept_content=["json"],
+                        )  # fmt: skip
+        return self._celery
+
+    @property
+    def read_limits(self) -> ReadLimits:
+        return ReadLimits.from_settings(self.settings)
 
     @property
     def store(self) -> GraphStore:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import click
 
 from services.config import Settings, get_settings
+from services.runtime.redis import redact_url
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -53,7 +54,7 @@ def _unreachable_service(exc: BaseException, settings: Settings) -> str | None:
     from services.graph.store import TRANSIENT_NEO4J_ERRORS
 
     if isinstance(exc, redis.exceptions.ConnectionError | kombu.exceptions.OperationalError):
-        where = f"Redis at {settings.broker_url}"
+        where = f"Redis at {redact_url(settings.broker_url)}"
     elif isinstance(exc, TRANSIENT_NEO4J_ERRORS):
         where = f"Neo4j at {settings.bolt_uri}"
     else:

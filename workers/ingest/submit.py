@@ -14,6 +14,7 @@ from pathlib import Path
 from services.config import Settings
 from services.graph.store import GraphStore
 from services.secrets import patient_key_secret
+from services.paths import resolve_under_roots
 from workers.ingest.discovery import discover
 from workers.ingest.jobs import JobProgress, JobTracker, check_job_id
 from workers.ingest.pipeline import FileEntry, patient_key
@@ -60,6 +61,15 @@ def plan_ingest(
     from workers.encoder.labels import read_labels
 
     discovery = discover(paths)
+    outside = [
+        file for file in discovery.files if resolve_under_roots(file, settings.data_roots) is None
+    ]
+    if outside:
+        roots = ", ".join(str(root) for root in settings.data_roots)
+        raise IngestError(
+            f"{len(outside)} of {len(discovery.files)} file(s) are not under a data root "
+            f"(MEDGRAPH_DATA_ROOTS: {roots}), e.g. {outside[0]}; the workers would refuse them"
+        )
     by_path: dict[Path, tuple[tuple[str, ...], str]] = {}
     by_name: dict[str, tuple[tuple[str, ...], str] | None] = {}
     if labels_csv is not None:

@@ -17,29 +17,25 @@ from services.api.context import ApiContext, api_context
 from services.api.errors import ApiError
 from services.api.routing import operation
 from services.api.schemas import ClusterJobRequest, IngestJobRequest, JobStatus
+from services.paths import NOT_UNDER_ROOTS, resolve_under_roots
+from workers.celery_app import GRAPH_QUEUE
 
 jobs_bp = Blueprint("jobs", __name__, url_prefix="/api/v1")
 CLUSTER_PREFIX = "cluster-"
+CLUSTER_TASK = "medgraph.communities.cluster"  # workers/communities/tasks.py
 UPLOAD_SUFFIXES = {"png": ".png", "jpeg": ".jpg", "dicom": ".dcm"}
 
 
 def under_data_roots(context: ApiContext, raw: str, what: str) -> Path:
-    """``raw`` resolved, when it exists and lies under a data root; ApiError otherwise."""
-    path = Path(raw)
-    if not path.is_absolute():
+    """``raw`` resolved, when it exists and lies under a data root; ApiError otherwise.
+
+    Outside the roots, a missing path and an existing one get the same answer."""
+    if not Path(raw).is_absolute():
         raise ApiError(422, f"{what} must be an absolute path, got {raw!r}")
-    try:
-        resolved = path.resolve(strict=True)
-    except (OSError, RuntimeError, ValueError):  # ValueError: a NUL byte in the path
-        raise ApiError(422, f"{what} {raw!r} does not exist") from None
-    for root in context.settings.data_roots:
-        try:
-            if resolved.is_relative_to(Path(root).resolve(strict=True)):
-                return resolved
-        except (OSError, RuntimeError):
-            continue
-    roots = ", ".join(str(root) for root in context.settings.data_roots)
-    raise ApiError(422, f"{what} {raw!r} is not under a data root ({roots})")
+    resolved = resolve_under_roots(raw, context.settings.data_roots)
+    if resolved is None:
+        raise ApiError(422, f"{what} {raw!r} {NOT_UNDER_ROOTS}")
+    return resolved
 
 
 def start_ingest(context: ApiContext, paths: list[Path], labels: Path | None) -> str:
@@ -98,11 +94,11 @@ def submit_ingest(body: IngestJobRequest) -> JobStatus:
     errors=(400, 415, 422),
 )
 def submit_cluster(body: ClusterJobRequest) -> JobStatus:
-    from workers.communities.tasks import cluster_task
-
     options = body.model_dump(exclude_none=True)
     job_id = f"{CLUSTER_PREFIX}{uuid.uuid4()}"
-    cluster_task.apply_async(kwargs=options, task_id=job_id, ignore_result=False)
+    api_context().celery.send_task(
+        CLUSTER_TASK, kwargs=options, task_id=job_id, ignore_result=False, queue=GRAPH_QUEUE
+    )
     return JobStatus(id=job_id, kind="cluster", state="queued", detail={"parameters": options})
 
 
@@ -154,9 +150,7 @@ CELERY_STATES = {
 
 
 def cluster_status(job_id: str) -> JobStatus:
-    from workers.celery_app import app as celery_app
-
-    result = celery_app.AsyncResult(job_id)
+    result = api_context().celery.AsyncResult(job_id)
     detail: dict[str, Any] = {}
     if result.state == "SUCCESS" and isinstance(result.result, dict):
         detail = result.result
