@@ -36,6 +36,7 @@ from __future__ import annotations
 import io
 import threading
 import warnings
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -51,6 +52,9 @@ JPEG_SIGNATURE = b"\xff\xd8\xff"
 DICOM_MAGIC_OFFSET = 128
 DICOM_MAGIC = b"DICM"
 UNKNOWN_MODALITY = "OT"
+DEFLATED_SYNTAX = b"1.2.840.10008.1.2.1.99"
+MAX_META_SCAN = 64 * 1024
+INFLATE_STEP = 4 * 1024 * 1024
 # ITU-R BT.601 luma, the same weights Pillow uses for "RGB" -> "L".
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float64)
 
@@ -362,6 +366,7 @@ def _read_dicom(data: bytes, label: str, limits: ReadLimits, *, force: bool) -> 
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    payload_bytes = _inflated_size(data, label, limits)
     try:
         dataset = pydicom.dcmread(io.BytesIO(data), force=force)
     except InvalidDicomError as exc:
@@ -393,7 +398,7 @@ def _read_dicom(data: bytes, label: str, limits: ReadLimits, *, force: bool) -> 
     syntax = dataset.file_meta.get("TransferSyntaxUID") if dataset.file_meta else None
     compressed = bool(getattr(syntax, "is_compressed", False))
     estimate = estimate_dicom_bytes(
-        columns, rows, samples, bits_allocated, len(data), compressed, limits
+        columns, rows, samples, bits_allocated, len(data) + payload_bytes, compressed, limits
     )
     _check_memory(label, columns, rows, f"{bits_allocated}-bit DICOM", estimate, limits)
 
@@ -419,6 +424,41 @@ def _read_dicom(data: bytes, label: str, limits: ReadLimits, *, force: bool) -> 
         source_format="dicom",
         patient_id=patient_id,
     )
+
+
+def _inflated_size(data: bytes, label: str, limits: ReadLimits) -> int:
+    """Bytes the dataset inflates to when its transfer syntax is Deflated (pydicom inflates it
+    whole, in memory, before anything can be checked), counted by streaming the inflation
+    without keeping it; 0 for every other syntax. A deflate bomb is refused here."""
+    if DEFLATED_SYNTAX not in data[:MAX_META_SCAN]:
+        return 0
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    stream = io.BytesIO(data)
+    try:
+        read_preamble(stream, force=True)
+        meta = _read_file_meta_info(stream)
+    except Exception as exc:  # any failure: the header is unusable
+        raise ImageReadError(label, f"corrupt DICOM file meta ({type(exc).__name__})") from None
+    if str(meta.get("TransferSyntaxUID", "")) != DEFLATED_SYNTAX.decode():
+        return 0
+    limit = limits.max_decode_bytes // 4
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    pending = data[stream.tell() :]
+    try:
+        while pending:
+            total += len(inflater.decompress(pending, INFLATE_STEP))
+            pending = inflater.unconsumed_tail
+            if total > limit:
+                raise ImageReadError(
+                    label,
+                    f"the deflated DICOM dataset inflates to more than {limit / MIB:,.0f} MiB "
+                    "(a quarter of max_decode_mib); refused before decoding",
+                )
+    except zlib.error as exc:
+        raise ImageReadError(label, f"corrupt deflated DICOM data ({exc})") from None
+    return total
 
 
 def _decode_first_frame(dataset: object, label: str) -> np.ndarray:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from services.config import Settings
 from services.graph.store import GraphStore
-from services.secrets import patient_key_secret
 from services.paths import resolve_under_roots
+from services.secrets import patient_key_secret
 from workers.ingest.discovery import discover
 from workers.ingest.jobs import JobProgress, JobTracker, check_job_id
 from workers.ingest.pipeline import FileEntry, patient_key
