@@ -33,7 +33,7 @@ def no_host_redirects() -> Response | None:
         return None
     target = urlsplit(redirect.new_url)
     if "//" in request.path or not target.path.startswith("/") or target.path.startswith("//"):
-        return error_response(404, "no such URL")
+        return error_response(404, "the requested URL was not found on this server")
     response = Response(status=308)
     response.headers["Location"] = target.path + (f"?{target.query}" if target.query else "")
     return response
