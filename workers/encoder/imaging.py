@@ -447,9 +447,12 @@ def _inflated_size(data: bytes, label: str, limits: ReadLimits) -> int:
     total = 0
     pending = data[stream.tell() :]
     try:
-        while pending:
-            total += len(inflater.decompress(pending, INFLATE_STEP))
+        while not inflater.eof:
+            chunk = inflater.decompress(pending, INFLATE_STEP)
             pending = inflater.unconsumed_tail
+            total += len(chunk)
+            if not chunk and not pending:
+                break  # a truncated stream; pydicom reports it when it reads the file
             if total > limit:
                 raise ImageReadError(
                     label,
