@@ -114,7 +114,7 @@ def test_bad_tokens_from_one_address_get_429_and_others_keep_their_latency(
     during = timed_requests(30)
     for thread in attackers:
         thread.join(timeout=600)
-    limit = served_api.settings.api_auth_failures_per_minute
+    limit = Settings.model_fields["api_auth_failures_per_minute"].default  # the served value
     assert statuses.count(401) <= limit + 5, statuses.count(401)  # the bucket refills slowly
     assert statuses.count(429) >= 1000 - limit - 5
     assert set(statuses) <= {401, 429}
