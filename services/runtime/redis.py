@@ -64,7 +64,10 @@ class RedisRuntime:
         config = self.home / "redis.conf"
         config.unlink(missing_ok=True)
         config.touch(mode=0o600)
-        config.write_text(f'requirepass "{password}"\n')
+        if "\n" in password or "\r" in password:
+            raise RuntimeProblem("the Redis password must be one line (MEDGRAPH_REDIS_PASSWORD)")
+        quoted = password.replace("\\", "\\\\").replace('"', '\\"')
+        config.write_text(f'requirepass "{quoted}"\n')
         argv = [
             server, str(config), "--port", str(s.redis_port), "--bind", s.redis_host,
             "--dir", str(self.home), "--daemonize", "no", "--protected-mode", "yes",
