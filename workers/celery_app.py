@@ -27,10 +27,10 @@ from celery import Celery
 from celery.signals import worker_init, worker_process_init
 
 from services.config import get_settings
+from workers.queues import EMBED_QUEUE, GRAPH_QUEUE, QUEUES
 
-EMBED_QUEUE = "embed"
-GRAPH_QUEUE = "graph"
-QUEUES = (EMBED_QUEUE, GRAPH_QUEUE)
+__all__ = ["EMBED_QUEUE", "GRAPH_QUEUE", "QUEUES", "app", "create_app"]
+
 
 TASK_MODULES = (
     "workers.ingest.tasks",

@@ -15,9 +15,8 @@ from flask import Flask, current_app
 from services.config import Settings
 from services.graph.store import GraphStore
 from services.retrieval.service import RetrievalService
-from workers.celery_app import GRAPH_QUEUE
-from workers.celery_app import app as celery_app
 from workers.encoder.imaging import DecodeGate, ReadLimits
+from workers.queues import GRAPH_QUEUE
 
 if TYPE_CHECKING:
     from workers.encoder.extractor import FeatureExtractor
@@ -45,7 +44,8 @@ class ApiContext:
 
     @property
     def celery(self) -> Celery:
-        """medgraph's Celery app (its task names and queues) on this API's broker.
+        """The Celery app the API sends jobs through and reads their state from, on this
+        API's broker; tasks are named (``send_task``), so the workers' code is not imported.
 
         Always this object, never Celery's "current" app: in waitress's request threads the
         current app is Celery's default one (amqp), which is why jobs/cluster answered 503
@@ -54,16 +54,15 @@ class ApiContext:
             with self._lock:
                 if self._celery is None:
                     broker = self.settings.broker_url
-                    if celery_app.conf.broker_url == broker:
-                        self._celery = celery_app
-                    else:  # an app built with other settings (tests, a second broker)
-                        self._celery = Celery(
-                            "medgraph-api", broker=broker, backend=broker, set_as_current=False
-                        )
-                        self._celery.conf.update(
-                            task_default_queue=GRAPH_QUEUE, task_serializer="json",
-                            result_serializer="json", accept_content=["json"],
-                        )  # fmt: skip
+                    application = Celery(
+                        "medgraph-api", broker=broker, backend=broker, set_as_current=False
+                    )
+                    application.conf.update(
+                        task_default_queue=GRAPH_QUEUE, task_serializer="json",
+                        result_serializer="json", accept_content=["json"],
+                        broker_connection_retry_on_startup=True,
+                    )  # fmt: skip
+                    self._celery = application
         return self._celery
 
     @property

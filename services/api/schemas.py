@@ -50,7 +50,8 @@ class SearchParameters(Model):
         "among its own results). Exactly one of `key` and an uploaded `file`.",
         max_length=128,
     )
-    k: int = Field(50, description="Number of images to return.", ge=1, le=100_000)
+    # The upper bound is the search_max_k setting, checked by the view with its own message.
+    k: int = Field(50, description="Number of images to return.", ge=1)
     strategy: StrategyName = Field(
         "region",
         description="`region`: the paper's Algorithm 1 (region growing in the closest "

@@ -396,7 +396,10 @@ def _read_dicom(data: bytes, label: str, limits: ReadLimits, *, force: bool) -> 
             f"{bits_allocated} bits allocated",
         )
     syntax = dataset.file_meta.get("TransferSyntaxUID") if dataset.file_meta else None
-    compressed = bool(getattr(syntax, "is_compressed", False))
+    try:
+        compressed = bool(getattr(syntax, "is_compressed", False))
+    except ValueError:  # a transfer syntax pydicom does not know: assume the costlier case
+        compressed = True
     estimate = estimate_dicom_bytes(
         columns, rows, samples, bits_allocated, len(data) + payload_bytes, compressed, limits
     )

@@ -18,7 +18,7 @@ from services.api.errors import ApiError
 from services.api.routing import operation
 from services.api.schemas import ClusterJobRequest, IngestJobRequest, JobStatus
 from services.paths import NOT_UNDER_ROOTS, resolve_under_roots
-from workers.celery_app import GRAPH_QUEUE
+from workers.queues import GRAPH_QUEUE
 
 jobs_bp = Blueprint("jobs", __name__, url_prefix="/api/v1")
 CLUSTER_PREFIX = "cluster-"
