@@ -8,6 +8,7 @@ The README's configuration table is generated from this class (``medgraph config
 from __future__ import annotations
 
 import re
+import secrets
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import quote, urlsplit
@@ -16,6 +17,24 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+REDIS_PASSWORD_FILE = "redis-password"
+
+
+def read_or_create_secret(path: Path, nbytes: int) -> tuple[str, bool]:
+    """A secret kept in ``path`` (mode 0600), generated on first use. Returns (secret,
+    created_now)."""
+    if path.exists():
+        return path.read_text().strip(), False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(nbytes)
+    # O_EXCL so that two processes starting at once cannot both write a different secret.
+    try:
+        with open(path, "x") as handle:
+            handle.write(value + "\n")
+    except FileExistsError:
+        return path.read_text().strip(), False
+    path.chmod(0o600)
+    return value, True
 
 
 class Settings(BaseSettings):
@@ -120,7 +139,7 @@ class Settings(BaseSettings):
     api_port: int = Field(5000, ge=1, le=65535, description="API and dashboard port.")
     default_k: int = Field(50, ge=1, le=1000, description="Default number of search results.")
 
-    # --- encoder (workers/encoder) --------------------------------------------------------
+    # --- encoder (services/encoder) --------------------------------------------------------
     encoder_checkpoint: Path | None = Field(
         None,
         description="Encoder checkpoint for image codes. Default: <models_dir>/densenet121-"
@@ -150,7 +169,7 @@ class Settings(BaseSettings):
     )
     embed_batch_size: int = Field(64, ge=1, description="Images per forward pass for image codes.")
 
-    # --- ingestion (workers/ingest) -------------------------------------------------------
+    # --- ingestion (services/ingest) -------------------------------------------------------
     ingest_files_per_task: int = Field(
         128, ge=1, le=4096,
         description="Image files per embedding task (one Celery message, one node write).",
@@ -198,7 +217,7 @@ class Settings(BaseSettings):
         "it. Default: http://<neo4j_host>:<neo4j_http_port>/browser/.",
     )
 
-    # --- communities (workers/communities) ---------------------------------------------------
+    # --- communities (services/communities) ---------------------------------------------------
     cluster_algorithm: str = Field(
         "leiden", pattern="^(leiden|louvain|cnm)$",
         description="Community detection: leiden (GDS, inside Neo4j, then a merge pass) or "
@@ -312,10 +331,14 @@ class Settings(BaseSettings):
     def broker_url(self) -> str:
         if self.redis_url:
             return self.redis_url
-        from services.secrets import redis_password
-
-        password = quote(redis_password(self), safe="")
+        password = quote(self.redis_password_value(), safe="")
         return f"redis://:{password}@{self.redis_host}:{self.redis_port}/0"
+
+    def redis_password_value(self) -> str:
+        """``redis_password``, else the one generated once into <home>/secrets."""
+        if self.redis_password:
+            return self.redis_password
+        return read_or_create_secret(self.secrets_dir / REDIS_PASSWORD_FILE, 24)[0]
 
     @property
     def secrets_dir(self) -> Path:
@@ -328,14 +351,6 @@ class Settings(BaseSettings):
     @property
     def neo4j_home(self) -> Path:
         return self.home / "neo4j"
-
-    def neo4j_auth_tuple(self) -> tuple[str, str] | None:
-        """Credentials for the driver; None when the local server runs without auth."""
-        if not self.neo4j_auth:
-            return None
-        from services.secrets import neo4j_password
-
-        return (self.neo4j_user, neo4j_password(self))
 
 
 @lru_cache(maxsize=1)

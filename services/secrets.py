@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 
-from services.config import Settings
+from services.config import REDIS_PASSWORD_FILE, Settings, read_or_create_secret
 
-
-def _read_or_create(path: Path, nbytes: int) -> tuple[str, bool]:
-    """Returns (secret, created_now)."""
-    if path.exists():
-        return path.read_text().strip(), False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    value = secrets.token_urlsafe(nbytes)
-    # O_EXCL so that two processes starting at once cannot both write a different secret.
-    try:
-        with open(path, "x") as handle:
-            handle.write(value + "\n")
-    except FileExistsError:
-        return path.read_text().strip(), False
-    path.chmod(0o600)
-    return value, True
+# The helper lives in services.config, which needs it for the Redis URL without importing this
+# module (no import cycle).
+_read_or_create = read_or_create_secret
 
 
 def neo4j_password_file(settings: Settings) -> Path:
@@ -34,6 +21,13 @@ def neo4j_password(settings: Settings) -> str:
     return _read_or_create(neo4j_password_file(settings), 18)[0]
 
 
+def neo4j_auth(settings: Settings) -> tuple[str, str] | None:
+    """Credentials for the driver; None when the local server runs without auth."""
+    if not settings.neo4j_auth:
+        return None
+    return (settings.neo4j_user, neo4j_password(settings))
+
+
 def ensure_neo4j_password(settings: Settings) -> tuple[str, bool]:
     """The password and whether it was generated just now (so the caller prints it once)."""
     if settings.neo4j_password:
@@ -42,14 +36,12 @@ def ensure_neo4j_password(settings: Settings) -> tuple[str, bool]:
 
 
 def redis_password_file(settings: Settings) -> Path:
-    return settings.secrets_dir / "redis-password"
+    return settings.secrets_dir / REDIS_PASSWORD_FILE
 
 
 def redis_password(settings: Settings) -> str:
     """The local Redis's password (``requirepass``); URL-safe, so it can sit in a Redis URL."""
-    if settings.redis_password:
-        return settings.redis_password
-    return _read_or_create(redis_password_file(settings), 24)[0]
+    return settings.redis_password_value()
 
 
 def patient_key_secret(settings: Settings) -> bytes:

@@ -9,17 +9,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-from celery import Celery
 from flask import Flask, current_app
 
 from services.config import Settings
+from services.encoder.imaging import DecodeGate, ReadLimits
 from services.graph.store import GraphStore
 from services.retrieval.service import RetrievalService
-from workers.encoder.imaging import DecodeGate, ReadLimits
-from workers.queues import GRAPH_QUEUE
 
 if TYPE_CHECKING:
-    from workers.encoder.extractor import FeatureExtractor
+    from services.encoder.extractor import FeatureExtractor
 
 EXTENSION = "medgraph"
 
@@ -34,36 +32,11 @@ class ApiContext:
     # One forward pass at a time: torch already uses every core for one, and a shared model is
     # not documented as safe for concurrent calls.
     _embed_lock: threading.Lock = field(default_factory=threading.Lock)
-    # Bounds the images decoded and held as pixels at once (see workers/encoder/imaging.py).
+    # Bounds the images decoded and held as pixels at once (see services/encoder/imaging.py).
     decode_gate: DecodeGate = field(init=False)
 
     def __post_init__(self) -> None:
         self.decode_gate = DecodeGate(self.settings.decode_slots, self.settings.decode_wait_s)
-
-    _celery: Celery | None = None
-
-    @property
-    def celery(self) -> Celery:
-        """The Celery app the API sends jobs through and reads their state from, on this
-        API's broker; tasks are named (``send_task``), so the workers' code is not imported.
-
-        Always this object, never Celery's "current" app: in waitress's request threads the
-        current app is Celery's default one (amqp), which is why jobs/cluster answered 503
-        under `medgraph serve` while the test client (another thread layout) worked."""
-        if self._celery is None:
-            with self._lock:
-                if self._celery is None:
-                    broker = self.settings.broker_url
-                    application = Celery(
-                        "medgraph-api", broker=broker, backend=broker, set_as_current=False
-                    )
-                    application.conf.update(
-                        task_default_queue=GRAPH_QUEUE, task_serializer="json",
-                        result_serializer="json", accept_content=["json"],
-                        broker_connection_retry_on_startup=True,
-                    )  # fmt: skip
-                    self._celery = application
-        return self._celery
 
     @property
     def read_limits(self) -> ReadLimits:
@@ -98,7 +71,8 @@ class ApiContext:
         if self._extractor is None:
             with self._lock:
                 if self._extractor is None:
-                    from workers.encoder.extractor import FeatureExtractor, ensure_demo_checkpoint
+                    # defers torch: the API starts without it; the first upload loads it
+                    from services.encoder.extractor import FeatureExtractor, ensure_demo_checkpoint
 
                     checkpoint = ensure_demo_checkpoint(self.settings)
                     self._extractor = FeatureExtractor(

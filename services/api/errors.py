@@ -17,9 +17,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from services.encoder.imaging import DecodeBusy
 from services.graph.store import TRANSIENT_NEO4J_ERRORS
 from services.retrieval.contract import GraphNotReady, QueryEmbeddingError, UnknownImage
-from workers.encoder.imaging import DecodeBusy
 
 logger = logging.getLogger(__name__)
 

@@ -23,10 +23,19 @@ from encoder_testkit import (
 )
 from PIL import Image
 from pydicom.dataset import Dataset
-from pydicom.uid import JPEG2000Lossless, RLELossless
+from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
+from services.config import get_settings
+from services.encoder.imaging import (
+    DecodeBusy,
+    DecodedImage,
+    DecodeGate,
+    ImageReadError,
+    ReadLimits,
+    read_image,
+)
 from tests.support import dicom_bytes
-from workers.encoder.imaging import DecodedImage, ImageReadError, ReadLimits, read_image
+from tests.support import dicom_dataset as support_dicom_dataset
 
 BASE = base_image()
 STORED = np.round(BASE * TWELVE_BIT_MAX).astype(np.uint16)
@@ -388,8 +397,6 @@ def test_bytes_input_is_named_in_errors() -> None:
 
 
 def test_limits_default_to_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    from services.config import get_settings
-
     monkeypatch.setenv("MEDGRAPH_MAX_IMAGE_PIXELS", str(BASE.size - 1))
     get_settings.cache_clear()
     try:
@@ -401,13 +408,9 @@ def test_limits_default_to_the_settings(monkeypatch: pytest.MonkeyPatch) -> None
 
 # --- issue 16: memory budget, aspect ratio, decode gate -------------------------------------
 def test_a_deflated_dicom_under_the_budget_reads_like_the_plain_one() -> None:
-    from pydicom.uid import DeflatedExplicitVRLittleEndian
-
-    from tests.support import dicom_bytes, dicom_dataset
-
     stored = (np.arange(64 * 48, dtype=np.uint16).reshape(48, 64) * 7) % 4096
-    plain = dicom_dataset(stored)
-    deflated = dicom_dataset(stored)
+    plain = support_dicom_dataset(stored)
+    deflated = support_dicom_dataset(stored)
     deflated.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
     a = read_image(dicom_bytes(plain), "a.dcm", limits=LIMITS)
     b = read_image(dicom_bytes(deflated), "b.dcm", limits=LIMITS)
@@ -424,8 +427,6 @@ def test_images_over_the_memory_budget_or_aspect_ratio_are_refused_before_decodi
 
 
 def test_the_decode_gate_bounds_concurrent_decodes() -> None:
-    from workers.encoder.imaging import DecodeBusy, DecodeGate
-
     gate = DecodeGate(slots=2, wait_s=0.05)
     busy = pytest.raises(DecodeBusy, match="2 image decoding slots")
     with gate.slot(), gate.slot(), busy, gate.slot():

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import requests
 
+from services.encoder.imaging import ReadLimits, estimate_pillow_bytes
 from services.paths import NOT_UNDER_ROOTS
 from tests.reliability.conftest import API_RSS_BUDGET_BYTES, SeededGraph, ServedApi
 from tests.reliability.hostile_files import (
@@ -32,7 +33,6 @@ from tests.reliability.hostile_files import (
     png,
     png_of_mode,
 )
-from workers.encoder.imaging import ReadLimits, estimate_pillow_bytes
 
 pytestmark = [pytest.mark.neo4j, pytest.mark.redis, pytest.mark.slow]
 

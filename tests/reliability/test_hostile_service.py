@@ -24,11 +24,11 @@ import requests
 from services.auth.api_keys import create_api_key
 from services.config import REPO_ROOT, Settings
 from services.graph.store import GraphStore
+from services.ingest.jobs import JobTracker
+from services.ingest.pipeline import FileEntry
+from services.ingest.submit import IngestPlan, follow, submit
 from services.paths import NOT_UNDER_ROOTS
 from tests.reliability.conftest import SeededGraph, ServedApi
-from workers.ingest.jobs import JobTracker
-from workers.ingest.pipeline import FileEntry
-from workers.ingest.submit import IngestPlan, follow, submit
 
 pytestmark = [pytest.mark.neo4j, pytest.mark.redis, pytest.mark.slow]
 

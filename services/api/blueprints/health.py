@@ -6,8 +6,10 @@ import threading
 import time
 from collections.abc import Callable
 
+import redis
 from flask import Blueprint, Response, current_app, jsonify
 
+from services import jobs
 from services.api.context import api_context
 from services.api.routing import operation
 from services.api.schemas import ComponentCheck, Health, Readiness
@@ -86,8 +88,6 @@ def check_neo4j() -> ComponentCheck:
 
 
 def check_redis() -> ComponentCheck:
-    import redis
-
     url = api_context().settings.broker_url
     try:
         client = redis.Redis.from_url(
@@ -101,7 +101,7 @@ def check_redis() -> ComponentCheck:
 
 def check_workers() -> ComponentCheck:
     try:
-        replies = api_context().celery.control.ping(timeout=PROBE_TIMEOUT_S) or []
+        replies = jobs.ping(api_context().settings, timeout_s=PROBE_TIMEOUT_S)
     except Exception as problem:
         return ComponentCheck(ok=False, detail=f"{type(problem).__name__}: {problem}"[:300])
     if not replies:
