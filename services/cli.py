@@ -252,6 +252,13 @@ from services.retrieval.commands import evaluate  # noqa: E402
 main.add_command(serve)
 main.add_command(evaluate)
 
+# --- deletion, relabelling and their audit trail (services/curation) -----------------------
+from services.curation.commands import audit, delete, relabel  # noqa: E402
+
+main.add_command(delete)
+main.add_command(relabel)
+main.add_command(audit)
+
 # --- access control (services/auth) --------------------------------------------------------
 from services.auth.commands import apikey  # noqa: E402
 

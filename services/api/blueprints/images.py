@@ -97,6 +97,10 @@ def image_thumbnail(key: str) -> Response:
     context = api_context()
     size = context.settings.api_thumbnail_pixels
     cached = thumbnails.get(key, size)
+    if cached is not None and not context.store.query("api_image_source", key=key):
+        # Deleted, perhaps by another process (the CLI): never serve what is gone.
+        thumbnails.discard(key)
+        raise _missing(key)
     if cached is None:
         from workers.encoder.imaging import ImageReadError, ReadLimits, read_image
 
