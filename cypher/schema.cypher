@@ -14,3 +14,4 @@ CREATE CONSTRAINT graph_state_id IF NOT EXISTS FOR (s:GraphState) REQUIRE s.id I
 CREATE CONSTRAINT audit_record_id IF NOT EXISTS FOR (a:AuditRecord) REQUIRE a.id IS UNIQUE;
 CREATE INDEX audit_record_at IF NOT EXISTS FOR (a:AuditRecord) ON (a.at);
 CREATE CONSTRAINT file_deletion_key IF NOT EXISTS FOR (f:FileDeletion) REQUIRE f.key IS UNIQUE;
+CREATE INDEX image_patient_key IF NOT EXISTS FOR (i:Image) ON (i.patient_key);

@@ -37,7 +37,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -83,6 +83,7 @@ class DeletionReport:
     audit_id: str | None = None
     generation: int | None = None
     seconds: float = 0.0
+    stage_ms: dict[str, float] = field(default_factory=dict)  # inside the transaction
 
     @property
     def files_deleted(self) -> int:
@@ -188,6 +189,9 @@ def finish_file_deletions(store: GraphStore, settings: Settings) -> int:
     return removed
 
 
+Runner = Callable[..., list[dict[str, Any]]]
+
+
 def _run(tx: ManagedTransaction, name: str, **params: Any) -> list[dict[str, Any]]:
     return [record.data() for record in tx.run(load_cypher(name), params)]
 
@@ -210,23 +214,31 @@ class _DeleteRequest:
 def _delete_transaction(tx: ManagedTransaction, request: _DeleteRequest) -> DeletionReport:
     """The whole deletion; the driver may run it again after a transient error, so it keeps no
     state outside the report it returns."""
+    stage_ms: dict[str, float] = {}
+
+    def run(name: str, **params: Any) -> list[dict[str, Any]]:
+        clock = time.perf_counter()
+        rows = _run(tx, name, **params)
+        stage_ms[name] = stage_ms.get(name, 0.0) + (time.perf_counter() - clock) * 1000.0
+        return rows
+
     keys = list(request.keys)
     if request.patient_key is not None:
-        patient = _run(tx, "deletion_patient_images", patient_key=request.patient_key)
+        patient = run("deletion_patient_images", patient_key=request.patient_key)
         keys = list(dict.fromkeys(keys + sorted(patient[0]["keys"])))
-    report = DeletionReport(requested=len(keys))
-    if not keys or not _run(tx, "deletion_read_images", keys=keys):
+    report = DeletionReport(requested=len(keys), stage_ms=stage_ms)
+    if not keys or not run("deletion_read_images", keys=keys):
         report.missing = sorted(keys)
         return report  # nothing stored: no lock taken, nothing written
-    report.generation = int(_run(tx, "graph_generation_bump")[0]["generation"])
-    if _clustering_in_progress(tx):
+    report.generation = int(run("graph_generation_bump")[0]["generation"])
+    if _clustering_in_progress(run):
         raise DeletionRefused(
             "a clustering run is writing the communities; delete after it has finished"
         )
-    locked = _run(tx, "community_lock_latest_run")
-    run = locked[0] if locked else None
+    locked = run("community_lock_latest_run")
+    latest_run = locked[0] if locked else None
     # Read again under the locks: committed values that no one else changes before the commit.
-    images = _run(tx, "deletion_read_images", keys=keys)
+    images = run("deletion_read_images", keys=keys)
     deleted = {row["key"] for row in images}
     report.deleted = sorted(deleted)
     report.missing = sorted(set(keys) - deleted)
@@ -250,35 +262,36 @@ def _delete_transaction(tx: ManagedTransaction, request: _DeleteRequest) -> Dele
                 neighbour_linked[other] = bool(edge["linked"])
     report.edges_removed = len(removed)
 
-    linked = int(_run(tx, "ingest_edge_state")[0]["linked"])
-    remaining = linked - sum(1 for image in images if image["linked"])
+    # Images left after the deletion (those still waiting for their edges included: they get
+    # linked by their ingest). A count-store read: scanning for linked images would cost O(n).
+    remaining = int(run("deletion_image_count")[0]["images"]) - len(deleted)
     target = min(k, remaining - 1)
     needy = sorted(
         key
         for key, count in lost.items()
         if neighbour_linked[key] and neighbour_edges[key] - count < target
     )
-    added = _relink(tx, settings, needy, deleted, target) if needy else {}
+    added = _relink(run, settings, needy, deleted, target) if needy else {}
     report.edges_added = len(added)
     report.relinked = len({key for pair in added for key in pair} & set(needy))
 
     # Communities of the new edges' far ends, not read so far.
     unknown = sorted({key for pair in added for key in pair} - community_of.keys())
-    for row in _run(tx, "deletion_edge_lists", keys=unknown) if unknown else []:
+    for row in run("deletion_edge_lists", keys=unknown) if unknown else []:
         community_of[row["key"]] = row["community"]
 
-    _run(tx, "deletion_delete_images", keys=report.deleted)
+    run("deletion_delete_images", keys=report.deleted)
     if added:
         rows = [{"a": a, "b": b, "weight": weight} for (a, b), weight in sorted(added.items())]
-        _run(tx, "ingest_write_edges", rows=rows)
+        run("ingest_write_edges", rows=rows)
     # Every linked image that lost or gained an edge: its k-th largest weight may have changed.
     touched = {key for key, is_linked in neighbour_linked.items() if is_linked}
     touched |= {key for pair in added for key in pair}
     if touched - deleted:
-        _run(tx, "ingest_refresh_knn_floor", keys=sorted(touched - deleted), k=k)
+        run("ingest_refresh_knn_floor", keys=sorted(touched - deleted), k=k)
 
-    if run is not None:
-        _update_communities(tx, report, images, removed, added, community_of, run["id"])
+    if latest_run is not None:
+        _update_communities(run, report, images, removed, added, community_of, latest_run["id"])
 
     marks = []
     for image in images:
@@ -292,10 +305,9 @@ def _delete_transaction(tx: ManagedTransaction, request: _DeleteRequest) -> Dele
         else:
             report.files[image["key"]] = FILE_NONE
     if marks:
-        _run(tx, "deletion_file_mark", rows=marks)
+        run("deletion_file_mark", rows=marks)
     report.audit_id = f"del-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-    _run(
-        tx,
+    run(
         "audit_record_create",
         id=report.audit_id,
         action="delete",
@@ -308,14 +320,14 @@ def _delete_transaction(tx: ManagedTransaction, request: _DeleteRequest) -> Dele
 
 
 def _relink(
-    tx: ManagedTransaction, settings: Settings, needy: list[str], deleted: set[str], target: int
+    run: Runner, settings: Settings, needy: list[str], deleted: set[str], target: int
 ) -> dict[tuple[str, str], float]:
     """New edges for the former neighbours left short, by the incremental-ingest rule: each
     one's k best among its vector-index candidates and their two-hop neighbours (exact cosines),
     deleted images left out; those it is not linked to yet become edges."""
     k = settings.knn_k
     existing = {
-        row["key"]: set(row["neighbours"]) for row in _run(tx, "deletion_edge_lists", keys=needy)
+        row["key"]: set(row["neighbours"]) for row in run("deletion_edge_lists", keys=needy)
     }
     fetch = max(settings.knn_index_candidates, k + 1) + len(deleted)
     found: dict[str, dict[str, float]] = {key: {} for key in needy}
@@ -324,7 +336,7 @@ def _relink(
         fetch = min(fetch, MAX_INDEX_CANDIDATES)
         for start in range(0, len(pending), INDEX_QUERY_CHUNK):
             chunk = pending[start : start + INDEX_QUERY_CHUNK]
-            rows = _run(tx, "ingest_vector_candidates", keys=chunk, candidates=fetch, expand=k)
+            rows = run("ingest_vector_candidates", keys=chunk, candidates=fetch, expand=k)
             for row in rows:
                 if row["neighbour"] not in deleted:
                     found[row["key"]][row["neighbour"]] = float(row["cosine"])
@@ -343,7 +355,7 @@ def _relink(
 
 
 def _update_communities(
-    tx: ManagedTransaction,
+    run: Runner,
     report: DeletionReport,
     images: list[dict[str, Any]],
     removed: dict[tuple[str, str], float],
@@ -353,8 +365,7 @@ def _update_communities(
 ) -> None:
     ids = sorted({int(c) for c in community_of.values() if c is not None})
     sums = {
-        int(row["id"]): CommunitySums.from_stored(row)
-        for row in _run(tx, "community_sums", ids=ids)
+        int(row["id"]): CommunitySums.from_stored(row) for row in run("community_sums", ids=ids)
     }
     touched: set[int] = set()
     delta_m = 0.0
@@ -384,10 +395,10 @@ def _update_communities(
     empty = sorted(c for c in touched if sums[c].size <= 0)
     if kept:
         rows = [{"id": c, "properties": {**sums[c].properties(), "updated_at": now}} for c in kept]
-        _run(tx, "community_write_communities", rows=rows)
+        run("community_write_communities", rows=rows)
     if empty:
-        _run(tx, "community_delete_ids", ids=empty)
-    _run(tx, "deletion_run_update", id=run_id, delta_m=delta_m, images=len(report.deleted))
+        run("community_delete_ids", ids=empty)
+    run("deletion_run_update", id=run_id, delta_m=delta_m, images=len(report.deleted))
     report.communities_updated = kept
     report.communities_removed = empty
 
@@ -405,9 +416,9 @@ def _remove_member(
     entry.findings = +entry.findings  # drops the names whose count reached 0
 
 
-def _clustering_in_progress(tx: ManagedTransaction) -> bool:
+def _clustering_in_progress(run: Runner) -> bool:
     now = datetime.now(UTC)
-    for row in _run(tx, "community_runs_in_progress"):
+    for row in run("community_runs_in_progress"):
         started = row["started_at"]
         if started is not None and now - started.to_native() < ABANDONED_AFTER:
             return True
