@@ -227,7 +227,7 @@ def _delete_transaction(tx: ManagedTransaction, request: _DeleteRequest) -> Dele
         patient = run("deletion_patient_images", patient_key=request.patient_key)
         keys = list(dict.fromkeys(keys + sorted(patient[0]["keys"])))
     report = DeletionReport(requested=len(keys), stage_ms=stage_ms)
-    if not keys or not run("deletion_read_images", keys=keys):
+    if not keys or not run("deletion_stored_keys", keys=keys)[0]["keys"]:
         report.missing = sorted(keys)
         return report  # nothing stored: no lock taken, nothing written
     report.generation = int(run("graph_generation_bump")[0]["generation"])
