@@ -18,14 +18,10 @@ from services.api import create_app
 from services.config import REPO_ROOT, Settings
 from services.curation.deletion import upload_folder
 from services.graph.store import GraphStore
-from services.secrets import patient_key_secret
 from tests.conftest import wipe_graph
-from tests.support import PixelProjection, authorise
+from tests.support import authorise, ingest_bundled
 from workers.communities.job import run_clustering
-from workers.encoder.imaging import ReadLimits, read_image
 from workers.encoder.labels import read_labels
-from workers.ingest.edges import build_edges
-from workers.ingest.pipeline import FileEntry, embed_files, patient_key, write_image_rows
 
 BUNDLED = REPO_ROOT / "data" / "nih-cxr14-64px"
 UPLOADED = 3  # files stored in the upload folder, as add=true keeps them
@@ -44,32 +40,24 @@ class BundledGraph:
 def build_bundled_graph(store: GraphStore, settings: Settings) -> BundledGraph:
     wipe_graph(store)
     records = read_labels(BUNDLED / "labels.csv").records
-    secret = patient_key_secret(settings)
     folder = upload_folder(settings)
     folder.mkdir(parents=True, exist_ok=True)
-    entries: list[FileEntry] = []
-    raw_patient_of: dict[str, str] = {}
     source_of: dict[str, Path] = {}
+    raw_patient_of: dict[str, str] = {}
     uploaded: list[str] = []
-    for index, record in enumerate(records):
-        key = hashlib.sha256(record.image_path.read_bytes()).hexdigest()
-        path = record.image_path
+
+    def source(index: int, path: Path) -> Path:
+        key = hashlib.sha256(path.read_bytes()).hexdigest()
+        raw_patient_of[key] = records[index].patient_id
         if index % (len(records) // UPLOADED) == 7 and len(uploaded) < UPLOADED:
-            path = folder / f"{key}.png"
-            shutil.copyfile(record.image_path, path)
+            copy = folder / f"{key}.png"
+            shutil.copyfile(path, copy)
             uploaded.append(key)
-        entries.append(
-            FileEntry(path=str(path), findings=list(record.findings),
-                      patient_key=patient_key(secret, record.patient_id))
-        )  # fmt: skip
-        raw_patient_of[key] = record.patient_id
+            path = copy
         source_of[key] = path
-    mean = np.mean([read_image(record.image_path).pixels for record in records], axis=0)
-    limits = ReadLimits(settings.max_file_bytes, settings.max_image_pixels)
-    outcome = embed_files(entries, PixelProjection(mean), limits=limits, secret=secret)
-    assert not outcome.failures, outcome.failures
-    write_image_rows(store, outcome.rows, settings.write_batch_size)
-    build_edges(store, settings, "bulk")
+        return path
+
+    ingest_bundled(store, settings, source=source)
     run_clustering(store, settings, algorithm="leiden")
     embedding_of = {
         record["key"]: np.asarray(record["embedding"], dtype=np.float32)

@@ -4,6 +4,8 @@ key, except ``/auth/key`` (what the presented key may do, for the dashboard)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from flask import Blueprint, g
 
 from services.api.blueprints.images import thumbnails
@@ -38,6 +40,13 @@ curation_bp = Blueprint("curation", __name__, url_prefix="/api/v1")
 def _actor() -> str:
     key = g.get("api_key")
     return key.id if key is not None else "api"
+
+
+def _deleted(deletion: Callable[[], DeletionReport]) -> DeletionReport:
+    try:
+        return deletion()
+    except DeletionRefused as problem:
+        raise ApiError(409, str(problem)) from None
 
 
 def _response(report: DeletionReport) -> DeletionResponse:
@@ -77,13 +86,10 @@ def _response(report: DeletionReport) -> DeletionResponse:
 )
 def delete_image(key: str) -> DeletionResponse:
     context = api_context()
-    try:
-        report = delete_images(
-            context.store, context.settings, [key], actor=_actor(),
-            salt=audit_salt(context.settings),
-        )  # fmt: skip
-    except DeletionRefused as problem:
-        raise ApiError(409, str(problem)) from None
+    actor, salt = _actor(), audit_salt(context.settings)
+    report = _deleted(
+        lambda: delete_images(context.store, context.settings, [key], actor=actor, salt=salt)
+    )
     if not report.deleted:
         raise ApiError(404, f"no stored image has the key {key!r}")
     return _response(report)
@@ -106,15 +112,12 @@ def delete_image(key: str) -> DeletionResponse:
 )
 def delete_patient_images(body: PatientDeletionRequest) -> DeletionResponse:
     context = api_context()
-    try:
-        report = delete_patient(
-            context.store, context.settings, body.patient_id, actor=_actor(),
-            salt=audit_salt(context.settings),
-        )  # fmt: skip
-    except DeletionRefused as problem:
-        raise ApiError(409, str(problem)) from None
-    except ValueError:
-        raise ApiError(422, "the patient id is empty") from None
+    if not body.patient_id.strip():
+        raise ApiError(422, "the patient id is empty")
+    actor, salt, raw = _actor(), audit_salt(context.settings), body.patient_id
+    report = _deleted(
+        lambda: delete_patient(context.store, context.settings, raw, actor=actor, salt=salt)
+    )
     if not report.deleted:
         raise ApiError(404, "no stored image belongs to that patient")
     return _response(report)
