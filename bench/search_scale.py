@@ -7,7 +7,7 @@ cache 3g):
 2. the kNN graph (k = 10) with the ingestion's exact blocked kNN inside each planted cluster
    (``bench.similarity_graph.knn_edges``; ``knn_agreement`` checks on a sample that every point's
    all-points k nearest are among its edges), written as ingestion writes it;
-3. communities by the clustering job itself (``workers.communities.job.run_clustering``, GDS
+3. communities by the clustering job itself (``services.communities.job.run_clustering``, GDS
    Leiden), which stores the sums region search reads;
 4. for ``--queries`` stored images as leave-one-out queries (own patient excluded, k = 50):
    server-side latency of ``RetrievalService.search`` per strategy, the same through HTTP
@@ -36,6 +36,11 @@ from typing import Any
 import numpy as np
 import psutil
 
+from bench.similarity_graph import knn_agreement, knn_edges, synthetic_keys, write_graph
+from bench.synthetic import generate
+from services.api.app import create_app
+from services.auth.api_keys import create_api_key
+from services.communities.job import run_clustering
 from services.config import REPO_ROOT, Settings
 from services.graph.store import GraphStore, close_shared_drivers
 from services.retrieval.contract import SearchFilters, Strategy
@@ -78,10 +83,6 @@ def fresh_neo4j(settings: Settings) -> GraphStore:
 
 
 def build_graph(store: GraphStore, settings: Settings, n: int, seed: int) -> dict[str, Any]:
-    from bench.similarity_graph import knn_agreement, knn_edges, synthetic_keys, write_graph
-    from bench.synthetic import generate
-    from workers.communities.job import run_clustering
-
     report: dict[str, Any] = {"images": n}
     clock = time.perf_counter()
     synthetic = generate(n, seed=seed)
@@ -146,8 +147,6 @@ def numpy_top_k(matrix: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
 def measure(
     store: GraphStore, settings: Settings, queries: int, seed: int, http_too: bool
 ) -> dict[str, Any]:
-    from services.api.app import create_app
-
     service = RetrievalService(store, settings)
     keys = [r["key"] for r in store.run_text("MATCH (i:Image) RETURN i.key AS key ORDER BY key")]
     chosen = list(np.random.default_rng(seed).choice(keys, size=queries + 10, replace=False))
@@ -198,8 +197,6 @@ def measure(
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         try:
-            from services.auth.api_keys import create_api_key
-
             token = create_api_key(store, "bench-search-scale", ("read",)).token
             connection = http.client.HTTPConnection("127.0.0.1", settings.api_port, timeout=120)
             for strategy in Strategy:

@@ -19,7 +19,7 @@ leaves the old state or the new one, never half):
 5. update the communities: size, finding histogram and centroid of the deleted images'
    communities; ``sigma_tot`` and ``internal_weight`` by every removed and added edge whose two
    ends have a community, and ``m`` on the latest run by the same edges (the invariant of
-   ``workers.communities.freshness``: the sums describe the subgraph of images with a
+   ``services.communities.freshness``: the sums describe the subgraph of images with a
    community); communities left empty are deleted;
 6. write an audit record (actor, number of images, salted key hashes) and a removal mark for
    each upload file to delete.
@@ -46,13 +46,13 @@ from typing import Any
 import numpy as np
 from neo4j import ManagedTransaction, unit_of_work
 
+from services.communities.job import ABANDONED_AFTER
+from services.communities.statistics import CommunitySums, finding_list
 from services.config import Settings
 from services.graph.cypher import load_cypher
 from services.graph.store import GraphStore
+from services.ingest.pipeline import patient_key as hmac_patient_key
 from services.secrets import patient_key_secret
-from workers.communities.job import ABANDONED_AFTER
-from workers.communities.statistics import CommunitySums, finding_list
-from workers.ingest.pipeline import patient_key as hmac_patient_key
 
 log = logging.getLogger(__name__)
 

@@ -13,11 +13,11 @@ from typing import Any
 
 from neo4j import ManagedTransaction, unit_of_work
 
+from services.communities.statistics import finding_list
 from services.curation.deletion import key_hash
 from services.graph.cypher import load_cypher
 from services.graph.store import GraphStore
 from services.retrieval.contract import NO_FINDING, UnknownImage
-from workers.communities.statistics import finding_list
 
 MAX_FINDINGS = 32
 MAX_FINDING_LENGTH = 64

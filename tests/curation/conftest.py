@@ -15,13 +15,13 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from services.api import create_app
+from services.communities.job import run_clustering
 from services.config import REPO_ROOT, Settings
 from services.curation.deletion import upload_folder
+from services.encoder.labels import read_labels
 from services.graph.store import GraphStore
 from tests.conftest import wipe_graph
 from tests.support import authorise, ingest_bundled
-from workers.communities.job import run_clustering
-from workers.encoder.labels import read_labels
 
 BUNDLED = REPO_ROOT / "data" / "nih-cxr14-64px"
 UPLOADED = 3  # files stored in the upload folder, as add=true keeps them

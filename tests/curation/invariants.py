@@ -1,5 +1,5 @@
 """What must hold after any deletion or relabel, recomputed here from the stored edges and
-nodes, independently of services.curation and workers.communities."""
+nodes, independently of services.curation and services.communities."""
 
 from __future__ import annotations
 

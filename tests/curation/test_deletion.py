@@ -19,13 +19,13 @@ from flask.testing import FlaskClient
 from services.config import REPO_ROOT
 from services.curation.deletion import delete_images
 from services.graph.store import GraphStore
+from services.ingest.pipeline import patient_key
 from services.retrieval.contract import SearchFilters, Strategy
 from services.retrieval.service import RetrievalService
 from services.secrets import audit_salt, patient_key_secret
 from tests.curation.conftest import BundledGraph
 from tests.curation.invariants import graph_problems
 from tests.reliability.conftest import graph_fingerprint
-from workers.ingest.pipeline import patient_key
 
 pytestmark = [pytest.mark.neo4j]
 

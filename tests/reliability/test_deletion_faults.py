@@ -23,17 +23,17 @@ from collections.abc import Iterator
 import pytest
 
 from services.auth.api_keys import create_api_key
+from services.communities.job import run_clustering
 from services.config import REPO_ROOT, Settings
 from services.curation.deletion import TRANSACTION_METADATA
+from services.encoder.labels import read_labels
 from services.graph.store import GraphStore, close_shared_drivers
+from services.ingest.pipeline import patient_key
 from services.runtime.processes import port_in_use
 from services.secrets import patient_key_secret
 from tests.curation.invariants import graph_problems
 from tests.reliability.private_stack import PrivateStack
 from tests.support import ingest_bundled
-from workers.communities.job import run_clustering
-from workers.encoder.labels import read_labels
-from workers.ingest.pipeline import patient_key
 
 pytestmark = [pytest.mark.neo4j, pytest.mark.slow]
 

@@ -16,15 +16,15 @@ from flask import Flask
 
 from services.config import REPO_ROOT
 from services.graph.store import GraphStore
+from services.ingest.jobs import JobTracker
+from services.ingest.pipeline import patient_key
+from services.ingest.submit import follow, plan_ingest, submit
 from services.secrets import patient_key_secret
 from tests.curation.invariants import graph_problems
 from tests.reliability.conftest import SeededGraph
 from tests.reliability.phi import PhiDicom, all_phi_values, leaks, needles
 from tests.reliability.private_stack import WorkerProcess
 from tests.reliability.test_privacy import redis_texts, response_texts, stored_texts
-from workers.ingest.jobs import JobTracker
-from workers.ingest.pipeline import patient_key
-from workers.ingest.submit import follow, plan_ingest, submit
 
 pytestmark = [pytest.mark.neo4j, pytest.mark.redis, pytest.mark.slow]
 
