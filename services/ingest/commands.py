@@ -177,8 +177,8 @@ def _ensure_checkpoint(settings: Settings) -> None:
     from services.encoder.training import default_checkpoint_path, ensure_demo_checkpoint
 
     if not settings.encoder_checkpoint and not default_checkpoint_path(settings).is_file():
-        click.echo("no encoder checkpoint yet: training one on the bundled set (once)…")
-    ensure_demo_checkpoint(settings)
+        click.echo("no encoder checkpoint yet: training one on the bundled sets (once)…")
+    ensure_demo_checkpoint(settings, echo=click.echo)
 
 
 def _stall_watch(settings: Settings, resume: Callable[[], object]) -> StallWatch:
