@@ -10,3 +10,8 @@ CREATE VECTOR INDEX image_embedding IF NOT EXISTS
 FOR (i:Image) ON i.embedding
 OPTIONS {indexConfig: {`vector.dimensions`: 1024, `vector.similarity_function`: 'cosine'}};
 CREATE CONSTRAINT api_key_id IF NOT EXISTS FOR (k:ApiKey) REQUIRE k.id IS UNIQUE;
+CREATE CONSTRAINT graph_state_id IF NOT EXISTS FOR (s:GraphState) REQUIRE s.id IS UNIQUE;
+CREATE CONSTRAINT audit_record_id IF NOT EXISTS FOR (a:AuditRecord) REQUIRE a.id IS UNIQUE;
+CREATE INDEX audit_record_at IF NOT EXISTS FOR (a:AuditRecord) ON (a.at);
+CREATE CONSTRAINT file_deletion_key IF NOT EXISTS FOR (f:FileDeletion) REQUIRE f.key IS UNIQUE;
+CREATE INDEX image_patient_key IF NOT EXISTS FOR (i:Image) ON (i.patient_key);

@@ -17,6 +17,7 @@ from services.api.commands import serve
 from services.auth.commands import apikey
 from services.communities.commands import cluster
 from services.config import REPO_ROOT, Settings, get_settings, settings_problem
+from services.curation.commands import audit, delete, relabel
 from services.demo import run_demo
 from services.encoder.commands import embed, train
 from services.graph.store import GraphStore
@@ -191,6 +192,9 @@ main.add_command(worker)
 main.add_command(serve)  # services/api
 main.add_command(evaluate)  # services/retrieval
 main.add_command(apikey)  # services/auth
+main.add_command(delete)  # services/curation
+main.add_command(relabel)
+main.add_command(audit)
 
 if __name__ == "__main__":
     main()

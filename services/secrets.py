@@ -48,3 +48,9 @@ def patient_key_secret(settings: Settings) -> bytes:
     if settings.patient_key_secret:
         return settings.patient_key_secret.encode()
     return _read_or_create(settings.secrets_dir / "patient-key-secret", 32)[0].encode()
+
+
+def audit_salt(settings: Settings) -> bytes:
+    """Salt of the key hashes in audit records: whoever holds it can check whether a given
+    image was deleted, nobody else can tell from the records which images were."""
+    return _read_or_create(settings.secrets_dir / "audit-salt", 32)[0].encode()

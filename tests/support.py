@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 from flask.testing import FlaskClient
@@ -48,16 +50,23 @@ class PixelProjection:
         return (codes / np.linalg.norm(codes, axis=1, keepdims=True)).astype(np.float32)
 
 
-def ingest_bundled(store: GraphStore, settings: Settings, count: int | None = None) -> int:
+def ingest_bundled(
+    store: GraphStore,
+    settings: Settings,
+    count: int | None = None,
+    source: Callable[[int, Path], Path] | None = None,
+) -> int:
     """The first ``count`` (default all) images of the bundled NIH set through ingestion's own
     steps (labels, hashing, decoding, patient keys, node writes, exact symmetric kNN edges),
-    with ``PixelProjection`` codes. Returns the number of images."""
+    with ``PixelProjection`` codes. ``source(index, bundled file)`` may name another file (a
+    copy) to ingest instead. Returns the number of images."""
     records = read_labels(BUNDLED_DIR / "labels.csv").records[:count]
     secret = patient_key_secret(settings)
+    pick = source or (lambda _index, path: path)
     entries = [
-        FileEntry(path=str(record.image_path), findings=list(record.findings),
+        FileEntry(path=str(pick(index, record.image_path)), findings=list(record.findings),
                   patient_key=patient_key(secret, record.patient_id))
-        for record in records
+        for index, record in enumerate(records)
     ]  # fmt: skip
     mean = np.mean([read_image(record.image_path).pixels for record in records], axis=0)
     limits = ReadLimits(settings.max_file_bytes, settings.max_image_pixels)

@@ -8,6 +8,7 @@ from flask import Flask, Response, request
 from werkzeug.routing import RequestRedirect
 
 from services.api.blueprints.communities import communities_bp
+from services.api.blueprints.curation import curation_bp
 from services.api.blueprints.docs import docs_bp
 from services.api.blueprints.health import health_bp
 from services.api.blueprints.images import images_bp
@@ -19,7 +20,7 @@ from services.auth.guard import install_access_control, install_cors
 from services.config import Settings, get_settings
 from services.dashboard import register_dashboard
 
-BLUEPRINTS = (search_bp, images_bp, communities_bp, jobs_bp, health_bp, docs_bp)
+BLUEPRINTS = (search_bp, images_bp, curation_bp, communities_bp, jobs_bp, health_bp, docs_bp)
 SETTINGS_CONFIG_KEY = "MEDGRAPH_SETTINGS"
 
 

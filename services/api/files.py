@@ -65,7 +65,8 @@ def thumbnail_png(pixels: np.ndarray, longest_side: int) -> bytes:
 
 
 class ThumbnailCache:
-    """Rendered thumbnails by (key, size); a key names immutable content, so entries never age."""
+    """Rendered thumbnails by (key, size); a key names immutable content, so entries never age
+    (a deleted image's are discarded, and a hit is served only while the image is stored)."""
 
     def __init__(self, entries: int = _THUMBNAIL_CACHE_ENTRIES) -> None:
         self.entries = entries
@@ -78,6 +79,12 @@ class ThumbnailCache:
             if value is not None:
                 self._items.move_to_end((key, size))
             return value
+
+    def discard(self, key: str) -> None:
+        """Forgets every size of a deleted image."""
+        with self._lock:
+            for entry in [entry for entry in self._items if entry[0] == key]:
+                del self._items[entry]
 
     def put(self, key: str, size: int, value: bytes) -> None:
         with self._lock:

@@ -2,11 +2,13 @@
 
 The embeddings live in an in-process matrix cache (:class:`EmbeddingCache`): float32 (N, 1024)
 plus integer codes for patient keys and modalities and a boolean column per finding, so filters
-are numpy masks. The cache is keyed by the *graph version* — the number of :Image nodes and the
-latest ``ingested_at`` (``cypher/search_graph_version.cypher``, two index/count-store reads, about
-a millisecond) — checked on every request; a different version reloads the matrix (streamed
-record by record: at 223,648 images it takes tens of seconds and holds ~0.9 GB). An embedding
-rewritten in place without a new ``ingested_at`` is not noticed: call ``invalidate()``.
+are numpy masks. The cache is keyed by the *graph version* — the number of :Image nodes, the
+latest ``ingested_at`` and the graph generation that every delete and relabel bumps
+(``cypher/search_graph_version.cypher``, three index/count-store reads, about a millisecond) —
+checked on every request; a different version reloads the matrix (streamed record by record: at
+223,648 images it takes tens of seconds and holds ~0.9 GB), so a deleted image or a changed
+finding is never served from it. An embedding rewritten in place by a new ingest without a new
+``ingested_at`` is not noticed: call ``invalidate()``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from services.retrieval.contract import (
     Strategy,
 )
 
-GraphVersion = tuple[int, str | None]
+GraphVersion = tuple[int, str | None, int]  # images, latest ingested_at, generation
 
 
 @dataclass
@@ -89,7 +91,7 @@ class EmbeddingCache:
 
     def version(self) -> GraphVersion:
         record = self.store.query("search_graph_version")[0]
-        return int(record["images"]), record["latest"]
+        return int(record["images"]), record["latest"], int(record["generation"])
 
     def invalidate(self) -> None:
         with self._lock:

@@ -68,6 +68,14 @@ def test_a_read_key_cannot_write_but_can_read(app: Flask, graph_store: GraphStor
         rule for rule in data_rules(app) if required_scope(app, rule.endpoint) == "write"
     ]
     assert write_rules, "no write routes found: the jobs endpoints must need a write key"
+    declared = {(method, rule.rule) for rule in write_rules for method in rule.methods or ()}
+    # Deleting, relabelling and the audit trail (issue 15) are among them.
+    assert {
+        ("DELETE", "/api/v1/images/<key>"),
+        ("PATCH", "/api/v1/images/<key>"),
+        ("POST", "/api/v1/patients/delete"),
+        ("GET", "/api/v1/audit"),
+    } <= declared
     for rule in write_rules:
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             response = client.open(concrete_path(rule), method=method, json={})

@@ -98,6 +98,10 @@ def image_thumbnail(key: str) -> Response:
     context = api_context()
     size = context.settings.api_thumbnail_pixels
     cached = thumbnails.get(key, size)
+    if cached is not None and not context.store.query("api_image_source", key=key):
+        # Deleted, perhaps by another process (the CLI): never serve what is gone.
+        thumbnails.discard(key)
+        raise _missing(key)
     if cached is None:
         path, data = _stored_file(context, key)
         with context.decode_gate.slot():

@@ -15,6 +15,21 @@ export function setApiKey(key) {
   else sessionStorage.removeItem(API_KEY_STORAGE);
   // Images fetched with the old key may not be readable with the new one.
   clearImageCache();
+  scopesFor = null;
+}
+
+// What the current key may do (GET /auth/key), asked once per key. No key, or a key the server
+// refuses: no scope, so nothing that needs one is shown.
+let scopesFor = null;
+export function keyScopes() {
+  const key = getApiKey();
+  if (!scopesFor || scopesFor.key !== key) {
+    const promise = key
+      ? apiFetch('/auth/key').then((payload) => payload.scopes || []).catch(() => [])
+      : Promise.resolve([]);
+    scopesFor = { key, promise };
+  }
+  return scopesFor.promise;
 }
 
 export class ApiError extends Error {

@@ -1,7 +1,7 @@
 // Image detail: findings, metadata (never patient identifiers), neighbours, and a link that opens
 // Neo4j Browser with the Cypher of this image's neighbourhood.
 
-import { apiFetch, pageConfig } from '../api.js';
+import { apiFetch, keyScopes, pageConfig } from '../api.js';
 import {
   communityChip, emptyPanel, findingList, formatNumber, h, shortKey, thumbnail, withStates,
 } from '../dom.js';
@@ -89,6 +89,47 @@ function renderNeighbours(target, payload, key) {
         findingList(neighbour.findings))))));
 }
 
+// Deleting is offered only to a write key, and only after a second, explicit confirmation.
+function deletePanel(key) {
+  const panel = h('div', { class: 'delete-image', id: 'image-delete', hidden: true });
+  const status = h('p', { class: 'delete-status', id: 'image-delete-status', role: 'status' });
+  const confirmBox = h('div', { class: 'delete-confirm', id: 'image-delete-confirm', hidden: true },
+    h('p', {}, 'Delete this image from the archive? Its node and SIMILAR edges go, its '
+      + 'neighbours are re-linked and its community is updated. This cannot be undone.'),
+    h('button', {
+      type: 'button', class: 'button danger', id: 'image-delete-confirm-button',
+      onclick: async (event) => {
+        event.target.disabled = true;
+        status.textContent = 'Deleting…';
+        try {
+          const result = await apiFetch(`/images/${encodeURIComponent(key)}`, { method: 'DELETE' });
+          confirmBox.hidden = true;
+          start.hidden = true;
+          status.textContent = `Deleted. ${result.files}. Audit record ${result.audit_id}.`;
+          if (root) root.dataset.deleted = key;
+        } catch (error) {
+          event.target.disabled = false;
+          status.textContent = `Not deleted: ${error.message}`;
+        }
+      },
+    }, 'Delete permanently'),
+    ' ',
+    h('button', {
+      type: 'button', id: 'image-delete-cancel',
+      onclick: () => { confirmBox.hidden = true; start.hidden = false; },
+    }, 'Cancel'));
+  const start = h('button', {
+    type: 'button', class: 'button danger', id: 'image-delete-button',
+    onclick: () => { confirmBox.hidden = false; start.hidden = true; },
+  }, 'Delete image…');
+  panel.append(start, confirmBox, status);
+  keyScopes().then((scopes) => {
+    panel.hidden = !scopes.includes('write');
+    if (root) root.dataset.canDelete = String(!panel.hidden);
+  });
+  return panel;
+}
+
 function renderImage(image, key, signal) {
   const cypher = neighbourhoodCypher(key);
   const neighbours = h('div', { id: 'image-neighbours-body' });
@@ -99,7 +140,8 @@ function renderImage(image, key, signal) {
       h('h2', {}, 'Metadata'), metadataTable(image),
       h('p', { class: 'links' },
         h('a', { href: hashFor('search', [], { key }) }, 'Search similar'), ' · ',
-        h('a', { href: hashFor('graph', [], { key }) }, 'Neighbourhood graph'))),
+        h('a', { href: hashFor('graph', [], { key }) }, 'Neighbourhood graph')),
+      deletePanel(key)),
     h('section', { class: 'panel image-neighbours' },
       h('h2', {}, 'Neighbours (SIMILAR edges)'), neighbours),
     h('section', { class: 'panel image-cypher' },

@@ -1,0 +1,3 @@
+// Images stored (the count store answers it without a scan).
+MATCH (i:Image)
+RETURN count(i) AS images;
