@@ -1,5 +1,6 @@
-// What identifies the stored set of embeddings for the in-process matrix cache of `exact`:
-// the number of images and the latest ingestion time (index-backed, so both are cheap).
+// What identifies the stored graph for the in-process read model (the `exact` matrix and the
+// region strategies' adjacency and communities): the number of images, the latest ingestion time
+// (index-backed, so both are cheap) and the latest finished clustering run.
 CALL () {
   MATCH (i:Image)
   RETURN count(i) AS images
@@ -11,4 +12,10 @@ CALL () {
   ORDER BY i.ingested_at DESC
   LIMIT 1
 }
-RETURN images, toString(latest) AS latest
+CALL () {
+  OPTIONAL MATCH (r:ClusteringRun {status: 'finished'})
+  RETURN r.id AS run
+  ORDER BY r.finished_at DESC
+  LIMIT 1
+}
+RETURN images, toString(latest) AS latest, run
