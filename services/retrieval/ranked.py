@@ -26,7 +26,7 @@ import numpy as np
 
 from services.retrieval.contract import SearchDiagnostics, SearchFilters, SearchHits, Strategy
 from services.retrieval.readmodel import GraphSnapshot, ReadModelCache
-from services.retrieval.region import Probe, check_ready, hits_of, nearest
+from services.retrieval.region import Probe, check_ready, hits_of, nearest, one_blas_thread
 
 
 class CommunityRankedSearch:
@@ -80,6 +80,17 @@ class CommunityRankedSearch:
     ) -> SearchHits:
         diagnostics = SearchDiagnostics(strategy=self.name.value)
         snapshot = snapshot or self.cache.get(diagnostics)
+        with one_blas_thread():
+            return self._search(query, k, filters, snapshot, diagnostics)
+
+    def _search(
+        self,
+        query: np.ndarray,
+        k: int,
+        filters: SearchFilters,
+        snapshot: GraphSnapshot,
+        diagnostics: SearchDiagnostics,
+    ) -> SearchHits:
         check_ready(snapshot)
         diagnostics.database_size = len(snapshot)
         query = query.astype(np.float32)
