@@ -43,6 +43,7 @@ from services.graph.cypher import load_cypher
 from services.graph.store import GraphStore, close_shared_drivers
 from services.retrieval.contract import SearchFilters, Strategy
 from services.retrieval.metrics import LatencySummary, recall_at_k
+from services.retrieval.region import RegionGrowingSearch
 from services.retrieval.service import RetrievalService
 from services.runtime.neo4j import Neo4jRuntime
 
@@ -200,7 +201,7 @@ def measure(
         say(f"  server {strategy.value}: p50 {np.percentile(samples, 50):.1f} ms")
 
     report["faithful_region"] = faithful_region_check(
-        store, settings, stored, chosen, filters, answers[Strategy.REGION]
+        service, settings, stored, chosen, filters, answers[Strategy.REGION]
     )
     report["exact_top50_outside_query_community"] = outside_share(
         snapshot, chosen, answers[Strategy.EXACT]
@@ -254,7 +255,7 @@ def measure(
 
 
 def faithful_region_check(
-    store: GraphStore,
+    service: RetrievalService,
     settings: Settings,
     stored: dict[str, Any],
     chosen: list[str],
@@ -263,11 +264,16 @@ def faithful_region_check(
 ) -> dict[str, Any]:
     """``region`` with its probe seed against ``region`` with the exact nearest as the query's
     edges (the reference's definition, ``region_seed_candidates`` = 0)."""
-    exact_seed = RetrievalService(store, settings.model_copy(update={"region_seed_candidates": 0}))
+    exact_seed = RegionGrowingSearch(
+        service.read_model,
+        query_edges=settings.region_query_edges or settings.knn_k,
+        max_communities=settings.region_max_communities,
+        seed_candidates=0,
+    )
     same, latencies = 0, []
     for key, got in zip(chosen, answers, strict=True):
         clock = time.perf_counter()
-        hits = exact_seed.search(stored[key].embedding, K, Strategy.REGION, filters(key))
+        hits = exact_seed.search(stored[key].embedding, K, filters(key))
         latencies.append((time.perf_counter() - clock) * 1000.0)
         same += hits.keys == got
     return {

@@ -67,7 +67,7 @@ def generate(
 
 def generate_hard(
     n: int, seed: int = 0, dimensions: int = DIMENSIONS, chunk: int = 50_000,
-    group_size: int = 5_000, latent: int = 10, manifold: float = 0.25, noise: float = 0.01,
+    group_size: int = 5_000, latent: int = 16, manifold: float = 0.25, noise: float = 0.01,
 ) -> SyntheticSet:  # fmt: skip
     """A harder set, whose neighbourhoods cross community boundaries.
 
