@@ -16,7 +16,8 @@ What it holds (N images, E stored SIMILAR pairs, C communities):
 - ``m``, the total weight of the latest finished :ClusteringRun, and that run's id.
 
 The *graph version* (``cypher/search_graph_version.cypher``: number of images, latest
-``ingested_at``, latest finished clustering run) is read on every request, one cheap round trip;
+``ingested_at``, latest finished clustering run) is read for every request, one cheap round trip
+shared by concurrent requests (:class:`VersionGate`, never staler than a read of their own);
 a different version reloads the whole snapshot (streamed record by record: at 223,648 images it
 takes tens of seconds and holds ~1 GB). Anything that changes the stored graph without a new
 image or a new run must change what that statement returns, or call ``invalidate()``.
@@ -27,6 +28,7 @@ from __future__ import annotations
 import threading
 import time
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -136,6 +138,53 @@ class GraphSnapshot:
         return slice(int(self.block_start[position]), int(self.block_stop[position]))
 
 
+class VersionGate:
+    """Reads the graph version, sharing one read among the requests that arrived before it
+    started.
+
+    A request may use a read only if that read *started after the request arrived*: then it
+    sees every write committed before the request, so a search never misses an image whose
+    ingestion had finished. A request arriving while a read is in flight waits for it to end and
+    joins the next one (started by whichever waiting request gets there first). Under N
+    concurrent searches this costs about one round trip per round of requests instead of N,
+    without serving anything staler than a read of its own would.
+    """
+
+    def __init__(self, read: Callable[[], GraphVersion]) -> None:
+        self._read = read
+        self._changed = threading.Condition()
+        self._started = 0  # reads started so far
+        self._in_flight = False
+        self._completed: tuple[int, GraphVersion] | None = None  # (read number, version)
+        self.reads = 0
+
+    def version(self) -> GraphVersion:
+        with self._changed:
+            arrived_after = self._started  # a read numbered higher started after this arrival
+            while True:
+                if self._completed is not None and self._completed[0] > arrived_after:
+                    return self._completed[1]
+                if not self._in_flight:
+                    self._in_flight = True
+                    self._started += 1
+                    number = self._started
+                    break
+                self._changed.wait()
+        try:
+            version = self._read()
+        except BaseException:
+            with self._changed:
+                self._in_flight = False
+                self._changed.notify_all()
+            raise
+        with self._changed:
+            self._in_flight = False
+            self._completed = (number, version)
+            self.reads += 1
+            self._changed.notify_all()
+        return version
+
+
 class ReadModelCache:
     """One snapshot per process, reloaded when the graph version changes (thread-safe)."""
 
@@ -143,12 +192,16 @@ class ReadModelCache:
         self.store = store
         self._lock = threading.Lock()
         self._snapshot: GraphSnapshot | None = None
+        self._gate = VersionGate(self._read_version)
         self.loads = 0
 
-    def version(self) -> GraphVersion:
+    def _read_version(self) -> GraphVersion:
         record = self.store.query("search_graph_version")[0]
         run = record["run"]
         return int(record["images"]), record["latest"], None if run is None else str(run)
+
+    def version(self) -> GraphVersion:
+        return self._gate.version()
 
     def invalidate(self) -> None:
         with self._lock:
