@@ -48,6 +48,7 @@ from bench.similarity_graph import (
     write_graph,
 )
 from bench.synthetic import SCALES, generate
+from services.communities.freshness import assign_new_images
 from services.config import REPO_ROOT, Settings
 from services.graph.cypher import load_cypher_statements
 from services.graph.store import GraphStore, close_shared_drivers
@@ -161,8 +162,6 @@ def measure_size(n: int, algorithm: str, say: Any) -> dict[str, Any]:
     say(f"{n}: {summary['community_count']} communities, Q {summary['modularity']:.4f}, "
         f"{wall:.1f} s, python peak {record['python_peak_rss_mib']} MiB, Neo4j peak "
         f"{record['neo4j_peak_rss_mib']} MiB")  # fmt: skip
-
-    from workers.communities.freshness import assign_new_images
 
     new = np.arange(n, n + NEW_IMAGES)
     write_graph(store, keys[n:], data.embeddings[new], data.findings[n:], data.patient[new], None)

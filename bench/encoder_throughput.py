@@ -12,7 +12,7 @@ bench/results/encoder_throughput.json under the device's name (a CPU run keeps G
 
 from __future__ import annotations
 
-import workers  # noqa: F401  (before torch: sets its OpenMP wait policy, see workers/__init__.py)
+import services  # noqa: F401  (before torch: sets its OpenMP wait policy, see services/__init__.py)
 
 # isort: split
 import argparse
@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from workers.encoder.checkpoint import EncoderCheckpoint, save_checkpoint
-from workers.encoder.extractor import PRECISIONS, FeatureExtractor
-from workers.encoder.labels import FINDINGS_NIH
-from workers.encoder.network import build_densenet121
-from workers.encoder.preprocessing import Normalisation
+from services.encoder.checkpoint import EncoderCheckpoint, save_checkpoint
+from services.encoder.extractor import PRECISIONS, FeatureExtractor
+from services.encoder.labels import FINDINGS_NIH
+from services.encoder.network import build_densenet121
+from services.encoder.preprocessing import Normalisation
 
 RESULTS = Path(__file__).resolve().parent / "results" / "encoder_throughput.json"
 # Enough images per setting for a stable figure, few enough to keep a CPU run near a minute.

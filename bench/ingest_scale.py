@@ -3,7 +3,7 @@ build, edge writes, and an incremental add, at 10^4, 10^5 and 223,648 (CheXpert)
 
 Skips Celery and the encoder (measured elsewhere): the generated embeddings of
 ``bench.synthetic`` go through the same Cypher (``cypher/ingest_*.cypher``) and the same
-``workers.ingest`` code the graph-queue tasks run. Each size runs in its own child process
+``services.ingest`` code the graph-queue tasks run. Each size runs in its own child process
 against a fresh Neo4j (own home and ports below, heap 4g, page cache 4g), so the peak memory
 figures belong to that size alone.
 
@@ -35,6 +35,13 @@ import psutil
 from bench.memory import PeakSampler
 from bench.synthetic import SCALES, generate
 from services.config import REPO_ROOT, Settings
+from services.graph.cypher import load_cypher_statements
+from services.graph.store import GraphStore, close_shared_drivers
+from services.ingest.edges import build_edges, edge_state, load_embeddings, write_edges
+from services.ingest.knn import exact_knn, knn_floor, symmetric_edges
+from services.ingest.pipeline import write_image_rows
+from services.runtime.neo4j import Neo4jRuntime
+from services.secrets import neo4j_auth
 
 BENCH_HOME = REPO_ROOT / ".medgraph" / "bench-ingest"
 BOLT_PORT, HTTP_PORT = 27687, 27474
@@ -56,10 +63,8 @@ def patient_store(settings: Settings) -> Any:
     heavy jobs Neo4j can stall for longer than the driver's default 30 s of retries."""
     from neo4j import GraphDatabase
 
-    from services.graph.store import GraphStore
-
     driver = GraphDatabase.driver(
-        settings.bolt_uri, auth=settings.neo4j_auth_tuple(),
+        settings.bolt_uri, auth=neo4j_auth(settings),
         max_transaction_retry_time=600, connection_acquisition_timeout=600,
     )  # fmt: skip
     return GraphStore(driver, settings.neo4j_database)
@@ -107,13 +112,6 @@ def measure(
     embeddings, the same values the bulk path reads back), to fit a slow, shared machine's
     time budget; the result says so, and both phases then share the CPU.
     """
-    from services.graph.cypher import load_cypher_statements
-    from services.graph.store import close_shared_drivers
-    from services.runtime.neo4j import Neo4jRuntime
-    from workers.ingest.edges import build_edges, edge_state, load_embeddings
-    from workers.ingest.knn import exact_knn, knn_floor, symmetric_edges
-    from workers.ingest.pipeline import write_image_rows
-
     settings = bench_settings(heap, pagecache)
     runtime = Neo4jRuntime(settings)
     close_shared_drivers()
@@ -163,7 +161,7 @@ def measure(
         say(f"{n}: nodes written at {result['nodes_per_s']:.0f}/s "
             f"({result['node_write_s']:.0f}s + index {result['index_wait_s']:.0f}s)")  # fmt: skip
 
-        # The bulk edge build, phase by phase, exactly as workers.ingest.edges._bulk runs it.
+        # The bulk edge build, phase by phase, exactly as services.ingest.edges._bulk runs it.
         clock = time.monotonic()
         keys, matrix = load_embeddings(store, pending_only=False)
         result["embedding_read_s"] = time.monotonic() - clock
@@ -198,8 +196,6 @@ def measure(
                      for a, b in zip(indices[rows], reference, strict=True)])
         )  # fmt: skip
         del matrix
-
-        from workers.ingest.edges import write_edges
 
         clock = time.monotonic()
         write_edges(
@@ -287,7 +283,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
 
 
 def markdown_table(results: list[dict[str, Any]]) -> str:
-    """The README table of ``workers/ingest/README.md``."""
+    """The README table of ``services/ingest/README.md``."""
     lines = [
         "| images | nodes/s (with embeddings, vector index) | embeddings read back s | exact kNN s "
         "| SIMILAR pairs | edges/s | incremental ms / new image | peak Python MiB "

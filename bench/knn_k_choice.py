@@ -27,17 +27,16 @@ import networkx as nx
 import numpy as np
 
 from services.config import REPO_ROOT, get_settings
-from workers.ingest.knn import exact_knn, symmetric_edges
+from services.encoder.extractor import FeatureExtractor, ensure_demo_checkpoint
+from services.encoder.imaging import read_image
+from services.encoder.labels import read_labels
+from services.ingest.knn import exact_knn, symmetric_edges
 
 KS = (5, 10, 20, 30)
 RESULTS = REPO_ROOT / "bench" / "results" / "knn_k_choice.json"
 
 
 def embed_bundled() -> tuple[np.ndarray, list[frozenset[str]], np.ndarray, str]:
-    from workers.encoder.extractor import FeatureExtractor, ensure_demo_checkpoint
-    from workers.encoder.imaging import read_image
-    from workers.encoder.labels import read_labels
-
     settings = get_settings()
     table = read_labels(settings.data_dir / "labels.csv")
     extractor = FeatureExtractor(ensure_demo_checkpoint(settings), "cpu").load()

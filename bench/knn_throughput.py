@@ -1,4 +1,4 @@
-"""Exact kNN edge build alone (``workers.ingest.knn.exact_knn``), on the CPU or a CUDA GPU.
+"""Exact kNN edge build alone (``services.ingest.knn.exact_knn``), on the CPU or a CUDA GPU.
 
 The bulk ingest's edge step without Neo4j, on generated embeddings (``bench.synthetic``): the
 figure that decides whether a bulk ingest of 10^5-10^6 images belongs on a GPU worker. Each
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from bench.synthetic import generate
-from workers.ingest.knn import exact_knn, pick_device
+from services.ingest.knn import exact_knn, pick_device
 
 RESULTS = Path(__file__).resolve().parent / "results" / "knn_throughput.json"
 CHECK_ROWS = 50

@@ -5,8 +5,8 @@ Setup, on its own stack (``.medgraph/bench-load``, Bolt 27987, HTTP 27774, Redis
 25140), done once and reused by later runs:
 
 1. the bundled NIH set (733 images) ingested with the ingestion's own code
-   (``workers.ingest.pipeline`` + ``workers.ingest.edges``, exact kNN, k = 10), then clustered by
-   the clustering job (``workers.communities.job.run_clustering``, GDS Leiden);
+   (``services.ingest.pipeline`` + ``services.ingest.edges``, exact kNN, k = 10), then clustered by
+   the clustering job (``services.communities.job.run_clustering``, GDS Leiden);
 2. a read API key made with ``services.auth.api_keys.create_api_key``.
 
 Load: ``--clients`` threads (16), each with one keep-alive HTTP connection to 127.0.0.1, send
@@ -48,10 +48,23 @@ from typing import Any
 import numpy as np
 import psutil
 
+from services.auth.api_keys import create_api_key
+from services.communities.job import run_clustering
 from services.config import REPO_ROOT, Settings
+from services.encoder.checkpoint import EncoderCheckpoint, save_checkpoint
+from services.encoder.extractor import FeatureExtractor
+from services.encoder.imaging import ReadLimits
+from services.encoder.labels import FINDINGS_NIH
+from services.encoder.network import build_densenet121
+from services.encoder.preprocessing import Normalisation
+from services.encoder.training import default_checkpoint_path
 from services.graph.store import GraphStore, close_shared_drivers
+from services.ingest.edges import build_edges
+from services.ingest.pipeline import embed_files, write_image_rows
+from services.ingest.submit import plan_ingest
 from services.runtime.neo4j import Neo4jRuntime
 from services.runtime.redis import RedisRuntime
+from services.secrets import patient_key_secret
 
 HOME = REPO_ROOT / ".medgraph" / "bench-load"
 HOST = "127.0.0.1"
@@ -97,18 +110,11 @@ def environment(settings: Settings, checkpoint: Path) -> dict[str, str]:
 
 
 def encoder_checkpoint(settings: Settings) -> tuple[Path, str]:
-    from workers.encoder.training import default_checkpoint_path
-
     demo = default_checkpoint_path(settings)
     for candidate in (demo, REPO_ROOT / ".medgraph" / "models" / demo.name):
         if candidate.is_file():
             return candidate, f"demo checkpoint {candidate.name}"
     import torch
-
-    from workers.encoder.checkpoint import EncoderCheckpoint, save_checkpoint
-    from workers.encoder.labels import FINDINGS_NIH
-    from workers.encoder.network import build_densenet121
-    from workers.encoder.preprocessing import Normalisation
 
     path = settings.models_dir / "load-test-random-densenet121.pt"
     if not path.is_file():
@@ -125,13 +131,6 @@ def prepare_graph(
     settings: Settings, store: GraphStore, checkpoint: Path, algorithm: str
 ) -> dict[str, Any]:
     """The demo set ingested and clustered (skipped when a previous run left it complete)."""
-    from workers.communities.job import run_clustering
-    from workers.encoder.extractor import FeatureExtractor
-    from workers.encoder.imaging import ReadLimits
-    from workers.ingest.edges import build_edges
-    from workers.ingest.pipeline import embed_files, write_image_rows
-    from workers.ingest.submit import plan_ingest
-
     files = len(list((DEMO / "images").glob("*.png")))
     state = store.run_text(
         "MATCH (i:Image) WITH count(i) AS images, count(i.knn_floor) AS linked "
@@ -142,7 +141,6 @@ def prepare_graph(
         return {"reused": True, "images": files}
     store.run_autocommit("MATCH (n) CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF 5000 ROWS")
     started = time.perf_counter()
-    from services.secrets import patient_key_secret
 
     plan = plan_ingest([DEMO / "images"], settings, DEMO / "labels.csv")
     extractor = FeatureExtractor(checkpoint).load()
@@ -314,7 +312,6 @@ def main(argv: list[str] | None = None) -> None:
         print("preparing the demo graph ...", flush=True)
         prepared = prepare_graph(settings, store, checkpoint, args.cluster_algorithm)
         print(f"graph: {prepared}", flush=True)
-        from services.auth.api_keys import create_api_key
 
         token = create_api_key(store, f"load-test-{int(time.time())}", ("read",)).token
         keys = [r["key"] for r in store.run_text("MATCH (i:Image) RETURN i.key AS key")]

@@ -7,7 +7,7 @@ cache 3g):
 2. the kNN graph (k = 10) with the ingestion's exact blocked kNN inside each planted cluster
    (``bench.similarity_graph.knn_edges``; ``knn_agreement`` checks on a sample that every point's
    all-points k nearest are among its edges), written as ingestion writes it;
-3. communities by the clustering job itself (``workers.communities.job.run_clustering``, GDS
+3. communities by the clustering job itself (``services.communities.job.run_clustering``, GDS
    Leiden), which stores the sums region search reads;
 4. for ``--queries`` stored images as leave-one-out queries (own patient excluded, k = 50):
    server-side latency of ``RetrievalService.search`` per strategy, the same through HTTP
@@ -37,7 +37,10 @@ from typing import Any
 import numpy as np
 import psutil
 
+from bench.similarity_graph import knn_agreement, knn_edges, synthetic_keys, write_graph
+from bench.synthetic import generate, generate_hard
 from services.auth.api_keys import create_api_key
+from services.communities.job import run_clustering
 from services.config import REPO_ROOT, Settings
 from services.graph.cypher import load_cypher
 from services.graph.store import GraphStore, close_shared_drivers
@@ -86,10 +89,6 @@ def fresh_neo4j(settings: Settings) -> GraphStore:
 def build_graph(
     store: GraphStore, settings: Settings, n: int, seed: int, generated: str = "easy"
 ) -> dict[str, Any]:
-    from bench.similarity_graph import knn_agreement, knn_edges, synthetic_keys, write_graph
-    from bench.synthetic import generate, generate_hard
-    from workers.communities.job import run_clustering
-
     report: dict[str, Any] = {"images": n, "set": generated}
     clock = time.perf_counter()
     synthetic = generate_hard(n, seed=seed) if generated == "hard" else generate(n, seed=seed)

@@ -1,6 +1,6 @@
 """Writes a generated image graph into Neo4j the way ingestion does, for tests and benchmarks.
 
-The kNN edges come from the ingestion's own exact kNN (``workers.ingest.knn``): a pair is linked
+The kNN edges come from the ingestion's own exact kNN (``services.ingest.knn``): a pair is linked
 when either image is among the other's k nearest by cosine, weight = cosine, one relationship per
 pair from the smaller key to the larger. ``knn_edges(..., groups=...)`` runs it inside groups
 of points only (the planted clusters of ``bench.synthetic``): at CheXpert scale the all-pairs
@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 
 from services.graph.store import GraphStore
-from workers.ingest.knn import SymmetricEdges, exact_knn, symmetric_edges
+from services.ingest.knn import SymmetricEdges, exact_knn, symmetric_edges
 
 
 def synthetic_keys(indices: Sequence[int] | np.ndarray) -> list[str]:

@@ -1,5 +1,5 @@
 // Writes a finished :ClusteringRun carrying the graph's total weight m, with the properties the
-// clustering job (workers/communities/job.py) reads back from its previous run.
+// clustering job (services/communities/job.py) reads back from its previous run.
 // Parameters: $id, $total_weight_m, $communities, $modularity, $node_count, $edge_count,
 // $next_community_id.
 MERGE (r:ClusteringRun {id: $id})

@@ -6,19 +6,27 @@ import re
 import sys
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import Any
 
 import click
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from services.config import Settings, get_settings, settings_problem
+from services.api.commands import serve
+from services.auth.commands import apikey
+from services.communities.commands import cluster
+from services.config import REPO_ROOT, Settings, get_settings, settings_problem
+from services.demo import run_demo
+from services.encoder.commands import embed, train
+from services.graph.store import GraphStore
+from services.ingest.commands import ingest, ingest_status, worker
+from services.retrieval.commands import evaluate
 from services.runtime.neo4j import Neo4jRuntime
 from services.runtime.processes import RuntimeProblem
 from services.runtime.redis import RedisRuntime
+from services.runtime.stack import STACK_PARTS, start_stack, stop_stack
 from services.runtime.worker import WorkerRuntime
-
-STACK_PARTS = ("neo4j", "redis", "worker")
 
 
 def reports_runtime_problems(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -67,41 +75,6 @@ def stack_start(only: str | None) -> None:
     start_stack(get_settings(), _parts(only))
 
 
-def start_stack(settings: Settings, parts: tuple[str, ...] = STACK_PARTS) -> None:
-    if "redis" in parts:
-        redis_runtime = RedisRuntime(settings)
-        if redis_runtime.start():
-            click.echo(f"redis: started on {settings.broker_url}")
-        else:
-            click.echo(f"redis: already running (pid {redis_runtime.process.pid()})")
-    if "neo4j" in parts:
-        neo4j_runtime = Neo4jRuntime(settings)
-        if not neo4j_runtime.jars_present():
-            click.echo("neo4j: fetching Neo4j, Browser, APOC and GDS from Maven Central (once)…")
-        started, new_password = neo4j_runtime.start()
-        status = neo4j_runtime.status()
-        if started:
-            click.echo(f"neo4j: started, Bolt {status.bolt_uri}, Browser {status.browser_url}")
-        else:
-            click.echo(f"neo4j: already running (pid {status.pid}), Browser {status.browser_url}")
-        if new_password:
-            click.secho(
-                f"neo4j: user '{settings.neo4j_user}', generated password: {new_password}\n"
-                f"       (shown once; kept in {settings.secrets_dir / 'neo4j-password'})",
-                fg="yellow",
-            )
-        from services.graph.store import GraphStore
-
-        GraphStore.from_settings(settings).apply_schema()
-    if "worker" in parts:
-        worker_runtime = WorkerRuntime(settings)
-        if worker_runtime.start():
-            log = worker_runtime.process.log_file
-            click.echo(f"worker: started ({worker_runtime.node}, log {log})")
-        else:
-            click.echo(f"worker: already running (pid {worker_runtime.process.pid()})")
-
-
 @stack.command("fetch")
 @reports_runtime_problems
 def stack_fetch() -> None:
@@ -117,15 +90,6 @@ def stack_fetch() -> None:
 def stack_stop(only: str | None) -> None:
     """Stop the local servers."""
     stop_stack(get_settings(), _parts(only))
-
-
-def stop_stack(settings: Settings, parts: tuple[str, ...] = STACK_PARTS) -> None:
-    if "worker" in parts:
-        click.echo("worker: stopped" if WorkerRuntime(settings).stop() else "worker: not running")
-    if "neo4j" in parts:
-        click.echo("neo4j: stopped" if Neo4jRuntime(settings).stop() else "neo4j: not running")
-    if "redis" in parts:
-        click.echo("redis: stopped" if RedisRuntime(settings).stop() else "redis: not running")
 
 
 @stack.command("status")
@@ -157,8 +121,6 @@ def _status_line(part: str, pid: int | None, detail: str) -> str:
 @reports_runtime_problems
 def schema() -> None:
     """Apply cypher/schema.cypher (constraints and the vector index) to the database."""
-    from services.graph.store import GraphStore
-
     GraphStore.from_settings().apply_schema()
     click.echo("schema applied")
 
@@ -178,8 +140,6 @@ def config(markdown: bool, update_readme: bool) -> None:
         click.echo(settings_markdown_table())
         return
     if update_readme:
-        from services.config import REPO_ROOT
-
         readme = REPO_ROOT / "README.md"
         table = settings_markdown_table()
         readme.write_text(
@@ -205,14 +165,10 @@ def settings_markdown_table() -> str:
 
 
 def _repo_root() -> str:
-    from services.config import REPO_ROOT
-
     return str(REPO_ROOT)
 
 
 def _home() -> str:
-    from pathlib import Path
-
     return str(Path.home())
 
 
@@ -222,40 +178,19 @@ def _home() -> str:
 @reports_runtime_problems
 def demo(serve: bool) -> None:
     """The main job: stack, demo checkpoint, ingest, clustering, then API and dashboard."""
-    from services.demo import run_demo
-
     run_demo(get_settings(), serve)
 
 
-# --- image encoder (workers/encoder) -------------------------------------------------------
-from workers.encoder.commands import embed, train  # noqa: E402
-
-main.add_command(train)
+# --- commands of each part, registered with one line each ----------------------------------
+main.add_command(train)  # services/encoder
 main.add_command(embed)
-
-# --- communities (workers/communities) -----------------------------------------------------
-from workers.communities.commands import cluster  # noqa: E402
-
-main.add_command(cluster)
-
-# --- ingestion (workers/ingest) ------------------------------------------------------------
-from workers.ingest.commands import ingest, ingest_status, worker  # noqa: E402
-
-main.add_command(ingest)
+main.add_command(cluster)  # services/communities
+main.add_command(ingest)  # services/ingest
 main.add_command(ingest_status)
 main.add_command(worker)
-
-# --- retrieval and REST API (services/retrieval, services/api) -----------------------------
-from services.api.commands import serve  # noqa: E402
-from services.retrieval.commands import evaluate  # noqa: E402
-
-main.add_command(serve)
-main.add_command(evaluate)
-
-# --- access control (services/auth) --------------------------------------------------------
-from services.auth.commands import apikey  # noqa: E402
-
-main.add_command(apikey)
+main.add_command(serve)  # services/api
+main.add_command(evaluate)  # services/retrieval
+main.add_command(apikey)  # services/auth
 
 if __name__ == "__main__":
     main()

@@ -95,7 +95,7 @@ class Settings(BaseSettings):
     api_port: int = Field(5000, ge=1, le=65535, description="API and dashboard port.")
     default_k: int = Field(50, ge=1, le=1000, description="Default number of search results.")
 
-    # --- encoder (workers/encoder) --------------------------------------------------------
+    # --- encoder (services/encoder) --------------------------------------------------------
     encoder_checkpoint: Path | None = Field(
         None,
         description="Encoder checkpoint for image codes. Default: <models_dir>/densenet121-"
@@ -125,7 +125,7 @@ class Settings(BaseSettings):
     )
     embed_batch_size: int = Field(64, ge=1, description="Images per forward pass for image codes.")
 
-    # --- ingestion (workers/ingest) -------------------------------------------------------
+    # --- ingestion (services/ingest) -------------------------------------------------------
     ingest_files_per_task: int = Field(
         128, ge=1, le=4096,
         description="Image files per embedding task (one Celery message, one node write).",
@@ -173,7 +173,7 @@ class Settings(BaseSettings):
         "it. Default: http://<neo4j_host>:<neo4j_http_port>/browser/.",
     )
 
-    # --- communities (workers/communities) ---------------------------------------------------
+    # --- communities (services/communities) ---------------------------------------------------
     cluster_algorithm: str = Field(
         "leiden", pattern="^(leiden|louvain|cnm)$",
         description="Community detection: leiden (GDS, inside Neo4j, then a merge pass) or "
@@ -299,14 +299,6 @@ class Settings(BaseSettings):
     @property
     def neo4j_home(self) -> Path:
         return self.home / "neo4j"
-
-    def neo4j_auth_tuple(self) -> tuple[str, str] | None:
-        """Credentials for the driver; None when the local server runs without auth."""
-        if not self.neo4j_auth:
-            return None
-        from services.secrets import neo4j_password
-
-        return (self.neo4j_user, neo4j_password(self))
 
 
 @lru_cache(maxsize=1)

@@ -9,22 +9,26 @@ from __future__ import annotations
 
 import click
 
+from services.api.commands import serve_api
+from services.auth.api_keys import create_api_key, list_api_keys
+from services.communities.freshness import staleness
+from services.communities.job import run_clustering
 from services.config import Settings
 from services.graph.store import GraphStore
+from services.ingest.commands import (
+    _ensure_checkpoint,
+    _finish,
+    _follow_with_bar,
+    _stall_watch,
+)
+from services.ingest.jobs import JobTracker
+from services.ingest.submit import plan_ingest, submit
+from services.runtime.stack import start_stack
 
 DEMO_JOB_ID = "demo-nih-cxr14"
 
 
 def ingest_demo_set(settings: Settings) -> None:
-    from workers.ingest.commands import (
-        _ensure_checkpoint,
-        _finish,
-        _follow_with_bar,
-        _stall_watch,
-    )
-    from workers.ingest.jobs import JobTracker
-    from workers.ingest.submit import plan_ingest, submit
-
     _ensure_checkpoint(settings)
     plan = plan_ingest(
         [settings.data_dir / "images"], settings, settings.data_dir / "labels.csv", None, "nih"
@@ -41,9 +45,6 @@ def ingest_demo_set(settings: Settings) -> None:
 
 
 def cluster_if_needed(settings: Settings, store: GraphStore) -> None:
-    from workers.communities.freshness import staleness
-    from workers.communities.job import run_clustering
-
     state = staleness(store, settings)
     if not state.stale:
         click.echo(f"communities: up to date ({state.describe()})")
@@ -54,16 +55,12 @@ def cluster_if_needed(settings: Settings, store: GraphStore) -> None:
 
 def issue_local_api_key(settings: Settings, store: GraphStore) -> str | None:
     """A write key for the local user, the first time only (tokens are stored hashed)."""
-    from services.auth.api_keys import create_api_key, list_api_keys
-
     if any(key["name"] == "local-demo" and not key["revoked"] for key in list_api_keys(store)):
         return None
     return create_api_key(store, "local-demo", ("read", "write")).token
 
 
 def run_demo(settings: Settings, serve: bool) -> None:
-    from services.cli import start_stack
-
     start_stack(settings)
     store = GraphStore.from_settings(settings)
     ingest_demo_set(settings)
@@ -89,6 +86,4 @@ def run_demo(settings: Settings, serve: bool) -> None:
         )
     click.echo("  Stop with:     .venv/bin/medgraph stack stop")
     if serve:
-        from services.api.commands import serve_api
-
         serve_api(settings)

@@ -1,7 +1,7 @@
 """Patient identifiers never leave the server in clear.
 
 - Ingestion keeps no DICOM header value but the pixels, their geometry and the modality; the
-  PatientID only becomes ``patient_key = HMAC-SHA256(secret, id)`` (``workers.ingest.pipeline``).
+  PatientID only becomes ``patient_key = HMAC-SHA256(secret, id)`` (``services.ingest.pipeline``).
 - The original-file endpoint serves a DICOM file only as a de-identified copy made here: an
   allow-list of the attributes needed to display the image (pixel module, modality, windowing
   and rescale), new UIDs, nothing else. Names, IDs, dates, addresses, accession and study

@@ -34,6 +34,13 @@ def neo4j_password(settings: Settings) -> str:
     return _read_or_create(neo4j_password_file(settings), 18)[0]
 
 
+def neo4j_auth(settings: Settings) -> tuple[str, str] | None:
+    """Credentials for the driver; None when the local server runs without auth."""
+    if not settings.neo4j_auth:
+        return None
+    return (settings.neo4j_user, neo4j_password(settings))
+
+
 def ensure_neo4j_password(settings: Settings) -> tuple[str, bool]:
     """The password and whether it was generated just now (so the caller prints it once)."""
     if settings.neo4j_password:

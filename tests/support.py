@@ -11,12 +11,12 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from services.auth.api_keys import create_api_key
 from services.config import REPO_ROOT, Settings
+from services.encoder.imaging import ReadLimits, read_image
+from services.encoder.labels import read_labels
 from services.graph.store import GraphStore
+from services.ingest.edges import build_edges
+from services.ingest.pipeline import FileEntry, embed_files, patient_key, write_image_rows
 from services.secrets import patient_key_secret
-from workers.encoder.imaging import ReadLimits, read_image
-from workers.encoder.labels import read_labels
-from workers.ingest.edges import build_edges
-from workers.ingest.pipeline import FileEntry, embed_files, patient_key, write_image_rows
 
 BUNDLED_DIR = REPO_ROOT / "data" / "nih-cxr14-64px"
 DX_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # SOP class: Digital X-Ray, for presentation

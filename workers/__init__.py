@@ -1,9 +1,6 @@
-"""Background workers of medgraph."""
+"""medgraph's Celery side: the app (``celery_app``) and thin task modules (``tasks``).
 
-import os
-
-# OpenMP threads that spin while they wait make torch 5-20x slower on a CPU shared with other
-# busy processes (measured on the 2-core dev machine: 1 s vs 10 s per training batch, 16 vs
-# 0.8 images/s for inference). libgomp reads this once, when torch is first imported, so it is
-# set here, before any worker imports torch; an explicit setting in the environment wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+The work itself lives in ``services``; ``workers`` imports ``services``, never the reverse
+(``services.jobs`` enqueues tasks by name). Importing ``services`` first also sets torch's
+OpenMP wait policy before any task loads torch (see ``services/__init__.py``).
+"""

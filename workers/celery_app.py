@@ -14,67 +14,36 @@ queue when their worker process dies (``reject_on_worker_lost``); every task is 
 process) leaves its unacknowledged message in Redis, which is redelivered after the broker's
 visibility timeout (``MEDGRAPH_CELERY_VISIBILITY_TIMEOUT_S``).
 
-Other packages add their tasks by listing their module in ``TASK_MODULES``; a listed module that
-does not exist (yet) is skipped, so the list can name work in progress.
+Task modules (``workers/tasks/``) are thin: each task calls the services that do the work. The
+broker, serialisation and routing settings come from ``services.jobs.wire_settings``, which the
+API and CLI use to enqueue tasks by name, so both sides always agree.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 from celery import Celery
 from celery.signals import worker_init, worker_process_init
 
 from services.config import get_settings
+from services.jobs import EMBED_QUEUE, GRAPH_QUEUE, QUEUES, wire_settings
 
-EMBED_QUEUE = "embed"
-GRAPH_QUEUE = "graph"
-QUEUES = (EMBED_QUEUE, GRAPH_QUEUE)
+__all__ = ["EMBED_QUEUE", "GRAPH_QUEUE", "QUEUES", "TASK_MODULES", "app", "create_app"]
 
 TASK_MODULES = (
-    "workers.ingest.tasks",
-    "workers.communities.tasks",
+    "workers.tasks.ingest",
+    "workers.tasks.communities",
 )
 
 
-def _existing_modules(names: tuple[str, ...]) -> list[str]:
-    present = []
-    for name in names:
-        try:
-            if importlib.util.find_spec(name) is not None:
-                present.append(name)
-        except ModuleNotFoundError:  # the parent package does not exist yet
-            continue
-    return present
-
-
 def create_app() -> Celery:
-    settings = get_settings()
-    application = Celery("medgraph", include=_existing_modules(TASK_MODULES))
-    transport_options = {
-        "visibility_timeout": settings.celery_visibility_timeout_s,
-        # Look for expired unacknowledged messages every 10 s (kombu's default scans every 10th
-        # 10 s tick), so a dead worker's or a lost connection's tasks come back one visibility
-        # timeout after delivery rather than up to 100 s later.
-        "unacked_restore_throttle": 1,
-    }
+    application = Celery("medgraph", include=list(TASK_MODULES))
     application.conf.update(
-        broker_url=settings.broker_url,
-        result_backend=settings.broker_url,
-        broker_transport_options=transport_options,
-        result_backend_transport_options=transport_options,
-        broker_connection_retry_on_startup=True,
-        task_serializer="json",
-        result_serializer="json",
-        accept_content=["json"],
+        wire_settings(get_settings()),
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        task_default_queue=GRAPH_QUEUE,
-        task_routes={"workers.ingest.tasks.embed_batch": {"queue": EMBED_QUEUE}},
-        task_ignore_result=True,
-        result_expires=24 * 3600,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
     )

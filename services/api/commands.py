@@ -6,6 +6,7 @@ import logging
 
 import click
 
+from services.api.app import create_app
 from services.config import Settings, get_settings
 
 
@@ -14,8 +15,6 @@ def serve_api(
 ) -> None:
     """Blocks serving the API (and whatever else create_app mounts) until interrupted."""
     from waitress import serve
-
-    from services.api.app import create_app
 
     host = host or settings.api_host
     port = port or settings.api_port

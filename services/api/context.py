@@ -16,7 +16,7 @@ from services.graph.store import GraphStore
 from services.retrieval.service import RetrievalService
 
 if TYPE_CHECKING:
-    from workers.encoder.extractor import FeatureExtractor
+    from services.encoder.extractor import FeatureExtractor
 
 EXTENSION = "medgraph"
 
@@ -61,7 +61,8 @@ class ApiContext:
         if self._extractor is None:
             with self._lock:
                 if self._extractor is None:
-                    from workers.encoder.extractor import FeatureExtractor, ensure_demo_checkpoint
+                    # defers torch: the API starts without it; the first upload loads it
+                    from services.encoder.extractor import FeatureExtractor, ensure_demo_checkpoint
 
                     checkpoint = ensure_demo_checkpoint(self.settings)
                     self._extractor = FeatureExtractor(

@@ -12,6 +12,7 @@ from neo4j.exceptions import ServiceUnavailable, SessionExpired, TransientError
 
 from services.config import Settings, get_settings
 from services.graph.cypher import load_cypher, load_cypher_statements
+from services.secrets import neo4j_auth
 
 TRANSIENT_NEO4J_ERRORS = (ServiceUnavailable, SessionExpired, TransientError, ConnectionError)
 
@@ -22,7 +23,7 @@ _drivers: dict[tuple[str, str | None], Driver] = {}
 def open_driver(settings: Settings) -> Driver:
     return GraphDatabase.driver(
         settings.bolt_uri,
-        auth=settings.neo4j_auth_tuple(),
+        auth=neo4j_auth(settings),
         max_transaction_retry_time=settings.neo4j_retry_time_s,
         # Cypher that reads optional properties makes Neo4j send "property does not exist"
         # notices on a young database; they are expected here and only flood the logs.

@@ -9,7 +9,11 @@ from pathlib import Path
 import click
 
 from services.config import get_settings
+from services.graph.store import GraphStore
 from services.retrieval.contract import Strategy
+from services.retrieval.evaluation import evaluate as run_evaluation
+from services.retrieval.evaluation import plot_curves
+from services.retrieval.service import RetrievalService
 
 STRATEGY_NAMES = [strategy.value for strategy in Strategy]
 
@@ -57,11 +61,6 @@ def evaluate(
 ) -> None:  # fmt: skip
     """Leave-one-out retrieval metrics (ACG, ACG_p, precision@K, recall@K vs exact, fraction of
     the database examined, latency) for each strategy, as a table, JSON and a PNG plot."""
-    from services.graph.store import GraphStore
-    from services.retrieval.evaluation import evaluate as run_evaluation
-    from services.retrieval.evaluation import plot_curves
-    from services.retrieval.service import RetrievalService
-
     try:
         chosen = [Strategy(name.strip()) for name in strategies.split(",") if name.strip()]
         k_values = [int(value) for value in ks.split(",") if value.strip()]

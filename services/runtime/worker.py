@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 
 from services.config import REPO_ROOT, Settings
+from services.jobs import QUEUES, ping, worker_argv
 from services.runtime.processes import ManagedProcess, RuntimeProblem, log_tail
 
 LOCAL_WORKER_NAME = "medgraph-stack@%h"
@@ -36,9 +37,6 @@ class WorkerRuntime:
     def start(self, timeout_s: float = 180.0) -> bool:
         if self.process.is_running():
             return False
-        from workers.celery_app import QUEUES, app
-        from workers.ingest.local_worker import worker_argv
-
         env = dict(os.environ)
         env.update(self._settings_environment())
         argv = worker_argv(QUEUES, self.concurrency, LOCAL_WORKER_NAME, "INFO")
@@ -50,7 +48,7 @@ class WorkerRuntime:
                 raise RuntimeProblem(
                     f"the Celery worker exited during start-up:\n{log_tail(self.process.log_file)}"
                 )
-            if app.control.ping(destination=[self.node], timeout=1.0):
+            if ping(self.settings, destination=[self.node], timeout_s=1.0):
                 return True
         self.process.stop()
         raise RuntimeProblem(f"the Celery worker did not answer within {timeout_s:.0f} s")

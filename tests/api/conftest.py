@@ -23,7 +23,13 @@ from flask.testing import FlaskClient
 
 from services.api import create_app
 from services.config import REPO_ROOT, Settings
+from services.encoder.checkpoint import EncoderCheckpoint, save_checkpoint
+from services.encoder.extractor import FeatureExtractor
+from services.encoder.imaging import read_image
+from services.encoder.network import build_densenet121
+from services.encoder.preprocessing import Normalisation
 from services.graph.store import GraphStore
+from services.ingest.pipeline import patient_key
 from services.retrieval.fixtures import PreparedImage, write_graph
 from services.secrets import patient_key_secret
 from tests.conftest import wipe_graph
@@ -60,10 +66,6 @@ class ApiGraph:
 
 @pytest.fixture(scope="session")
 def random_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from workers.encoder.checkpoint import EncoderCheckpoint, save_checkpoint
-    from workers.encoder.network import build_densenet121
-    from workers.encoder.preprocessing import Normalisation
-
     torch.manual_seed(0)
     findings = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule")
     model = build_densenet121(len(findings))
@@ -102,10 +104,6 @@ RUN_ID = "api-test-graph"
 @pytest.fixture(scope="session")
 def api_graph_data(api_settings: Settings) -> ApiGraph:
     """The files, codes, edges and communities (computed once per session)."""
-    from workers.encoder.extractor import FeatureExtractor
-    from workers.encoder.imaging import read_image
-    from workers.ingest.pipeline import patient_key
-
     root = api_settings.data_roots[0]
     images_dir = root / "nih"
     images_dir.mkdir(exist_ok=True)

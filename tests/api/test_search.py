@@ -10,6 +10,8 @@ from flask.testing import FlaskClient
 from pydicom.uid import SecondaryCaptureImageStorage
 
 from services.config import Settings
+from services.encoder.extractor import FeatureExtractor
+from services.encoder.imaging import read_image
 from tests.api.conftest import MAX_UPLOAD, QUERY_EDGES, ApiGraph, exact_top
 from tests.retrieval.reference import reference_region_search
 from tests.support import dicom_bytes, dicom_dataset
@@ -28,9 +30,6 @@ def result_keys(body: dict) -> list[str]:
 
 
 def embed_file(api_settings: Settings, data: bytes, name: str) -> np.ndarray:
-    from workers.encoder.extractor import FeatureExtractor
-    from workers.encoder.imaging import read_image
-
     extractor = FeatureExtractor(api_settings.encoder_checkpoint).load()  # type: ignore[arg-type]
     return extractor.embed([read_image(data, name=name).pixels])[0].astype(np.float64)
 
@@ -155,8 +154,6 @@ def query_dicom(pixels: np.ndarray, patient_id: str) -> bytes:
 def test_upload_dicom_excludes_its_patient(
     client: FlaskClient, api_graph: ApiGraph, api_settings: Settings
 ) -> None:
-    from workers.encoder.imaging import read_image
-
     # A patient with several stored images; the DICOM carries that patient's raw id.
     patients = [api_graph.raw_patient_of[key] for key in api_graph.keys]
     raw_id = max(set(patients), key=patients.count)

@@ -13,7 +13,7 @@ import pytest
 from bench.similarity_graph import knn_edges, synthetic_keys, write_graph
 from bench.synthetic import SyntheticSet, generate
 from services.graph.store import GraphStore
-from workers.ingest.knn import SymmetricEdges
+from services.ingest.knn import SymmetricEdges
 
 K = 10
 # The size of the bundled NIH demo set; spread 0.15 makes about a quarter of the kNN pairs

@@ -11,6 +11,8 @@ from community_graphs import latest_run, realistic_set, stored_assignment, write
 from services.cli import main
 from services.config import Settings
 from services.graph.store import GraphStore
+from workers.celery_app import app
+from workers.tasks.communities import cluster_task
 
 
 def test_cluster_command_prints_progress_and_summary(clean_graph: GraphStore) -> None:
@@ -56,9 +58,6 @@ def test_cluster_command_runs_when_stale_and_reports_errors(clean_graph: GraphSt
 
 
 def test_celery_task_runs_the_job(clean_graph: GraphStore, stack: Settings) -> None:
-    from workers.celery_app import app
-    from workers.communities.tasks import cluster_task
-
     assert app.tasks[cluster_task.name] is not None
     write_subset(clean_graph, realistic_set(200, seed=6), np.arange(200))
 

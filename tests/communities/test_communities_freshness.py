@@ -20,16 +20,17 @@ from community_graphs import (
 
 from bench.similarity_graph import knn_edges, select_edges, synthetic_keys, write_edges, write_graph
 from bench.synthetic import SyntheticSet
-from services.config import Settings
-from services.graph.store import GraphStore
-from workers.communities import (
+from services.communities import (
     UnknownImagesError,
     assign_new_images,
     needs_full_rerun,
     run_clustering,
     staleness,
 )
-from workers.ingest.knn import SymmetricEdges
+from services.config import Settings
+from services.graph.store import GraphStore
+from services.ingest.knn import SymmetricEdges
+from workers.tasks.ingest import link_images
 
 TOTAL = 1200
 BASE = 1140  # the 60 others are 5.3% more images
@@ -202,8 +203,6 @@ def test_assignment_before_the_first_run_and_unknown_keys(
 def test_the_ingest_linking_task_assigns_communities_to_new_images(
     clean_graph: GraphStore, community_settings: Settings
 ) -> None:
-    from workers.ingest.tasks import link_images
-
     data = realistic_set(TOTAL, seed=22)
     all_edges = knn_edges(data.embeddings, 10)
     write_subset(clean_graph, data, np.arange(BASE))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workers.communities.identities import FIRST_COMMUNITY_ID, match_community_ids
+from services.communities.identities import FIRST_COMMUNITY_ID, match_community_ids
 
 
 def labels_of(groups: dict[int, str]) -> dict[str, int]:

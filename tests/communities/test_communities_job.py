@@ -20,10 +20,11 @@ from community_graphs import (
 )
 
 from bench.similarity_graph import knn_edges, select_edges, synthetic_keys, write_edges, write_graph
+from services.communities import ClusteringError, ClusteringInProgress, run_clustering
+from services.communities.statistics import NO_FINDING
 from services.config import Settings
 from services.graph.store import GraphStore
-from workers.communities import ClusteringError, run_clustering
-from workers.communities.statistics import NO_FINDING
+from workers.tasks.communities import cluster_task
 
 
 @pytest.mark.parametrize("algorithm", ["leiden", "louvain", "cnm"])
@@ -175,9 +176,6 @@ def test_negative_weights_are_refused(
 
 def test_one_run_at_a_time(clean_graph: GraphStore, community_settings: Settings) -> None:
     from datetime import UTC, datetime, timedelta
-
-    from workers.communities import ClusteringInProgress
-    from workers.communities.tasks import cluster_task
 
     write_subset(clean_graph, realistic_set(150, seed=13), np.arange(150))
     now = datetime.now(UTC)

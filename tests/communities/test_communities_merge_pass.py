@@ -26,10 +26,10 @@ from sklearn.metrics import adjusted_rand_score
 
 from bench.similarity_graph import synthetic_keys
 from bench.synthetic import generate
+from services.communities import detection, run_clustering
+from services.communities.detection import merge_pass
 from services.config import Settings
 from services.graph.store import GraphStore
-from workers.communities import detection, run_clustering
-from workers.communities.detection import merge_pass
 
 GRAPH_NAME = "merge-pass-test"
 # Node orders (random.Random(order).shuffle of the sorted keys) after which Leiden with seed 42

@@ -13,10 +13,10 @@ from community_graphs import (
     stored_parts,
 )
 
+from services.communities import run_clustering
 from services.config import Settings
 from services.graph.store import GraphStore
 from tests.support import ingest_bundled
-from workers.communities import run_clustering
 
 
 def test_bundled_set_after_ingest(clean_graph: GraphStore, community_settings: Settings) -> None:

@@ -15,9 +15,9 @@ from sklearn.metrics import adjusted_rand_score
 
 from bench.similarity_graph import synthetic_keys
 from bench.synthetic import generate
+from services.communities import run_clustering
 from services.config import Settings
 from services.graph.store import GraphStore
-from workers.communities import run_clustering
 
 
 @pytest.mark.parametrize("algorithm", ["leiden", "louvain", "cnm"])

@@ -12,9 +12,9 @@ from community_graphs import (
     write_subset,
 )
 
+from services.communities import run_clustering
 from services.config import Settings
 from services.graph.store import GraphStore
-from workers.communities import run_clustering
 
 
 def test_read_back_queries(clean_graph: GraphStore, community_settings: Settings) -> None:

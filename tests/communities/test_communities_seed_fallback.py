@@ -23,9 +23,9 @@ from community_graphs import (
 from neo4j.exceptions import ClientError
 
 from bench.similarity_graph import synthetic_keys
+from services.communities import detection, run_clustering
 from services.config import Settings
 from services.graph.store import GraphStore
-from workers.communities import detection, run_clustering
 
 
 def worse_seeded_leiden(real_run: Any) -> Any:

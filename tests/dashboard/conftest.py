@@ -21,12 +21,14 @@ from pathlib import Path
 import pytest
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from services.api.app import create_app
 from services.auth.api_keys import create_api_key
+from services.communities.job import ClusteringSummary, run_clustering
 from services.config import Settings
+from services.dashboard.screenshot import launch_chromium
 from services.graph.store import GraphStore
 from tests.conftest import wipe_graph
 from tests.support import ingest_bundled
-from workers.communities.job import ClusteringSummary, run_clustering
 
 SEED_IMAGES = 150
 
@@ -92,8 +94,6 @@ def read_token(seeded_graph: SeededGraph, graph_store: GraphStore) -> str:
 @pytest.fixture(scope="session")
 def dashboard_url(seeded_graph: SeededGraph, settings: Settings) -> Iterator[str]:
     """The real app (API + dashboard) on the slot's API port, in a thread of this process."""
-    from services.api.app import create_app
-
     app = create_app(settings)
     server: BaseWSGIServer = make_server(settings.api_host, settings.api_port, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, name="dashboard-test-server")
@@ -107,8 +107,6 @@ def dashboard_url(seeded_graph: SeededGraph, settings: Settings) -> Iterator[str
 
 @pytest.fixture(scope="session")
 def chromium() -> Iterator[object]:
-    from services.dashboard.screenshot import launch_chromium
-
     with launch_chromium() as browser:
         yield browser
 

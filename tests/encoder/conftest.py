@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from encoder_testkit import BUNDLED_DIR, TINY_TRAINING, bundled_subset
 
-from workers.encoder.training import TrainConfig, TrainResult, train_encoder
+from services.encoder.training import TrainConfig, TrainResult, train_encoder
 
 
 @pytest.fixture(scope="session")

@@ -9,9 +9,9 @@ from click.testing import CliRunner
 from encoder_testkit import BUNDLED_DIR, bundled_subset
 
 from services.cli import main
-from workers.encoder.checkpoint import load_checkpoint
-from workers.encoder.labels import FINDINGS_NIH
-from workers.encoder.training import TrainResult
+from services.encoder.checkpoint import load_checkpoint
+from services.encoder.labels import FINDINGS_NIH
+from services.encoder.training import TrainResult
 
 
 def test_train_command_reports_auroc_per_finding_and_the_mean(tmp_path: Path) -> None:

@@ -16,12 +16,12 @@ from encoder_testkit import (
     png_bytes,
 )
 
+from services.encoder.checkpoint import CheckpointError
+from services.encoder.extractor import FEATURE_DIM, FeatureExtractor
+from services.encoder.imaging import ReadLimits, read_image
+from services.encoder.labels import FINDINGS_NIH
+from services.encoder.training import TrainResult
 from tests.support import dicom_bytes
-from workers.encoder.checkpoint import CheckpointError
-from workers.encoder.extractor import FEATURE_DIM, FeatureExtractor
-from workers.encoder.imaging import ReadLimits, read_image
-from workers.encoder.labels import FINDINGS_NIH
-from workers.encoder.training import TrainResult
 
 LIMITS = ReadLimits(max_file_bytes=10_000_000, max_image_pixels=10_000_000)
 

@@ -25,8 +25,9 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
+from services.config import get_settings
+from services.encoder.imaging import DecodedImage, ImageReadError, ReadLimits, read_image
 from tests.support import dicom_bytes
-from workers.encoder.imaging import DecodedImage, ImageReadError, ReadLimits, read_image
 
 BASE = base_image()
 STORED = np.round(BASE * TWELVE_BIT_MAX).astype(np.uint16)
@@ -388,8 +389,6 @@ def test_bytes_input_is_named_in_errors() -> None:
 
 
 def test_limits_default_to_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    from services.config import get_settings
-
     monkeypatch.setenv("MEDGRAPH_MAX_IMAGE_PIXELS", str(BASE.size - 1))
     get_settings.cache_clear()
     try:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from encoder_testkit import BUNDLED_DIR, BUNDLED_LABELS, png_bytes, write_labels
 
-from workers.encoder.labels import (
+from services.encoder.labels import (
     FINDINGS_CHEXPERT,
     FINDINGS_NIH,
     LabelFileError,

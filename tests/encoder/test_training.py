@@ -11,10 +11,11 @@ import torch
 from encoder_testkit import BUNDLED_DIR, BUNDLED_LABELS, TINY_TRAINING, bundled_subset
 from sklearn.metrics import roc_auc_score
 
-from workers.encoder.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
-from workers.encoder.labels import FINDINGS_NIH, LabelRecord, LabelTable, read_labels
-from workers.encoder.network import InitialWeightsError, build_densenet121
-from workers.encoder.training import (
+from services.config import Settings
+from services.encoder.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
+from services.encoder.labels import FINDINGS_NIH, LabelRecord, LabelTable, read_labels
+from services.encoder.network import InitialWeightsError, build_densenet121
+from services.encoder.training import (
     TrainConfig,
     TrainingError,
     TrainResult,
@@ -232,8 +233,6 @@ def test_training_refuses_a_missing_cuda_device(tmp_path: Path) -> None:
 
 
 def test_ensure_demo_checkpoint_trains_once_then_reuses(tmp_path: Path) -> None:
-    from services.config import Settings
-
     data = tmp_path / "data"
     bundled_subset(data, patients=12)
     (data / "images").symlink_to(BUNDLED_DIR / "images")

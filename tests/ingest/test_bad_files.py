@@ -13,10 +13,10 @@ import pytest
 
 from services.config import Settings
 from services.graph.store import GraphStore
+from services.ingest.commands import EXIT_FILES_FAILED
 from services.secrets import patient_key_secret
 from tests.ingest.conftest import BUNDLED_IMAGES, CliResult, file_sha256, image_property, wipe
 from tests.support import dicom_bytes, dicom_dataset
-from workers.ingest.commands import EXIT_FILES_FAILED
 
 pytestmark = [pytest.mark.neo4j, pytest.mark.redis, pytest.mark.slow]
 GOOD_COUNT = 12

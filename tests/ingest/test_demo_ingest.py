@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from services.config import Settings
+from services.encoder.labels import read_labels
 from services.graph.store import GraphStore
 from services.secrets import patient_key_secret
 from tests.ingest.conftest import (
@@ -25,7 +26,6 @@ from tests.ingest.conftest import (
     stored_embeddings,
     wipe,
 )
-from workers.encoder.labels import read_labels
 
 pytestmark = [pytest.mark.neo4j, pytest.mark.redis, pytest.mark.slow]
 TIE_TOLERANCE = 1e-6

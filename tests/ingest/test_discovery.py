@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workers.ingest.discovery import DiscoveryError, discover, sniff_format
-from workers.ingest.pipeline import decode_embedding, encode_embedding, patient_key
+from services.ingest.discovery import DiscoveryError, discover, sniff_format
+from services.ingest.pipeline import decode_embedding, encode_embedding, patient_key
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 30
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 30

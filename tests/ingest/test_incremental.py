@@ -7,6 +7,7 @@ import pytest
 
 from services.config import Settings
 from services.graph.store import GraphStore
+from services.ingest.jobs import JobTracker
 from tests.ingest.conftest import (
     BUNDLED_IMAGES,
     BUNDLED_LABELS,
@@ -16,7 +17,6 @@ from tests.ingest.conftest import (
     stored_edges,
     stored_embeddings,
 )
-from workers.ingest.jobs import JobTracker
 
 pytestmark = [pytest.mark.neo4j, pytest.mark.redis, pytest.mark.slow]
 NEW_IMAGES = 50

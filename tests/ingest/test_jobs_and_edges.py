@@ -11,11 +11,11 @@ import pytest
 from bench.synthetic import generate
 from services.config import Settings
 from services.graph.store import GraphStore
+from services.ingest.edges import build_edges
+from services.ingest.jobs import JobTracker
+from services.ingest.pipeline import write_image_rows
+from services.ingest.submit import StallWatch, follow, messages_in_flight, plan_ingest, submit
 from tests.ingest.conftest import BUNDLED_IMAGES, exact_top_k, stored_edges, stored_embeddings, wipe
-from workers.ingest.edges import build_edges
-from workers.ingest.jobs import JobTracker
-from workers.ingest.pipeline import write_image_rows
-from workers.ingest.submit import StallWatch, follow, messages_in_flight, plan_ingest, submit
 
 pytestmark = [pytest.mark.neo4j, pytest.mark.redis]
 

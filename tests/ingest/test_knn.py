@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workers.ingest.edges import choose_mode
-from workers.ingest.knn import block_size_for, exact_knn, knn_floor, symmetric_edges
+from services.ingest.edges import choose_mode
+from services.ingest.knn import block_size_for, exact_knn, knn_floor, symmetric_edges
 
 
 def unit_rows(n: int, d: int = 32, seed: int = 0) -> np.ndarray:

@@ -11,13 +11,12 @@ import time
 import pytest
 
 from services.config import REPO_ROOT
+from workers.celery_app import app
 
 pytestmark = [pytest.mark.redis]
 
 
 def test_worker_command_consumes_the_chosen_queue(ingest_env: dict[str, str]) -> None:
-    from workers.celery_app import app
-
     node = f"worker-cli-{os.getpid()}@{os.uname().nodename}"
     process = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "worker", "-Q", "graph", "-c", "1", "-n", node],

@@ -16,8 +16,13 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from services.api import create_app
+from services.auth.api_keys import create_api_key
+from services.communities.job import run_clustering
 from services.config import REPO_ROOT, Settings
 from services.graph.store import GraphStore
+from services.ingest.jobs import JobTracker
+from services.ingest.submit import follow, plan_ingest, submit
 
 # The ingest tests' seeded DenseNet-121 checkpoint (made once per home, reused): deterministic
 # image codes without minutes of training.
@@ -96,11 +101,6 @@ def seeded_graph(
     reliability_worker: WorkerProcess,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> SeededGraph:
-    from services.auth.api_keys import create_api_key
-    from workers.communities.job import run_clustering
-    from workers.ingest.jobs import JobTracker
-    from workers.ingest.submit import follow, plan_ingest, submit
-
     root = tmp_path_factory.mktemp("reliability-data") / "root"
     dicoms, upload_dicoms = build_data_root(root)
     api_settings = settings.model_copy(
@@ -143,8 +143,6 @@ def seeded_graph(
 
 @pytest.fixture(scope="session")
 def reliability_app(seeded_graph: SeededGraph) -> Flask:
-    from services.api import create_app
-
     app = create_app(seeded_graph.settings)
     app.config["TESTING"] = False  # errors go through the JSON handlers, as in production
     return app

@@ -22,11 +22,10 @@ from celery import Celery
 
 from services.config import REPO_ROOT, Settings
 from services.graph.store import GraphStore
+from services.ingest.jobs import JobProgress, JobTracker
+from services.jobs import QUEUES, worker_argv
 from services.runtime.neo4j import Neo4jRuntime
 from services.runtime.redis import RedisRuntime
-from workers.celery_app import QUEUES
-from workers.ingest.jobs import JobProgress, JobTracker
-from workers.ingest.local_worker import worker_argv
 
 # Away from the slot's own ports (+0) and from tests/platform's private stack (+5).
 PORT_OFFSET = 7

@@ -22,9 +22,9 @@ from pydantic import ValidationError
 
 from services.config import REPO_ROOT, Settings
 from services.graph.store import GraphStore
+from services.ingest.jobs import JobTracker
 from tests.reliability.bad_files import BadFile, bad_files, write_bad_files
 from tests.reliability.conftest import MAX_UPLOAD_BYTES, SeededGraph, graph_fingerprint
-from workers.ingest.jobs import JobTracker
 
 pytestmark = [pytest.mark.neo4j, pytest.mark.redis]
 

@@ -24,11 +24,11 @@ import numpy as np
 import pytest
 
 from services.config import REPO_ROOT, Settings
+from services.encoder.labels import read_labels
+from services.ingest.jobs import JobProgress
+from services.ingest.knn import exact_knn, knn_floor, symmetric_edges
 from services.secrets import patient_key_secret
 from tests.reliability.private_stack import PrivateStack
-from workers.encoder.labels import read_labels
-from workers.ingest.jobs import JobProgress
-from workers.ingest.knn import exact_knn, knn_floor, symmetric_edges
 
 pytestmark = [pytest.mark.neo4j, pytest.mark.redis, pytest.mark.slow]
 

@@ -21,6 +21,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
 from tests.reliability.conftest import SeededGraph
+from workers.celery_app import app
 
 pytestmark = [pytest.mark.neo4j, pytest.mark.redis, pytest.mark.slow]
 
@@ -106,6 +107,5 @@ def test_no_generated_request_gets_a_server_error(
 def _drop_queued_jobs() -> Any:
     """Generated valid cluster requests enqueue real jobs; drop those still waiting after."""
     yield
-    from workers.celery_app import app
 
     app.control.purge()

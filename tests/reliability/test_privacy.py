@@ -21,13 +21,14 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
+from services.api.blueprints.images import thumbnails
 from services.config import Settings
 from services.graph.store import GraphStore
+from services.ingest.jobs import JobProgress, JobTracker
 from services.secrets import patient_key_secret
 from tests.reliability.conftest import SeededGraph
 from tests.reliability.phi import all_phi_values, leaks, needles, texts_of
 from tests.reliability.private_stack import WorkerProcess
-from workers.ingest.jobs import JobProgress, JobTracker
 
 pytestmark = [pytest.mark.neo4j, pytest.mark.redis, pytest.mark.slow]
 
@@ -314,8 +315,6 @@ def test_stored_paths_outside_the_data_roots_are_never_served(
             graph_store.run_text(set_source, key=key, source=source)
             for endpoint in ("file", "thumbnail"):
                 if endpoint == "thumbnail":
-                    from services.api.blueprints.images import thumbnails
-
                     thumbnails._items.clear()  # rendered earlier from the real file
                 response = api.get(f"{API}/images/{key}/{endpoint}", headers=seeded_graph.headers())
                 served[f"{trick} ({endpoint})"] = response.status_code

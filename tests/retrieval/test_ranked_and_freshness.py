@@ -8,12 +8,12 @@ import pytest
 
 from bench.similarity_graph import knn_edges, select_edges, synthetic_keys, write_edges, write_graph
 from bench.synthetic import generate
+from services.communities import assign_new_images, run_clustering
 from services.config import Settings
 from services.graph.store import GraphStore
 from services.retrieval.contract import SearchFilters, Strategy
 from services.retrieval.service import RetrievalService
 from tests.retrieval.graphs import clustered_graph
-from workers.communities import assign_new_images, run_clustering
 
 pytestmark = pytest.mark.neo4j
 

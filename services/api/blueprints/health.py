@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import redis
 from flask import Blueprint, Response, jsonify
 
+from services import jobs
 from services.api.context import api_context
 from services.api.routing import operation
 from services.api.schemas import ComponentCheck, Health, Readiness
@@ -47,8 +49,6 @@ def check_neo4j() -> ComponentCheck:
 
 
 def check_redis() -> ComponentCheck:
-    import redis
-
     url = api_context().settings.broker_url
     try:
         client = redis.Redis.from_url(
@@ -62,14 +62,7 @@ def check_redis() -> ComponentCheck:
 
 def check_workers() -> ComponentCheck:
     try:
-        from celery import Celery
-
-        from workers.celery_app import app as celery_app
-
-        broker = api_context().settings.broker_url
-        if celery_app.conf.broker_url != broker:  # an app built with other settings (tests)
-            celery_app = Celery(broker=broker)
-        replies = celery_app.control.ping(timeout=PROBE_TIMEOUT_S) or []
+        replies = jobs.ping(api_context().settings, timeout_s=PROBE_TIMEOUT_S)
     except Exception as problem:
         return ComponentCheck(ok=False, detail=f"{type(problem).__name__}: {problem}"[:300])
     if not replies:

@@ -28,6 +28,7 @@ from services.api.schemas import (
     NeighbourhoodQuery,
     NeighbourhoodResponse,
 )
+from services.encoder.imaging import ImageReadError, ReadLimits, read_image
 from services.privacy import deidentified_dicom
 
 images_bp = Blueprint("images", __name__, url_prefix="/api/v1")
@@ -98,8 +99,6 @@ def image_thumbnail(key: str) -> Response:
     size = context.settings.api_thumbnail_pixels
     cached = thumbnails.get(key, size)
     if cached is None:
-        from workers.encoder.imaging import ImageReadError, ReadLimits, read_image
-
         path, data = _stored_file(context, key)
         limits = ReadLimits(context.settings.max_file_bytes, context.settings.max_image_pixels)
         try:

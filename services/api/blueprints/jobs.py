@@ -1,8 +1,9 @@
-"""Background jobs: ingest (workers/ingest) and clustering (workers/communities), submit and status.
+"""Background jobs: ingest (services/ingest) and clustering (services/communities).
 
 Ingest jobs are the ingestion package's own (``plan_ingest`` + ``submit``; progress kept in Redis
 by its ``JobTracker``). A clustering job is the ``medgraph.communities.cluster`` Celery task, sent
-with a task id ``cluster-<uuid>`` and its result kept, so its state can be read back.
+by name through ``services.jobs`` with a task id ``cluster-<uuid>`` and its result kept, so its
+state can be read back. The API never imports the workers.
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ from typing import Any
 
 from flask import Blueprint
 
+from services import jobs
 from services.api.context import ApiContext, api_context
 from services.api.errors import ApiError
 from services.api.routing import operation
 from services.api.schemas import ClusterJobRequest, IngestJobRequest, JobStatus
+from services.ingest.jobs import JobTracker, UnknownJob
+from services.ingest.submit import IngestError, plan_ingest, submit
 
 jobs_bp = Blueprint("jobs", __name__, url_prefix="/api/v1")
 CLUSTER_PREFIX = "cluster-"
@@ -43,8 +47,6 @@ def under_data_roots(context: ApiContext, raw: str, what: str) -> Path:
 
 
 def start_ingest(context: ApiContext, paths: list[Path], labels: Path | None) -> str:
-    from workers.ingest.submit import IngestError, plan_ingest, submit
-
     try:
         plan = plan_ingest(paths, context.settings, labels_csv=labels)
         return submit(plan, context.settings).job_id
@@ -98,11 +100,11 @@ def submit_ingest(body: IngestJobRequest) -> JobStatus:
     errors=(400, 415, 422),
 )
 def submit_cluster(body: ClusterJobRequest) -> JobStatus:
-    from workers.communities.tasks import cluster_task
-
     options = body.model_dump(exclude_none=True)
     job_id = f"{CLUSTER_PREFIX}{uuid.uuid4()}"
-    cluster_task.apply_async(kwargs=options, task_id=job_id, ignore_result=False)
+    jobs.send(
+        api_context().settings, jobs.CLUSTER, kwargs=options, task_id=job_id, ignore_result=False
+    )
     return JobStatus(id=job_id, kind="cluster", state="queued", detail={"parameters": options})
 
 
@@ -123,8 +125,6 @@ def job_status(job_id: str) -> JobStatus:
 
 
 def ingest_status(context: ApiContext, job_id: str) -> JobStatus:
-    from workers.ingest.jobs import JobTracker, UnknownJob
-
     try:
         progress = JobTracker.from_settings(context.settings).progress(job_id)
     except (UnknownJob, ValueError):
@@ -154,9 +154,7 @@ CELERY_STATES = {
 
 
 def cluster_status(job_id: str) -> JobStatus:
-    from workers.celery_app import app as celery_app
-
-    result = celery_app.AsyncResult(job_id)
+    result = jobs.result(api_context().settings, job_id)
     detail: dict[str, Any] = {}
     if result.state == "SUCCESS" and isinstance(result.result, dict):
         detail = result.result

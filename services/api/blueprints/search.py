@@ -11,6 +11,7 @@ import numpy as np
 from flask import Blueprint, request
 from werkzeug.datastructures import FileStorage
 
+from services.api.blueprints.jobs import keep_upload_and_ingest
 from services.api.context import ApiContext, api_context
 from services.api.errors import ApiError
 from services.api.routing import operation, require_scope
@@ -21,8 +22,11 @@ from services.api.schemas import (
     SearchResponse,
     SearchResult,
 )
+from services.encoder.imaging import ImageReadError, ReadLimits, read_image
+from services.ingest.pipeline import modality_of, patient_key
 from services.retrieval.contract import SearchFilters, SearchHits, UnknownImage
 from services.retrieval.readmodel import GraphSnapshot
+from services.secrets import patient_key_secret
 
 search_bp = Blueprint("search", __name__, url_prefix="/api/v1")
 UPLOAD_FIELD = "file"
@@ -154,9 +158,6 @@ def prepare_stored(context: ApiContext, parameters: SearchParameters) -> Prepare
 def prepare_upload(
     context: ApiContext, parameters: SearchParameters, upload: FileStorage
 ) -> PreparedQuery:
-    from workers.encoder.imaging import ImageReadError, ReadLimits, read_image
-    from workers.ingest.pipeline import modality_of, patient_key
-
     settings = context.settings
     stage_ms: dict[str, float] = {}
     name = upload.filename or "upload"
@@ -183,16 +184,12 @@ def prepare_upload(
     stage_ms["lookup"] = (time.perf_counter() - start) * 1000.0
     patient = None
     if decoded.patient_id:
-        from services.secrets import patient_key_secret
-
         patient = patient_key(patient_key_secret(settings), decoded.patient_id)
     elif stored is not None:
         patient = stored.patient_key
     exclude_patient = patient if parameters.exclude_same_patient else None
     job_id = None
     if parameters.add:
-        from services.api.blueprints.jobs import keep_upload_and_ingest
-
         job_id = keep_upload_and_ingest(context, data, key, decoded.source_format)
     return PreparedQuery(
         embedding=embedding,

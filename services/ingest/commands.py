@@ -9,20 +9,35 @@ files failed (see the failure report); 1 the job could not run or its edge build
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
+import kombu.exceptions
+import redis
+from tqdm import tqdm
 
 from services.config import Settings, get_settings
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from workers.ingest.jobs import JobProgress, JobTracker
-    from workers.ingest.submit import StallWatch
+from services.encoder.labels import LabelFileError
+from services.graph.store import TRANSIENT_NEO4J_ERRORS, GraphStore
+from services.ingest.discovery import DiscoveryError
+from services.ingest.jobs import JobProgress, JobTracker, UnknownJob
+from services.ingest.local_worker import LocalWorker, listening_queues
+from services.ingest.submit import (
+    IngestError,
+    StallWatch,
+    follow,
+    messages_in_flight,
+    plan_ingest,
+    report_path,
+    submit,
+    write_failure_report,
+)
+from services.jobs import QUEUES, worker_argv
+from services.runtime.processes import RuntimeProblem
 
 EXIT_FILES_FAILED = 3
 EXIT_JOB_FAILED = 1
@@ -31,12 +46,7 @@ FAILURES_SHOWN = 10
 
 def _is_user_error(exc: BaseException) -> bool:
     """The user's input or environment is at fault: a message, not a traceback."""
-    from services.runtime.processes import RuntimeProblem
-    from workers.encoder.labels import LabelFileError
-    from workers.ingest.discovery import DiscoveryError
-    from workers.ingest.submit import IngestError
-
-    checkpoint = sys.modules.get("workers.encoder.checkpoint")  # imports torch; only if loaded
+    checkpoint = sys.modules.get("services.encoder.checkpoint")  # imports torch; only if loaded
     kinds: tuple[type[BaseException], ...] = (
         LabelFileError, DiscoveryError, IngestError, RuntimeProblem,
     )  # fmt: skip
@@ -47,11 +57,6 @@ def _is_user_error(exc: BaseException) -> bool:
 
 def _unreachable_service(exc: BaseException, settings: Settings) -> str | None:
     """A message for Redis or Neo4j being down, the commonest operator mistake."""
-    import kombu.exceptions
-    import redis
-
-    from services.graph.store import TRANSIENT_NEO4J_ERRORS
-
     if isinstance(exc, redis.exceptions.ConnectionError | kombu.exceptions.OperationalError):
         where = f"Redis at {settings.broker_url}"
     elif isinstance(exc, TRANSIENT_NEO4J_ERRORS):
@@ -109,11 +114,6 @@ def ingest(
     Each distinct file content becomes one :Image (key = SHA-256 of the bytes) with its
     DenseNet-121 embedding, findings and patient link; then SIMILAR kNN edges are built.
     """
-    from workers.celery_app import QUEUES
-    from workers.ingest.jobs import JobTracker
-    from workers.ingest.local_worker import LocalWorker, listening_queues
-    from workers.ingest.submit import plan_ingest, submit
-
     settings = get_settings()
     started = time.monotonic()
     try:
@@ -126,7 +126,7 @@ def ingest(
         if labels_csv and plan.labelled == 0:
             click.secho("warning: no file matched a row of the label CSV", fg="yellow", err=True)
         _ensure_checkpoint(settings)
-        missing_queues = set(QUEUES) - listening_queues()
+        missing_queues = set(QUEUES) - listening_queues(settings)
         start_local = local_worker if local_worker is not None else bool(missing_queues)
         if start_local and not wait:
             raise click.UsageError("--local-worker needs --wait (it stops when the job ends)")
@@ -173,7 +173,8 @@ def ingest(
 
 def _ensure_checkpoint(settings: Settings) -> None:
     """Train the demo encoder here, once, rather than inside a worker task."""
-    from workers.encoder.training import default_checkpoint_path, ensure_demo_checkpoint
+    # defers torch (training imports it): other `medgraph` commands start without it
+    from services.encoder.training import default_checkpoint_path, ensure_demo_checkpoint
 
     if not settings.encoder_checkpoint and not default_checkpoint_path(settings).is_file():
         click.echo("no encoder checkpoint yet: training one on the bundled set (once)…")
@@ -181,8 +182,6 @@ def _ensure_checkpoint(settings: Settings) -> None:
 
 
 def _stall_watch(settings: Settings, resume: Callable[[], object]) -> StallWatch:
-    from workers.ingest.submit import StallWatch, messages_in_flight
-
     def say(progress: JobProgress) -> None:
         click.echo(
             f"\njob {progress.job_id} stalled at {progress.remaining} remaining with no task "
@@ -195,10 +194,6 @@ def _stall_watch(settings: Settings, resume: Callable[[], object]) -> StallWatch
 def _follow_with_bar(
     tracker: JobTracker, job_id: str, show: bool, watch: StallWatch | None = None
 ) -> JobProgress:
-    from tqdm import tqdm
-
-    from workers.ingest.submit import follow
-
     bar = None
     linking_announced = False
 
@@ -230,8 +225,6 @@ def _finish(
     elapsed_s: float | None = None,
 ) -> int:
     """Print the summary, write the failure report; returns the exit status."""
-    from workers.ingest.submit import report_path, write_failure_report
-
     failures = tracker.failures(progress.job_id)
     path = write_failure_report(report or report_path(settings, progress.job_id), failures)
     created = float(progress.get("created_at", "0"))
@@ -267,9 +260,6 @@ def _finish(
               help="Where to write the failure report once the job ended.")  # fmt: skip
 def ingest_status(job_id: str, wait: bool, report: Path | None) -> None:
     """Progress of an ingest job; the summary and failure report once it ended."""
-    from services.graph.store import GraphStore
-    from workers.ingest.jobs import JobTracker, UnknownJob
-
     settings = get_settings()
     tracker = JobTracker.from_settings(settings)
     try:
@@ -311,16 +301,13 @@ def ingest_status(job_id: str, wait: bool, report: Path | None) -> None:
 @click.option("--hostname", "-n", default=None, help="Node name (default: celery@<host>).")
 def worker(queues: str, concurrency: int | None, loglevel: str, hostname: str | None) -> None:
     """Run a Celery worker (same as: celery -A workers.celery_app worker -Q embed,graph)."""
-    from workers.celery_app import QUEUES, app
-
     chosen = [queue.strip() for queue in queues.split(",") if queue.strip()]
     unknown = sorted(set(chosen) - set(QUEUES))
     if unknown or not chosen:
         raise click.BadParameter(f"unknown queues {unknown}; choose from {list(QUEUES)}")
-    argv = ["worker", "-Q", ",".join(chosen), "--loglevel", loglevel,
-            "--without-gossip", "--without-mingle"]  # fmt: skip
-    if concurrency:
-        argv += ["--concurrency", str(concurrency)]
-    if hostname:
-        argv += ["--hostname", hostname]
-    app.worker_main(argv)
+    argv = worker_argv(chosen, concurrency, hostname, loglevel)
+    # The worker replaces this process (same pid, same signals): services never import the
+    # Celery app itself, which lives in workers/.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(argv[0], argv)

@@ -34,8 +34,9 @@ from typing import Any
 import numpy as np
 
 from services.config import Settings
+from services.graph.cypher import load_cypher
 from services.graph.store import GraphStore
-from workers.ingest.knn import exact_knn, knn_floor, pick_device, symmetric_edges
+from services.ingest.knn import exact_knn, knn_floor, pick_device, symmetric_edges
 
 EDGE_MODES = ("auto", "bulk", "incremental")
 # Pending images per vector-index query round trip.
@@ -93,7 +94,6 @@ def load_embeddings(store: GraphStore, pending_only: bool) -> tuple[list[str], n
     """Keys sorted ascending and their embeddings as float32 (n, d), read in one stream."""
     keys: list[str] = []
     vectors: list[np.ndarray] = []
-    from services.graph.cypher import load_cypher
 
     with store.driver.session(database=store.database, fetch_size=2000) as session:
         result = session.run(load_cypher("ingest_load_embeddings"), pending_only=pending_only)

@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from services.config import get_settings
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
 DICOM_MAGIC_OFFSET = 128
@@ -75,8 +77,6 @@ class ReadLimits:
 
     @classmethod
     def from_settings(cls) -> ReadLimits:
-        from services.config import get_settings
-
         settings = get_settings()
         return cls(settings.max_file_bytes, settings.max_image_pixels)
 

@@ -24,19 +24,19 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from services.config import Settings, get_settings
-from services.graph.store import GraphStore
-from workers.communities.detection import (
+from services.communities.detection import (
     GDS_ALGORITHMS,
     ClusteringError,
     ClusteringInProgress,
     DetectionParameters,
     detect,
 )
-from workers.communities.freshness import assign_new_images
-from workers.communities.identities import FIRST_COMMUNITY_ID, match_community_ids
-from workers.communities.statistics import collect_sums as recompute_sums
-from workers.communities.statistics import modularity
+from services.communities.freshness import assign_new_images
+from services.communities.identities import FIRST_COMMUNITY_ID, match_community_ids
+from services.communities.statistics import collect_sums as recompute_sums
+from services.communities.statistics import modularity
+from services.config import Settings, get_settings
+from services.graph.store import GraphStore
 
 Progress = Callable[[str], None]
 # A run still 'running' after this long is taken as crashed and no longer blocks a new one.

@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from torch.nn import functional
 
-from workers.encoder.checkpoint import EncoderCheckpoint, file_sha256, load_checkpoint
-from workers.encoder.network import ARCHITECTURE, FEATURE_DIM, build_densenet121, classify
-from workers.encoder.network import pooled_features as network_pooled_features
-from workers.encoder.preprocessing import prepare_batch
-from workers.encoder.training import ensure_demo_checkpoint, resolve_device
+from services.encoder.checkpoint import EncoderCheckpoint, file_sha256, load_checkpoint
+from services.encoder.network import ARCHITECTURE, FEATURE_DIM, build_densenet121, classify
+from services.encoder.network import pooled_features as network_pooled_features
+from services.encoder.preprocessing import prepare_batch
+from services.encoder.training import ensure_demo_checkpoint, resolve_device
 
 __all__ = ["FEATURE_DIM", "FeatureExtractor", "ensure_demo_checkpoint"]
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from workers.encoder.network import ARCHITECTURE
-from workers.encoder.preprocessing import Normalisation
+from services.encoder.network import ARCHITECTURE
+from services.encoder.preprocessing import Normalisation
 
 CHECKPOINT_FORMAT = "medgraph-encoder/1"
 _REQUIRED_KEYS = ("format", "architecture", "state_dict", "findings", "image_size", "normalisation")

@@ -25,16 +25,16 @@ from torch.nn import functional
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from workers.encoder.checkpoint import (
+from services.encoder.checkpoint import (
     CheckpointError,
     EncoderCheckpoint,
     load_checkpoint,
     save_checkpoint,
 )
-from workers.encoder.imaging import read_image
-from workers.encoder.labels import LabelTable, read_labels
-from workers.encoder.network import ARCHITECTURE, build_densenet121
-from workers.encoder.preprocessing import (
+from services.encoder.imaging import read_image
+from services.encoder.labels import LabelTable, read_labels
+from services.encoder.network import ARCHITECTURE, build_densenet121
+from services.encoder.preprocessing import (
     Normalisation,
     XrayAugmentation,
     resize_pixels,

@@ -9,11 +9,11 @@ import time
 import click
 from neo4j.exceptions import AuthError, ServiceUnavailable
 
+from services.communities.detection import ALGORITHMS, ClusteringError
+from services.communities.freshness import staleness
+from services.communities.job import run_clustering
 from services.config import get_settings
 from services.graph.store import GraphStore
-from workers.communities.detection import ALGORITHMS, ClusteringError
-from workers.communities.freshness import staleness
-from workers.communities.job import run_clustering
 
 
 @click.command("cluster")

@@ -11,12 +11,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import redis
+
+from services import jobs
 from services.config import Settings
+from services.encoder.labels import read_labels
 from services.graph.store import GraphStore
+from services.ingest.discovery import discover
+from services.ingest.jobs import JobProgress, JobTracker, check_job_id
+from services.ingest.pipeline import FileEntry, patient_key
 from services.secrets import patient_key_secret
-from workers.ingest.discovery import discover
-from workers.ingest.jobs import JobProgress, JobTracker, check_job_id
-from workers.ingest.pipeline import FileEntry, patient_key
 
 
 class IngestError(ValueError):
@@ -57,8 +61,6 @@ def plan_ingest(
     label_format: str = "auto",
 ) -> IngestPlan:
     """The job's files with their findings and patient keys (raw patient ids stop here)."""
-    from workers.encoder.labels import read_labels
-
     discovery = discover(paths)
     by_path: dict[Path, tuple[tuple[str, ...], str]] = {}
     by_name: dict[str, tuple[tuple[str, ...], str] | None] = {}
@@ -107,9 +109,6 @@ def submit(
 
     Resuming a job id sends only the batches not yet counted; the file list must be the same.
     """
-    from workers.celery_app import EMBED_QUEUE, app
-    from workers.ingest.tasks import embed_batch, link_images
-
     if not plan.entries:
         raise IngestError(f"no image files found in {plan.source}")
     job_id = check_job_id(job_id) if job_id else new_job_id()
@@ -138,26 +137,24 @@ def submit(
                "source": plan.source, "labels": str(plan.labels_path or "")},
     )  # fmt: skip
     missing = [(batch_id, entries) for batch_id, entries in batches if batch_id not in recorded]
-    with app.producer_or_acquire() as producer:
+    celery = jobs.client(settings)
+    with celery.producer_or_acquire() as producer:
         for batch_id, entries in missing:
-            embed_batch.apply_async(
-                (job_id, batch_id, entries), queue=EMBED_QUEUE, producer=producer
-            )
+            celery.send_task(
+                jobs.EMBED_BATCH, (job_id, batch_id, entries), queue=jobs.EMBED_QUEUE,
+                producer=producer, ignore_result=True,
+            )  # fmt: skip
         if not created and not missing and not tracker.progress(job_id).finished:
             # Every file was counted but linking never finished: start it again.
-            link_images.apply_async((job_id,), producer=producer)
+            celery.send_task(jobs.LINK_IMAGES, (job_id,), producer=producer, ignore_result=True)
     return SubmitResult(job_id, len(missing), len(batches), resumed=not created)
 
 
 def messages_in_flight(settings: Settings) -> int:
     """Celery messages queued on the ingest queues or delivered and not yet acknowledged."""
-    import redis
-
-    from workers.celery_app import QUEUES
-
     client = redis.Redis.from_url(settings.broker_url)
     try:
-        queued = sum(int(client.llen(queue)) for queue in QUEUES)  # type: ignore[arg-type]
+        queued = sum(int(client.llen(queue)) for queue in jobs.QUEUES)  # type: ignore[arg-type]
         return queued + int(client.hlen("unacked"))  # type: ignore[arg-type]
     finally:
         client.close()

@@ -12,7 +12,7 @@ Keys (all expire ``ingest_job_ttl_s`` after the last update):
 
 Status: ``queued`` -> ``running`` (first batch written) -> ``linking`` (all files accounted
 for, SIMILAR edges being built) -> ``done``, or ``failed`` when edge building gave up.
-A summary also goes to the job's ``:IngestJob`` node in Neo4j (``workers.ingest.tasks``).
+A summary also goes to the job's ``:IngestJob`` node in Neo4j (``workers.tasks.ingest``).
 """
 
 from __future__ import annotations

@@ -23,10 +23,10 @@ from typing import Any
 
 from neo4j import ManagedTransaction
 
+from services.communities.statistics import CommunitySums
 from services.config import Settings, get_settings
 from services.graph.cypher import load_cypher
 from services.graph.store import GraphStore
-from workers.communities.statistics import CommunitySums
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from typing import Any, Protocol, TypedDict
 
 import numpy as np
 
+from services.encoder.imaging import DecodedImage, ImageReadError, ReadLimits, read_image
 from services.graph.store import GraphStore
-from workers.encoder.imaging import DecodedImage, ImageReadError, ReadLimits, read_image
 
 EMBEDDING_DIM = 1024
 # Decoded float32 pixels held at once while embedding (full-size DICOMs are ~10-40 MB each).
@@ -32,7 +32,7 @@ PIXEL_BUDGET = 128 * 1024 * 1024
 
 
 class Embedder(Protocol):
-    """What ingestion needs of ``workers.encoder.extractor.FeatureExtractor``."""
+    """What ingestion needs of ``services.encoder.extractor.FeatureExtractor``."""
 
     @property
     def model_version(self) -> str: ...

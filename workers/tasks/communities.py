@@ -6,15 +6,16 @@ from typing import Any
 
 from celery import shared_task
 
+from services.communities.detection import ClusteringInProgress
+from services.communities.freshness import staleness
+from services.communities.job import run_clustering
 from services.config import get_settings
 from services.graph.store import TRANSIENT_NEO4J_ERRORS, GraphStore
-from workers.communities.detection import ClusteringInProgress
-from workers.communities.freshness import staleness
-from workers.communities.job import run_clustering
+from services.jobs import CLUSTER
 
 
 @shared_task(
-    name="medgraph.communities.cluster",
+    name=CLUSTER,
     autoretry_for=TRANSIENT_NEO4J_ERRORS,
     retry_backoff=True,
     max_retries=3,

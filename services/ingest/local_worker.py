@@ -5,39 +5,17 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
+from services import jobs
 from services.config import REPO_ROOT, Settings
 from services.runtime.processes import RuntimeProblem, log_tail
-from workers.celery_app import QUEUES
 
 
-def worker_argv(
-    queues: tuple[str, ...] | list[str] = QUEUES,
-    concurrency: int | None = None,
-    hostname: str | None = None,
-    loglevel: str = "INFO",
-) -> list[str]:
-    """``celery -A workers.celery_app worker`` with medgraph's choices, for any launcher."""
-    argv = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
-            "-Q", ",".join(queues), "--loglevel", loglevel,
-            # Gossip/mingle only add start-up time and chatter for a handful of workers.
-            "--without-gossip", "--without-mingle"]  # fmt: skip
-    if concurrency:
-        argv += ["--concurrency", str(concurrency)]
-    if hostname:
-        argv += ["--hostname", hostname]
-    return argv
-
-
-def listening_queues(timeout_s: float = 1.0) -> set[str]:
+def listening_queues(settings: Settings, timeout_s: float = 1.0) -> set[str]:
     """Queues some running worker consumes (empty when none answers within ``timeout_s``)."""
-    from workers.celery_app import app
-
-    replies = app.control.inspect(timeout=timeout_s).active_queues() or {}
-    return {queue["name"] for queues in replies.values() for queue in queues}
+    return jobs.listening_queues(settings, timeout_s)
 
 
 class LocalWorker:
@@ -51,12 +29,10 @@ class LocalWorker:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 120.0) -> None:
-        from workers.celery_app import app
-
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with self.log_file.open("wb") as log:
             self.process = subprocess.Popen(
-                worker_argv(QUEUES, self.concurrency, self.hostname, "INFO"),
+                jobs.worker_argv(jobs.QUEUES, self.concurrency, self.hostname, "INFO"),
                 cwd=REPO_ROOT, env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C in the terminal reaches us, not the worker
             )  # fmt: skip
@@ -67,7 +43,7 @@ class LocalWorker:
                 raise RuntimeProblem(
                     f"the local Celery worker exited during start-up:\n{log_tail(self.log_file)}"
                 )
-            if app.control.ping(destination=[node], timeout=0.5):
+            if jobs.ping(self.settings, destination=[node], timeout_s=0.5):
                 return
         self.stop()
         raise RuntimeProblem(f"the local Celery worker did not answer within {timeout_s:.0f}s")

@@ -31,14 +31,16 @@ import kombu.exceptions
 import redis
 from celery import Task
 
+from services.communities.freshness import assign_new_images
 from services.config import Settings, get_settings
+from services.encoder.imaging import ReadLimits
 from services.graph.store import TRANSIENT_NEO4J_ERRORS, GraphStore
+from services.ingest.edges import build_edges
+from services.ingest.jobs import JobTracker
+from services.ingest.pipeline import FileEntry, embed_files, stored_keys, write_image_rows
+from services.jobs import EMBED_BATCH, EMBED_QUEUE, GRAPH_QUEUE, LINK_IMAGES, WRITE_IMAGES
 from services.secrets import patient_key_secret
-from workers.celery_app import EMBED_QUEUE, GRAPH_QUEUE, app
-from workers.communities.freshness import assign_new_images
-from workers.ingest.edges import build_edges
-from workers.ingest.jobs import JobTracker
-from workers.ingest.pipeline import FileEntry, embed_files, stored_keys, write_image_rows
+from workers.celery_app import app
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +101,8 @@ class LazyExtractor:
     again only when the checkpoint file changes."""
 
     def __init__(self, path: Path, settings: Settings) -> None:
-        from workers.encoder.extractor import FeatureExtractor
+        # defers torch: a graph-queue worker process never loads it
+        from services.encoder.extractor import FeatureExtractor
 
         self.stamp = (str(path), path.stat().st_mtime)
         self.extractor = FeatureExtractor(
@@ -127,7 +130,8 @@ _extractor: LazyExtractor | None = None
 
 
 def checkpoint_path(settings: Settings) -> Path:
-    from workers.encoder.training import default_checkpoint_path, ensure_demo_checkpoint
+    # defers torch: a graph-queue worker process never loads it
+    from services.encoder.training import default_checkpoint_path, ensure_demo_checkpoint
 
     path = default_checkpoint_path(settings)
     return path if path.is_file() else ensure_demo_checkpoint(settings)
@@ -142,15 +146,13 @@ def extractor_for(settings: Settings) -> LazyExtractor:
 
 
 # --- tasks -----------------------------------------------------------------------------------
-@app.task(bind=True, base=IngestTask, name="workers.ingest.tasks.embed_batch")
+@app.task(bind=True, base=IngestTask, name=EMBED_BATCH)
 def embed_batch(self: Task, job_id: str, batch_id: str, entries: list[FileEntry]) -> dict:
     """Embed one batch of files and hand the rows to ``write_images`` on the graph queue."""
     settings = get_settings()
     starts = tracker().count_delivery(job_id, f"embed:{batch_id}:{self.request.retries}")
     if starts > settings.ingest_max_crashes:
         return _isolate_crashing_batch(job_id, batch_id, entries, starts - 1)
-
-    from workers.encoder.imaging import ReadLimits
 
     extractor = extractor_for(settings)
     store = graph_store()
@@ -189,7 +191,7 @@ def _isolate_crashing_batch(
     return {"failed": len(entries)}
 
 
-@app.task(bind=True, base=IngestTask, name="workers.ingest.tasks.write_images")
+@app.task(bind=True, base=IngestTask, name=WRITE_IMAGES)
 def write_images(
     self: Task,
     job_id: str,
@@ -225,7 +227,7 @@ def _start_linking(job_id: str, newly_completed: bool) -> None:
         tracker().update(job_id, linking_enqueued_at=f"{time.time():.3f}")
 
 
-@app.task(bind=True, base=IngestTask, name="workers.ingest.tasks.link_images")
+@app.task(bind=True, base=IngestTask, name=LINK_IMAGES)
 def link_images(self: Task, job_id: str | None = None, mode: str | None = None) -> dict:
     """SIMILAR edges for every image still without them (this job's and any left over)."""
     settings = get_settings()
@@ -336,7 +338,7 @@ def _linking_gave_up(reason: str, job_id: str | None = None, *_: Any, **__: Any)
 
 
 _FAILURE_HANDLERS = {
-    "workers.ingest.tasks.embed_batch": _embedding_gave_up,
-    "workers.ingest.tasks.write_images": _writing_gave_up,
-    "workers.ingest.tasks.link_images": _linking_gave_up,
+    EMBED_BATCH: _embedding_gave_up,
+    WRITE_IMAGES: _writing_gave_up,
+    LINK_IMAGES: _linking_gave_up,
 }

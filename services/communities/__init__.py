@@ -4,16 +4,16 @@ Public API: ``run_clustering`` (a full run), ``assign_new_images`` (after ingest
 ``staleness`` / ``needs_full_rerun``, ``match_community_ids`` (the stable-id rule).
 """
 
-from workers.communities.detection import ALGORITHMS, ClusteringError, ClusteringInProgress
-from workers.communities.freshness import (
+from services.communities.detection import ALGORITHMS, ClusteringError, ClusteringInProgress
+from services.communities.freshness import (
     Staleness,
     UnknownImagesError,
     assign_new_images,
     needs_full_rerun,
     staleness,
 )
-from workers.communities.identities import match_community_ids
-from workers.communities.job import ClusteringSummary, run_clustering
+from services.communities.identities import match_community_ids
+from services.communities.job import ClusteringSummary, run_clustering
 
 __all__ = [
     "ALGORITHMS",

@@ -9,20 +9,21 @@ import sys
 from pathlib import Path
 
 import click
+import numpy as np
 
-from workers.encoder.labels import LABEL_FORMATS
+from services.config import get_settings
+from services.encoder.imaging import ImageReadError, read_image
+from services.encoder.labels import LABEL_FORMATS, LabelFileError
 
-# Torch is imported inside the commands, so other `medgraph` commands stay quick to start.
 TOP_FINDINGS_SHOWN = 3
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
     """Errors that describe bad input or settings: shown as one line, no traceback."""
-    from workers.encoder.checkpoint import CheckpointError
-    from workers.encoder.imaging import ImageReadError
-    from workers.encoder.labels import LabelFileError
-    from workers.encoder.network import InitialWeightsError
-    from workers.encoder.training import TrainingError
+    # defers torch (these modules import it): other `medgraph` commands stay quick to start
+    from services.encoder.checkpoint import CheckpointError
+    from services.encoder.network import InitialWeightsError
+    from services.encoder.training import TrainingError
 
     return (LabelFileError, ImageReadError, CheckpointError, InitialWeightsError, TrainingError)
 
@@ -98,8 +99,8 @@ def train(
     progress: bool,
 ) -> None:
     """Train the DenseNet-121 encoder and report per-finding validation AUROC."""
-    from services.config import get_settings
-    from workers.encoder.training import TrainConfig, train_encoder
+    # defers torch: other `medgraph` commands stay quick to start
+    from services.encoder.training import TrainConfig, train_encoder
 
     config = TrainConfig.from_settings(
         get_settings(),
@@ -144,13 +145,10 @@ def embed(
     files: tuple[Path, ...], checkpoint: Path | None, output: Path | None, device: str | None
 ) -> None:
     """Read images, print their top predicted findings, optionally save their image codes."""
-    import numpy as np
-
-    from services.config import get_settings
-    from workers.encoder.checkpoint import CheckpointError
-    from workers.encoder.extractor import FeatureExtractor
-    from workers.encoder.imaging import ImageReadError, read_image
-    from workers.encoder.training import default_checkpoint_path
+    # defers torch: other `medgraph` commands stay quick to start
+    from services.encoder.checkpoint import CheckpointError
+    from services.encoder.extractor import FeatureExtractor
+    from services.encoder.training import default_checkpoint_path
 
     settings = get_settings()
     extractor = FeatureExtractor(
