@@ -58,13 +58,15 @@ RESULTS_HARD = REPO_ROOT / "bench" / "results" / "search_scale_hard.json"
 SETS = ("easy", "hard")
 
 
-def bench_settings(heap: str = "4g", pagecache: str = "3g") -> Settings:
+def bench_settings(heap: str = "4g", pagecache: str = "3g", port_offset: int = 0) -> Settings:
+    """``port_offset`` > 0: a second stack beside the first (own home, every port + offset)."""
+    suffix = f"-{port_offset}" if port_offset else ""
     return Settings(
-        home=REPO_ROOT / ".medgraph" / "bench-search",
-        neo4j_bolt_port=27887,
-        neo4j_http_port=27674,
-        redis_port=26779,
-        api_port=25040,
+        home=REPO_ROOT / ".medgraph" / f"bench-search{suffix}",
+        neo4j_bolt_port=27887 + port_offset,
+        neo4j_http_port=27674 + port_offset,
+        redis_port=26779 + port_offset,
+        api_port=25040 + port_offset,
         neo4j_heap=heap,
         neo4j_pagecache=pagecache,
         knn_k=KNN_K,
@@ -485,10 +487,14 @@ def main() -> None:
     parser.add_argument("--heap", default="4g", help="Neo4j heap of the benchmark's server.")
     parser.add_argument("--pagecache", default="3g", help="Neo4j page cache.")
     parser.add_argument(
+        "--port-offset", type=int, default=0,
+        help="Run a second stack beside the first: home .medgraph/bench-search-N, ports + N.",
+    )  # fmt: skip
+    parser.add_argument(
         "--merge", action="store_true", help="Keep the other sizes' results already in --output."
     )
     arguments = parser.parse_args()
-    settings = bench_settings(arguments.heap, arguments.pagecache)
+    settings = bench_settings(arguments.heap, arguments.pagecache, arguments.port_offset)
     if arguments.output is None:
         arguments.output = RESULTS_HARD if arguments.generated == "hard" else RESULTS
     results: list[dict[str, Any]] = []
