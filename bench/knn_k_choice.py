@@ -29,7 +29,7 @@ import numpy as np
 from services.config import REPO_ROOT, get_settings
 from services.encoder.extractor import FeatureExtractor, ensure_demo_checkpoint
 from services.encoder.imaging import read_image
-from services.encoder.labels import read_labels
+from services.encoder.labels import bundled_label_files, read_label_sets
 from services.ingest.knn import exact_knn, symmetric_edges
 
 KS = (5, 10, 20, 30)
@@ -38,7 +38,7 @@ RESULTS = REPO_ROOT / "bench" / "results" / "knn_k_choice.json"
 
 def embed_bundled() -> tuple[np.ndarray, list[frozenset[str]], np.ndarray, str]:
     settings = get_settings()
-    table = read_labels(settings.data_dir / "labels.csv")
+    table = read_label_sets(bundled_label_files(settings.data_dir))
     extractor = FeatureExtractor(ensure_demo_checkpoint(settings), "cpu").load()
     codes = extractor.embed([read_image(record.image_path).pixels for record in table.records])
     findings = [frozenset(record.findings) for record in table.records]

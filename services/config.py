@@ -8,14 +8,33 @@ The README's configuration table is generated from this class (``medgraph config
 from __future__ import annotations
 
 import re
+import secrets
 from functools import lru_cache
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+REDIS_PASSWORD_FILE = "redis-password"
+
+
+def read_or_create_secret(path: Path, nbytes: int) -> tuple[str, bool]:
+    """A secret kept in ``path`` (mode 0600), generated on first use. Returns (secret,
+    created_now)."""
+    if path.exists():
+        return path.read_text().strip(), False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(nbytes)
+    # O_EXCL so that two processes starting at once cannot both write a different secret.
+    try:
+        with open(path, "x") as handle:
+            handle.write(value + "\n")
+    except FileExistsError:
+        return path.read_text().strip(), False
+    path.chmod(0o600)
+    return value, True
 
 
 class Settings(BaseSettings):
@@ -58,12 +77,20 @@ class Settings(BaseSettings):
     redis_host: str = Field("127.0.0.1", description="Address the local Redis listens on.")
     redis_port: int = Field(6379, ge=1, le=65535, description="Redis port.")
     redis_url: str | None = Field(
-        None, description="Broker/result URL. Default: redis://<redis_host>:<redis_port>/0."
+        None,
+        description="Broker/result URL. Default: redis://:<password>@<redis_host>:<redis_port>/0.",
+    )
+    redis_password: str | None = Field(
+        None,
+        description="Password of the local Redis. Default: generated once into "
+        "<home>/secrets/redis-password.",
     )
 
     # --- data and model ----------------------------------------------------------------------
     data_dir: Path = Field(
-        REPO_ROOT / "data" / "nih-cxr14-64px", description="Bundled demo image set."
+        REPO_ROOT / "data",
+        description="Bundled demo, training and test images: one set (a folder with labels.csv "
+        "and images/) or a folder of sets, each used (data/ holds the 64-px and 128-px NIH sets).",
     )
     data_roots: list[Path] = Field(
         default_factory=lambda: [REPO_ROOT / "data"],
@@ -74,11 +101,37 @@ class Settings(BaseSettings):
         None, description="Local DenseNet-121 initial weights (.pth); none = from scratch."
     )
     image_size: int = Field(64, ge=32, le=1024, description="Model input resolution (pixels).")
+    gpu_image_size: int = Field(
+        128,
+        ge=32,
+        le=1024,
+        description="Training resolution of `medgraph train` when it runs on a CUDA GPU and no "
+        "--image-size is given (the CPU trains at image_size).",
+    )
     max_image_pixels: int = Field(
         80_000_000, gt=0, description="Larger decoded images are refused (decompression bombs)."
     )
     max_file_bytes: int = Field(
         256 * 1024 * 1024, gt=0, description="Larger image files are refused."
+    )
+    max_decode_mib: int = Field(
+        1024, ge=16,
+        description="Images whose decoding would need more memory than this (a conservative "
+        "estimate from the header of decode, conversions, float arithmetic and resize, made "
+        "before any pixel is decoded) are refused. 1024 admits 4k x 4k 16-bit DICOMs.",
+    )  # fmt: skip
+    max_image_aspect_ratio: float = Field(
+        20.0, ge=1.0,
+        description="Images longer than this many times their width (or the reverse) are "
+        "refused before decoding (resizing extreme shapes costs far more than their pixels).",
+    )  # fmt: skip
+    decode_slots: int = Field(
+        2, ge=1, le=64,
+        description="Images one API process decodes and embeds at once; others wait up to "
+        "decode_wait_s, then get 503. Peak decoding memory = decode_slots x max_decode_mib.",
+    )  # fmt: skip
+    decode_wait_s: float = Field(
+        60.0, gt=0, description="How long an upload waits for a free decode slot."
     )
     patient_key_secret: str | None = Field(
         None,
@@ -98,14 +151,22 @@ class Settings(BaseSettings):
     # --- encoder (services/encoder) --------------------------------------------------------
     encoder_checkpoint: Path | None = Field(
         None,
-        description="Encoder checkpoint for image codes. Default: <models_dir>/densenet121-"
-        "<image_size>px.pt, trained on the bundled set when missing.",
+        description="Encoder checkpoint for image codes. Default: the shipped models/densenet121-"
+        "demo.pt when present with a matching sha256, else <models_dir>/densenet121-<image_size>"
+        "px.pt, trained on the bundled sets when missing.",
     )
     encoder_device: str | None = Field(
         None, description="Torch device for training and image codes. Default: cuda if present."
     )
-    train_epochs: int = Field(
-        15, ge=1, description="Training epochs (the default fits the bundled set on 2 CPU cores)."
+    train_recipe: str = Field(
+        "paper",
+        pattern="^(paper|regularised)$",
+        description="Training recipe: paper (Adam 1e-3, plateau schedule, light augmentation; "
+        "the default: it measured best, services/encoder/README.md) or regularised (AdamW with "
+        "weight decay, warm-up then cosine decay, strong augmentation). Both: weighted BCE.",
+    )
+    train_epochs: int | None = Field(
+        None, ge=1, description="Training epochs. Default: the recipe's (fits the demo's budget)."
     )
     train_batch_size: int = Field(32, ge=2, description="Training batch size (the paper's 32).")
     train_learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate (paper: 1e-3).")
@@ -118,7 +179,7 @@ class Settings(BaseSettings):
     train_seed: int = Field(0, description="Seed of the patient split, weights and augmentation.")
     train_workers: int = Field(0, ge=0, description="Image loading processes (0 = in-process).")
     train_time_limit_s: float = Field(
-        720.0,
+        660.0,
         ge=0,
         description="Training stops before an epoch that would end past this many seconds, "
         "keeping the best epoch so far; 0 = no limit. Keeps the demo quick on a busy CPU.",
@@ -274,6 +335,21 @@ class Settings(BaseSettings):
     api_rate_limit_per_minute: int = Field(
         1200, ge=0, description="Requests per minute per API key (or address); 0 = no limit."
     )
+    api_auth_failures_per_minute: int = Field(
+        30, ge=0,
+        description="Failed authentications per minute one client address may make; after "
+        "that its requests get 429 without any key lookup until the bucket refills "
+        "(0 = no limit).",
+    )  # fmt: skip
+    api_key_cache_s: float = Field(
+        0.5, ge=0.0, le=1.0,
+        description="How long one API process trusts a key lookup; a revoked key is refused "
+        "by every process within this time.",
+    )  # fmt: skip
+    api_ready_cache_s: float = Field(
+        2.0, ge=0.0, le=60.0,
+        description="How long /ready answers from its last check (one check at a time).",
+    )  # fmt: skip
     api_cors_origins: list[str] = Field(
         default_factory=list,
         description="Origins allowed to call the API from a browser (CORS); empty = CORS off.",
@@ -286,7 +362,16 @@ class Settings(BaseSettings):
 
     @property
     def broker_url(self) -> str:
-        return self.redis_url or f"redis://{self.redis_host}:{self.redis_port}/0"
+        if self.redis_url:
+            return self.redis_url
+        password = quote(self.redis_password_value(), safe="")
+        return f"redis://:{password}@{self.redis_host}:{self.redis_port}/0"
+
+    def redis_password_value(self) -> str:
+        """``redis_password``, else the one generated once into <home>/secrets."""
+        if self.redis_password:
+            return self.redis_password
+        return read_or_create_secret(self.secrets_dir / REDIS_PASSWORD_FILE, 24)[0]
 
     @property
     def secrets_dir(self) -> Path:

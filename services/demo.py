@@ -1,4 +1,4 @@
-"""The main job: the whole pipeline on the bundled NIH set, then the API and dashboard.
+"""The main job: the whole pipeline on the bundled NIH sets, then the API and dashboard.
 
 Every step is idempotent, so running the demo again only does what is missing: the stack is
 reused, the checkpoint is kept, re-ingesting the same files changes nothing, and clustering runs
@@ -14,6 +14,7 @@ from services.auth.api_keys import create_api_key, list_api_keys
 from services.communities.freshness import staleness
 from services.communities.job import run_clustering
 from services.config import Settings
+from services.encoder.labels import bundled_label_files
 from services.graph.store import GraphStore
 from services.ingest.commands import (
     _ensure_checkpoint,
@@ -22,24 +23,42 @@ from services.ingest.commands import (
     _stall_watch,
 )
 from services.ingest.jobs import JobTracker
-from services.ingest.submit import plan_ingest, submit
+from services.ingest.submit import IngestPlan, plan_ingest, submit
 from services.runtime.stack import start_stack
 
 DEMO_JOB_ID = "demo-nih-cxr14"
 
 
+def demo_plan(settings: Settings) -> IngestPlan:
+    """Every bundled set (``data_dir``'s labels.csv files) as one ingest plan."""
+    plans = []
+    for labels in bundled_label_files(settings.data_dir):
+        images = labels.parent / "images"
+        plans.append(
+            plan_ingest([images if images.is_dir() else labels.parent], settings, labels, None)
+        )
+    return IngestPlan(
+        entries=[entry for plan in plans for entry in plan.entries],
+        skipped=[path for plan in plans for path in plan.skipped],
+        labelled=sum(plan.labelled for plan in plans),
+        labels_path=plans[0].labels_path if len(plans) == 1 else None,
+        source=", ".join(plan.source for plan in plans),
+    )
+
+
 def ingest_demo_set(settings: Settings) -> None:
     _ensure_checkpoint(settings)
-    plan = plan_ingest(
-        [settings.data_dir / "images"], settings, settings.data_dir / "labels.csv", None, "nih"
-    )
-    result = submit(plan, settings, DEMO_JOB_ID)
+    plan = demo_plan(settings)
+    # The job id names the file list, so a demo home made with other bundled sets ingests the
+    # new list as a new job instead of refusing a resumed id with other files.
+    job_id = f"{DEMO_JOB_ID}-{plan.digest()[:8]}"
+    result = submit(plan, settings, job_id)
     click.echo(
         f"ingest: job {result.job_id} {'resumed' if result.resumed else 'queued'} "
         f"({len(plan.entries)} files, {result.batches_sent} batches sent)"
     )
     tracker = JobTracker.from_settings(settings)
-    watch = _stall_watch(settings, lambda: submit(plan, settings, DEMO_JOB_ID))
+    watch = _stall_watch(settings, lambda: submit(plan, settings, job_id))
     final = _follow_with_bar(tracker, result.job_id, show=True, watch=watch)
     _finish(settings, tracker, final, None)
 

@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 
-from services.config import Settings
+from services.config import REDIS_PASSWORD_FILE, Settings, read_or_create_secret
 
-
-def _read_or_create(path: Path, nbytes: int) -> tuple[str, bool]:
-    """Returns (secret, created_now)."""
-    if path.exists():
-        return path.read_text().strip(), False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    value = secrets.token_urlsafe(nbytes)
-    # O_EXCL so that two processes starting at once cannot both write a different secret.
-    try:
-        with open(path, "x") as handle:
-            handle.write(value + "\n")
-    except FileExistsError:
-        return path.read_text().strip(), False
-    path.chmod(0o600)
-    return value, True
+# The helper lives in services.config, which needs it for the Redis URL without importing this
+# module (no import cycle).
+_read_or_create = read_or_create_secret
 
 
 def neo4j_password_file(settings: Settings) -> Path:
@@ -46,6 +33,15 @@ def ensure_neo4j_password(settings: Settings) -> tuple[str, bool]:
     if settings.neo4j_password:
         return settings.neo4j_password, False
     return _read_or_create(neo4j_password_file(settings), 18)
+
+
+def redis_password_file(settings: Settings) -> Path:
+    return settings.secrets_dir / REDIS_PASSWORD_FILE
+
+
+def redis_password(settings: Settings) -> str:
+    """The local Redis's password (``requirepass``); URL-safe, so it can sit in a Redis URL."""
+    return settings.redis_password_value()
 
 
 def patient_key_secret(settings: Settings) -> bytes:

@@ -6,8 +6,10 @@ developer's running demo stack (default ports, .medgraph/) is never touched by t
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +29,9 @@ TEST_ENVIRONMENT = {
     "MEDGRAPH_API_PORT": str(15000 + 10 * TEST_SLOT),
     "MEDGRAPH_NEO4J_HEAP": "1g",
     "MEDGRAPH_NEO4J_PAGECACHE": "256m",
+    # Workers refuse files outside the data roots; tests keep their files in pytest's temp
+    # folders (and the bundled set). A test's own home (.medgraph/test-N) stays outside.
+    "MEDGRAPH_DATA_ROOTS": json.dumps([str(REPO_ROOT / "data"), tempfile.gettempdir()]),
 }
 os.environ.update(TEST_ENVIRONMENT)
 for _name in [n for n in os.environ if n.startswith("MEDGRAPH_") and n not in TEST_ENVIRONMENT]:

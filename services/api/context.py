@@ -12,6 +12,7 @@ import numpy as np
 from flask import Flask, current_app
 
 from services.config import Settings
+from services.encoder.imaging import DecodeGate, ReadLimits
 from services.graph.store import GraphStore
 from services.retrieval.service import RetrievalService
 
@@ -31,6 +32,15 @@ class ApiContext:
     # One forward pass at a time: torch already uses every core for one, and a shared model is
     # not documented as safe for concurrent calls.
     _embed_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Bounds the images decoded and held as pixels at once (see services/encoder/imaging.py).
+    decode_gate: DecodeGate = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.decode_gate = DecodeGate(self.settings.decode_slots, self.settings.decode_wait_s)
+
+    @property
+    def read_limits(self) -> ReadLimits:
+        return ReadLimits.from_settings(self.settings)
 
     @property
     def store(self) -> GraphStore:

@@ -17,6 +17,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from services.encoder.imaging import DecodeBusy
 from services.graph.store import TRANSIENT_NEO4J_ERRORS
 from services.retrieval.contract import GraphNotReady, QueryEmbeddingError, UnknownImage
 
@@ -79,6 +80,12 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(GraphNotReady)
     def _not_ready(error: GraphNotReady) -> Response:
         return error_response(409, str(error))
+
+    @app.errorhandler(DecodeBusy)
+    def _decode_busy(error: DecodeBusy) -> Response:
+        response = error_response(503, f"the server is busy decoding images ({error}); retry")
+        response.headers["Retry-After"] = "5"
+        return response
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(error: RequestEntityTooLarge) -> Response:

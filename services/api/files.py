@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from services.api.errors import ApiError
+from services.paths import resolve_under_roots
 
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "dicom": "application/dicom"}
 _THUMBNAIL_CACHE_ENTRIES = 1024
@@ -27,23 +28,8 @@ def servable_path(source: str | None, data_roots: list[Path]) -> Path | None:
         source = source[len("file://") :]
     elif "://" in source:
         return None  # remote sources are not served
-    path = Path(source)
-    if not path.is_absolute():
-        return None
-    try:
-        resolved = path.resolve(strict=True)
-    except (OSError, RuntimeError, ValueError):  # ValueError: a NUL byte in the path
-        return None
-    if not resolved.is_file():
-        return None
-    for root in data_roots:
-        try:
-            root_resolved = Path(root).resolve(strict=True)
-        except (OSError, RuntimeError):
-            continue
-        if resolved.is_relative_to(root_resolved):
-            return resolved
-    return None
+    resolved = resolve_under_roots(source, data_roots)
+    return resolved if resolved is not None and resolved.is_file() else None
 
 
 def read_verified(path: Path, key: str, max_bytes: int) -> bytes:

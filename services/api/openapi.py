@@ -96,7 +96,7 @@ def openapi_document(app: Flask, *, title: str = "medgraph API", version: str = 
         if spec.body is not None:
             entry["requestBody"] = _request_body(spec, components)
         if spec.scope != "public":
-            entry["security"] = [{"bearerAuth": []}, {"apiKeyHeader": []}]
+            entry["security"] = [{"bearerAuth": []}]
         paths.setdefault(path, {})[spec.method.lower()] = entry
     return {
         "openapi": "3.1.0",
@@ -112,7 +112,6 @@ def openapi_document(app: Flask, *, title: str = "medgraph API", version: str = 
             "schemas": dict(sorted(components.schemas.items())),
             "securitySchemes": {
                 "bearerAuth": {"type": "http", "scheme": "bearer"},
-                "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
             },
         },
     }

@@ -21,6 +21,8 @@ from services.api.errors import ApiError
 from services.auth.guard import public, requires
 
 Scope = Literal["read", "write", "public"]
+# No request of this API needs more than 2 levels; 32 leaves room and refuses parser bombs.
+MAX_JSON_DEPTH = 32
 
 
 @dataclass(frozen=True)
@@ -115,10 +117,43 @@ def json_body(*, allow_empty: bool = False) -> Any:
         raise ApiError(
             415, f"send the body as application/json (got {request.content_type or 'no type'})"
         )
-    data = request.get_json(silent=True)
+    data = parse_json()
     if data is None:
         raise ApiError(400, "the body is not valid JSON")
     return data
+
+
+def parse_json() -> Any:
+    """The request's JSON body, None when it is not JSON; ApiError when nested too deeply."""
+    try:
+        data = request.get_json(silent=True)
+    except RecursionError:  # the parser's own guard against very deep nesting
+        raise ApiError(
+            400, f"the JSON body is nested deeper than {MAX_JSON_DEPTH} levels"
+        ) from None
+    if json_depth(data) > MAX_JSON_DEPTH:
+        raise ApiError(400, f"the JSON body is nested deeper than {MAX_JSON_DEPTH} levels")
+    return data
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of parsed JSON (a scalar is 0), without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        depth += 1
+        deepest = max(deepest, depth)
+        if deepest > MAX_JSON_DEPTH:
+            return deepest
+        stack.extend((child, depth) for child in children)
+    return deepest
 
 
 def _query_values(model: type[BaseModel]) -> dict[str, Any]:

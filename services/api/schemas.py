@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -11,8 +11,16 @@ from services.retrieval.contract import NO_FINDING
 StrategyName = Literal["region", "community_ranked", "exact", "vector"]
 
 
+# Bounds of every integer the API takes: values go to Neo4j and Celery as 64-bit integers, and
+# a larger one must be a 422, not an overflow deep in a driver.
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+MAX_OFFSET = 1_000_000_000
+
+
 class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Infinity and NaN (which Python's JSON parser accepts) are refused in every float field.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 # --- errors ------------------------------------------------------------------------------------
@@ -42,6 +50,7 @@ class SearchParameters(Model):
         "among its own results). Exactly one of `key` and an uploaded `file`.",
         max_length=128,
     )
+    # The upper bound is the search_max_k setting, checked by the view with its own message.
     k: int = Field(50, description="Number of images to return.", ge=1)
     strategy: StrategyName = Field(
         "region",
@@ -137,7 +146,10 @@ class NeighbourhoodQuery(Model):
         -1.0, ge=-1.0, le=1.0, description="Only SIMILAR relationships at least this heavy."
     )
     max_nodes: int | None = Field(
-        None, ge=1, description="Most nodes (strongest links first); default from settings."
+        None,
+        ge=1,
+        le=100_000,
+        description="Most nodes (strongest links first); default from settings.",
     )
 
 
@@ -180,7 +192,7 @@ class NeighbourhoodResponse(Model):
 # --- communities -------------------------------------------------------------------------------
 class PageQuery(Model):
     limit: int = Field(100, ge=1, le=1000)
-    offset: int = Field(0, ge=0)
+    offset: int = Field(0, ge=0, le=MAX_OFFSET)
 
 
 class FindingCount(Model):
@@ -248,19 +260,22 @@ class CommunityLinksQuery(Model):
 
 # --- jobs --------------------------------------------------------------------------------------
 class IngestJobRequest(Model):
-    paths: list[str] = Field(
+    paths: list[Annotated[str, Field(max_length=4096)]] = Field(
         min_length=1,
+        max_length=1000,
         description="Files or folders to ingest; each must lie under a configured data root.",
     )
-    labels: str | None = Field(None, description="Optional label CSV (NIH or CheXpert format).")
+    labels: str | None = Field(
+        None, max_length=4096, description="Optional label CSV (NIH or CheXpert format)."
+    )
 
 
 class ClusterJobRequest(Model):
     algorithm: Literal["leiden", "louvain", "cnm"] | None = Field(
         None, description="Default: the `cluster_algorithm` setting."
     )
-    resolution: float | None = Field(None, gt=0, description="Leiden/CNM resolution.")
-    seed: int | None = None
+    resolution: float | None = Field(None, gt=0, le=1000, description="Leiden/CNM resolution.")
+    seed: int | None = Field(None, ge=0, le=INT64_MAX, description="Random seed.")
     if_stale: bool = Field(False, description="Only run when the clustering is stale.")
 
 

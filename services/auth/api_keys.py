@@ -21,7 +21,9 @@ from services.graph.store import GraphStore
 Scope = Literal["read", "write"]
 SCOPES: tuple[Scope, ...] = ("read", "write")
 _TOKEN = re.compile(r"^mg_([0-9a-f]{12})_([A-Za-z0-9_-]{20,100})$")
-_CACHE_SECONDS = 30.0
+# A lookup is trusted this long; every process sees a revocation within it (issue 16: the
+# CLI's revocation cannot clear another process's cache).
+DEFAULT_CACHE_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -77,8 +79,9 @@ class ApiKeyVerifier:
     _cache: dict[str, tuple[float, ApiKey | None]] = {}
     _lock = threading.Lock()
 
-    def __init__(self, store: GraphStore) -> None:
+    def __init__(self, store: GraphStore, cache_s: float = DEFAULT_CACHE_SECONDS) -> None:
         self.store = store
+        self.cache_s = cache_s
 
     @classmethod
     def forget_all(cls) -> None:
@@ -95,7 +98,7 @@ class ApiKeyVerifier:
         now = time.monotonic()
         with self._lock:
             cached = self._cache.get(digest)
-        if cached and now - cached[0] < _CACHE_SECONDS:
+        if cached and now - cached[0] < self.cache_s:
             return cached[1]
         records = self.store.query("api_key_get", id=match.group(1))
         key: ApiKey | None = None

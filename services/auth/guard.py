@@ -18,8 +18,8 @@ from services.auth.api_keys import ApiKey, ApiKeyVerifier, Scope
 from services.graph.store import TRANSIENT_NEO4J_ERRORS, GraphStore
 
 View = TypeVar("View", bound=Callable[..., Any])
+MAX_BUCKETS = 100_000
 PUBLIC = "public"
-KEY_COOKIE = "medgraph_key"
 
 
 def requires(scope: Scope) -> Callable[[View], View]:
@@ -43,10 +43,13 @@ def required_scope(app: Flask, endpoint: str) -> str:
 
 
 def presented_token() -> str | None:
+    """The one accepted form: ``Authorization: Bearer <token>`` (the dashboard sends it too).
+
+    No cookie: a cookie would be sent by the browser on cross-site requests (CSRF)."""
     header = request.headers.get("Authorization", "")
     if header.lower().startswith("bearer "):
         return header[7:].strip()
-    return request.headers.get("X-API-Key") or request.cookies.get(KEY_COOKIE)
+    return None
 
 
 class RateLimiter:
@@ -57,18 +60,26 @@ class RateLimiter:
         self.buckets: dict[str, tuple[float, float]] = {}
         self.lock = threading.Lock()
 
-    def allow(self, caller: str) -> bool:
+    def allow(self, caller: str, cost: float = 1.0) -> bool:
+        """Takes ``cost`` tokens when the bucket has one left; ``cost=0`` only looks."""
         if self.per_minute <= 0:
             return True
         now = time.monotonic()
         rate = self.per_minute / 60.0
         with self.lock:
+            if len(self.buckets) > MAX_BUCKETS:
+                # Full buckets carry no state; drop them so many addresses cannot grow the map.
+                self.buckets = {
+                    name: (tokens, last)
+                    for name, (tokens, last) in self.buckets.items()
+                    if tokens + (now - last) * rate < self.per_minute
+                }
             tokens, last = self.buckets.get(caller, (float(self.per_minute), now))
             tokens = min(float(self.per_minute), tokens + (now - last) * rate)
             if tokens < 1.0:
                 self.buckets[caller] = (tokens, now)
                 return False
-            self.buckets[caller] = (tokens - 1.0, now)
+            self.buckets[caller] = (tokens - cost, now)
             return True
 
 
@@ -82,9 +93,16 @@ def _error(status: int, message: str, **headers: str) -> Any:
 
 
 def install_access_control(
-    app: Flask, store_factory: Callable[[], GraphStore], rate_limit_per_minute: int
+    app: Flask,
+    store_factory: Callable[[], GraphStore],
+    rate_limit_per_minute: int,
+    auth_failures_per_minute: int = 30,
+    key_cache_s: float = 0.5,
 ) -> None:
     limiter = RateLimiter(rate_limit_per_minute)
+    # Failed authentications per client address: once spent, the address gets 429 before any
+    # key lookup, so guessing keys costs the graph database nothing.
+    failures = RateLimiter(auth_failures_per_minute)  # 0 = off
 
     @app.before_request
     def check_access() -> Any:
@@ -92,17 +110,24 @@ def install_access_control(
             return None  # unknown URL: the 404 handler answers; CORS preflights carry no key
         scope = required_scope(current_app, request.endpoint)
         key: ApiKey | None = None
+        address = f"addr:{request.remote_addr}"
         if scope != PUBLIC:
+            if not failures.allow(address, cost=0.0):
+                return _error(
+                    429, "too many failed authentications from this address; retry later",
+                    **{"Retry-After": "60"},
+                )  # fmt: skip
             try:
-                key = ApiKeyVerifier(store_factory()).verify(presented_token())
+                key = ApiKeyVerifier(store_factory(), key_cache_s).verify(presented_token())
             except TRANSIENT_NEO4J_ERRORS:
                 return _error(503, "cannot check the API key: the graph database is unavailable")
             if key is None:
+                failures.allow(address)
                 return _error(401, "a valid API key is required (Authorization: Bearer <key>)")
             if not key.allows(scope):  # type: ignore[arg-type]
                 return _error(403, f"this API key lacks the '{scope}' scope")
         g.api_key = key
-        caller = key.id if key else f"addr:{request.remote_addr}"
+        caller = key.id if key else address
         if not limiter.allow(caller):
             return _error(429, "rate limit exceeded; retry later", **{"Retry-After": "1"})
         return None

@@ -14,6 +14,7 @@ import numpy as np
 from services.config import get_settings
 from services.encoder.imaging import ImageReadError, read_image
 from services.encoder.labels import LABEL_FORMATS, LabelFileError
+from services.encoder.shipping import ShippingError, ship_checkpoint
 
 TOP_FINDINGS_SHOWN = 3
 
@@ -32,8 +33,10 @@ def _user_errors() -> tuple[type[Exception], ...]:
 @click.option(
     "--labels",
     "labels_csv",
+    multiple=True,
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Label CSV, NIH ChestX-ray14 or CheXpert. Default: the bundled set's labels.csv.",
+    help="Label CSV, NIH ChestX-ray14 or CheXpert; repeat it to train on several sets, split "
+    "by patient together. Default: every bundled set's labels.csv.",
 )
 @click.option(
     "--images",
@@ -49,8 +52,26 @@ def _user_errors() -> tuple[type[Exception], ...]:
     show_default=True,
     help="Label file format.",
 )
-@click.option("--epochs", type=click.IntRange(min=1), help="Default: train_epochs setting.")
-@click.option("--image-size", type=click.IntRange(32, 1024), help="Default: image_size setting.")
+@click.option(
+    "--recipe",
+    type=click.Choice(["paper", "regularised"]),
+    help="paper (Adam, plateau, light augmentation) or regularised (AdamW, warm-up + cosine, "
+    "strong augmentation). Default: train_recipe setting.",
+)
+@click.option(
+    "--epochs", type=click.IntRange(min=1), help="Default: train_epochs, else the recipe's."
+)
+@click.option(
+    "--image-size",
+    type=click.IntRange(32, 1024),
+    help="Default: image_size setting; on a CUDA GPU, gpu_image_size (128) or more.",
+)
+@click.option("--weight-decay", type=click.FloatRange(min=0), help="Default: the recipe's.")
+@click.option("--schedule", type=click.Choice(["plateau", "cosine"]), help="Default: the recipe's.")
+@click.option("--warmup-epochs", type=click.FloatRange(min=0), help="Default: the recipe's.")
+@click.option(
+    "--augmentation", type=click.Choice(["light", "strong"]), help="Default: the recipe's."
+)
 @click.option("--batch-size", type=click.IntRange(min=2), help="Default: train_batch_size.")
 @click.option("--seed", type=int, help="Default: train_seed setting.")
 @click.option(
@@ -83,12 +104,24 @@ def _user_errors() -> tuple[type[Exception], ...]:
     show_default=True,
     help="Show a progress bar per epoch.",
 )
+@click.option(
+    "--ship",
+    is_flag=True,
+    help="Then make this checkpoint the repository's shipped default (models/densenet121-"
+    "demo.pt, with its sha256 and training record), if it beats the CPU checkpoint "
+    "(<models_dir>/densenet121-<image_size>px.pt) on the same validation patients.",
+)
 def train(
-    labels_csv: Path | None,
+    labels_csv: tuple[Path, ...],
     images_dir: Path | None,
     label_format: str,
+    recipe: str | None,
     epochs: int | None,
     image_size: int | None,
+    weight_decay: float | None,
+    schedule: str | None,
+    warmup_epochs: float | None,
+    augmentation: str | None,
     batch_size: int | None,
     seed: int | None,
     val_fraction: float | None,
@@ -97,27 +130,34 @@ def train(
     output: Path | None,
     time_limit_s: float | None,
     progress: bool,
+    ship: bool,
 ) -> None:
     """Train the DenseNet-121 encoder and report per-finding validation AUROC."""
     # defers torch: other `medgraph` commands stay quick to start
-    from services.encoder.training import TrainConfig, train_encoder
+    from services.encoder.training import TrainConfig, default_checkpoint_path, train_encoder
 
-    config = TrainConfig.from_settings(
-        get_settings(),
-        labels_csv=labels_csv,
-        images_dir=images_dir,
-        label_format=label_format,
-        epochs=epochs,
-        image_size=image_size,
-        batch_size=batch_size,
-        seed=seed,
-        val_fraction=val_fraction,
-        initial_weights=initial_weights,
-        device=device,
-        output=output,
-        time_limit_s=time_limit_s,
-    )
+    settings = get_settings()
     try:
+        config = TrainConfig.from_settings(
+            settings,
+            labels_csv=tuple(labels_csv) or None,
+            images_dir=images_dir,
+            label_format=label_format,
+            recipe=recipe,
+            epochs=epochs,
+            image_size=image_size,
+            weight_decay=weight_decay,
+            schedule=schedule,
+            warmup_epochs=warmup_epochs,
+            augmentation=augmentation,
+            batch_size=batch_size,
+            seed=seed,
+            val_fraction=val_fraction,
+            initial_weights=initial_weights,
+            device=device,
+            output=output,
+            time_limit_s=time_limit_s,
+        )
         result = train_encoder(config, progress=progress, echo=click.echo)
     except _user_errors() as exc:
         raise click.ClickException(str(exc)) from None
@@ -126,6 +166,17 @@ def train(
     mean = f"{result.report.mean:.3f}" if result.report.mean is not None else "n/a"
     click.echo(f"\nmean validation AUROC: {mean}")
     click.echo(f"checkpoint: {result.checkpoint_path} ({result.duration_s:.0f}s)")
+    if ship:
+        reference = default_checkpoint_path(settings, settings.image_size)
+        try:
+            shipped = ship_checkpoint(result.checkpoint_path, reference)
+        except ShippingError as exc:
+            raise click.ClickException(f"not shipped: {exc}") from None
+        click.echo(
+            f"shipped as {shipped.path} (sha256 {shipped.sha256[:12]}…, record {shipped.record}): "
+            f"mean validation AUROC {shipped.val_mean_auroc:.3f} against the CPU checkpoint's "
+            f"{shipped.reference_val_mean_auroc:.3f}"
+        )
 
 
 @click.command("embed")

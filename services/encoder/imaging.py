@@ -19,27 +19,42 @@ Conventions (documented here because callers rely on them):
   -rle are dependencies). Files without a preamble are tried as DICOM only when named ``*.dcm``.
 - ``modality`` is the DICOM Modality (``"OT"`` when the tag is absent); PNG and JPEG carry no
   modality, so they get ``"OT"`` (DICOM's "other") too, and ``source_format`` tells them apart.
-- Limits come from the settings (``max_file_bytes``, ``max_image_pixels``); the pixel count is
-  checked from the header before any pixel data is decoded (decompression bombs).
+- Limits come from the settings (``max_file_bytes``, ``max_image_pixels``,
+  ``max_decode_mib``, ``max_image_aspect_ratio``). Everything is checked from the header before
+  any pixel data is decoded: the pixel count (decompression bombs), the aspect ratio, and a
+  conservative estimate of the peak memory of decoding plus every intermediate this module and
+  its callers make (mode conversion, float64 arithmetic, the float32 result, the resize to the
+  model's input or a thumbnail). The pixel count alone does not bound memory: a 1 x 79,999,999
+  PNG is 68 bytes and under the pixel limit, yet resizing it took 17 GB. See
+  :func:`estimate_decode_bytes`.
+- :class:`DecodeGate` bounds how many images one process decodes at once, so that N parallel
+  worst cases cost at most ``slots x max_decode_mib``.
 """
 
 from __future__ import annotations
 
 import io
+import threading
 import warnings
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from services.config import get_settings
+from services.config import Settings, get_settings
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
 DICOM_MAGIC_OFFSET = 128
 DICOM_MAGIC = b"DICM"
 UNKNOWN_MODALITY = "OT"
+DEFLATED_SYNTAX = b"1.2.840.10008.1.2.1.99"
+MAX_META_SCAN = 64 * 1024
+INFLATE_STEP = 4 * 1024 * 1024
 # ITU-R BT.601 luma, the same weights Pillow uses for "RGB" -> "L".
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float64)
 
@@ -70,15 +85,59 @@ class DecodedImage:
         )
 
 
+MIB = 1024 * 1024
+DEFAULT_MAX_DECODE_BYTES = 1024 * MIB
+DEFAULT_MAX_ASPECT_RATIO = 20.0
+# The largest side anything downstream resizes a decoded image to (model input, thumbnails).
+DEFAULT_OUTPUT_SIDE = 1024
+
+
 @dataclass(frozen=True)
 class ReadLimits:
     max_file_bytes: int
     max_image_pixels: int
+    max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES
+    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO
+    output_side: int = DEFAULT_OUTPUT_SIDE
 
     @classmethod
-    def from_settings(cls) -> ReadLimits:
-        settings = get_settings()
-        return cls(settings.max_file_bytes, settings.max_image_pixels)
+    def from_settings(cls, settings: Settings | None = None) -> ReadLimits:
+        s = settings or get_settings()
+        return cls(
+            s.max_file_bytes,
+            s.max_image_pixels,
+            s.max_decode_mib * MIB,
+            s.max_image_aspect_ratio,
+            max(s.image_size, s.api_thumbnail_pixels),
+        )
+
+
+class DecodeBusy(RuntimeError):
+    """Every decode slot of this process stayed taken for the whole wait."""
+
+
+class DecodeGate:
+    """At most ``slots`` images decoded (and held as pixels) at once in this process.
+
+    With the per-image memory budget this bounds a process's decoding memory to
+    ``slots x max_decode_bytes`` however many requests arrive together.
+    """
+
+    def __init__(self, slots: int, wait_s: float) -> None:
+        self.slots = slots
+        self.wait_s = wait_s
+        self._semaphore = threading.BoundedSemaphore(slots)
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        if not self._semaphore.acquire(timeout=self.wait_s):
+            raise DecodeBusy(
+                f"all {self.slots} image decoding slots stayed busy for {self.wait_s:.0f} s"
+            )
+        try:
+            yield
+        finally:
+            self._semaphore.release()
 
 
 def read_image(
@@ -144,6 +203,95 @@ def _check_pixel_count(label: str, width: int, height: int, limits: ReadLimits) 
             f"the image is {width}x{height} = {width * height} pixels, over the limit of "
             f"{limits.max_image_pixels} (max_image_pixels); refused before decoding",
         )
+    ratio = max(width, height) / min(width, height)
+    if ratio > limits.max_aspect_ratio:
+        raise ImageReadError(
+            label,
+            f"the image is {width}x{height}, an aspect ratio of {ratio:.0f}:1, over the limit "
+            f"of {limits.max_aspect_ratio:g}:1 (max_image_aspect_ratio); refused before decoding",
+        )
+
+
+# Bytes per pixel of Pillow's own storage of a loaded image, by mode (RGB is stored in 4 bytes).
+_PILLOW_STORAGE = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+# Peak float bytes per pixel of ``_pillow_to_grey``'s arithmetic (float64 temporaries) for the
+# channels it works on, before ``_finish``.
+_PILLOW_FLOAT_PEAK = {"1": 8, "L": 8, "I": 16, "LA": 24, "RGB": 32, "RGBA": 48}
+# ``_finish``: the float64 grey, its clipped copy and the float32 result.
+_FINISH_PEAK = 8 + 8 + 4
+# After decoding, the float32 pixels plus what a caller makes of them: the model's resize
+# (torch, float32) or a thumbnail (float32 scaling, rounding, clipping, uint8, Pillow's copy).
+_DOWNSTREAM_PER_PIXEL = 4 + 4 + 4 + 4 + 1 + 1
+
+
+def _downstream_bytes(width: int, height: int, limits: ReadLimits) -> int:
+    pixels = width * height
+    # A separable antialiased resize keeps one pass's output (long side x output side), and
+    # weights of about (long side / output side) taps for each output pixel.
+    long_side = max(width, height)
+    resize = long_side * limits.output_side * 4 * 2 + long_side * 8 * 4
+    return pixels * _DOWNSTREAM_PER_PIXEL + resize
+
+
+def estimate_pillow_bytes(
+    width: int, height: int, mode: str, file_bytes: int, limits: ReadLimits
+) -> int:
+    """Conservative peak memory of ``_read_pillow`` and what callers do with its result."""
+    pixels = width * height
+    storage = _PILLOW_STORAGE.get(mode, 4)
+    converted = mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV")
+    if mode in ("P", "PA"):
+        work = "RGBA"
+    elif converted:
+        work = "RGB"
+    elif mode.startswith("I"):
+        work = "I"
+    else:
+        work = mode if mode in _PILLOW_FLOAT_PEAK else "RGBA"
+    numpy_copy = {"1": 1, "L": 1, "I": 4, "LA": 2, "RGB": 3, "RGBA": 4}[work]
+    # The loaded image and exif_transpose's copy; a converted copy; numpy's copy of the image.
+    decode = (
+        2 * pixels * storage
+        + (pixels * 4 if converted else 0)
+        + pixels * numpy_copy
+        + pixels * (_PILLOW_FLOAT_PEAK[work] + _FINISH_PEAK)
+    )
+    after = _downstream_bytes(width, height, limits)
+    return file_bytes + max(decode, after)
+
+
+def estimate_dicom_bytes(
+    width: int, height: int, samples: int, bits_allocated: int, file_bytes: int,
+    compressed: bool, limits: ReadLimits,
+) -> int:  # fmt: skip
+    """Conservative peak memory of ``_read_dicom`` and what callers do with its result."""
+    pixels = width * height
+    sample_bytes = max(1, (bits_allocated + 7) // 8)
+    frame = pixels * samples * max(sample_bytes, 1)
+    # A compressed frame passes through the decoder's own buffer before pydicom's array.
+    frame *= 2 if compressed else 1
+    if samples == 1:
+        # modality LUT (float64), its float64 copy, windowed values, clipped values,
+        # MONOCHROME1 inversion; then _finish.
+        arithmetic = pixels * (8 * 4 + _FINISH_PEAK)
+    else:
+        # colour -> float64 (3 channels), scaled copy, luma; then _finish.
+        arithmetic = pixels * (24 * 2 + 8 + _FINISH_PEAK)
+    # The file's bytes are held twice (our buffer and the dataset's PixelData).
+    decode = file_bytes + frame + arithmetic
+    after = _downstream_bytes(width, height, limits)
+    return file_bytes + max(decode, after)
+
+
+def _check_memory(label: str, width: int, height: int, what: str, estimate: int,
+                  limits: ReadLimits) -> None:  # fmt: skip
+    if estimate > limits.max_decode_bytes:
+        raise ImageReadError(
+            label,
+            f"decoding this {width}x{height} {what} image would need about "
+            f"{estimate / MIB:,.0f} MiB of memory, over the limit of "
+            f"{limits.max_decode_bytes / MIB:,.0f} MiB (max_decode_mib); refused before decoding",
+        )
 
 
 # --- PNG / JPEG ------------------------------------------------------------------------------
@@ -164,6 +312,8 @@ def _read_pillow(data: bytes, label: str, kind: str, limits: ReadLimits) -> Deco
         except (OSError, SyntaxError, ValueError) as exc:
             raise ImageReadError(label, f"corrupt {kind} header ({exc})") from None
         _check_pixel_count(label, image.width, image.height, limits)
+        estimate = estimate_pillow_bytes(image.width, image.height, image.mode, len(data), limits)
+        _check_memory(label, image.width, image.height, image.mode, estimate, limits)
         try:
             image.seek(0)
             image.load()
@@ -216,6 +366,7 @@ def _read_dicom(data: bytes, label: str, limits: ReadLimits, *, force: bool) -> 
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    payload_bytes = _inflated_size(data, label, limits)
     try:
         dataset = pydicom.dcmread(io.BytesIO(data), force=force)
     except InvalidDicomError as exc:
@@ -233,9 +384,26 @@ def _read_dicom(data: bytes, label: str, limits: ReadLimits, *, force: bool) -> 
         rows = int(dataset.Rows)
         columns = int(dataset.Columns)
         photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).strip()
+        samples = int(dataset.get("SamplesPerPixel", 1) or 1)
+        bits_allocated = int(dataset.get("BitsAllocated", 16) or 16)
     except (AttributeError, TypeError, ValueError) as exc:
         raise ImageReadError(label, f"DICOM image attributes missing or invalid ({exc})") from None
     _check_pixel_count(label, columns, rows, limits)
+    if samples not in (1, 3) or bits_allocated not in (1, 8, 16, 32, 64):
+        raise ImageReadError(
+            label,
+            f"unsupported DICOM pixel layout: {samples} samples per pixel, "
+            f"{bits_allocated} bits allocated",
+        )
+    syntax = dataset.file_meta.get("TransferSyntaxUID") if dataset.file_meta else None
+    try:
+        compressed = bool(getattr(syntax, "is_compressed", False))
+    except ValueError:  # a transfer syntax pydicom does not know: assume the costlier case
+        compressed = True
+    estimate = estimate_dicom_bytes(
+        columns, rows, samples, bits_allocated, len(data) + payload_bytes, compressed, limits
+    )
+    _check_memory(label, columns, rows, f"{bits_allocated}-bit DICOM", estimate, limits)
 
     frame = _decode_first_frame(dataset, label)
     if frame.shape[:2] != (rows, columns):
@@ -259,6 +427,44 @@ def _read_dicom(data: bytes, label: str, limits: ReadLimits, *, force: bool) -> 
         source_format="dicom",
         patient_id=patient_id,
     )
+
+
+def _inflated_size(data: bytes, label: str, limits: ReadLimits) -> int:
+    """Bytes the dataset inflates to when its transfer syntax is Deflated (pydicom inflates it
+    whole, in memory, before anything can be checked), counted by streaming the inflation
+    without keeping it; 0 for every other syntax. A deflate bomb is refused here."""
+    if DEFLATED_SYNTAX not in data[:MAX_META_SCAN]:
+        return 0
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    stream = io.BytesIO(data)
+    try:
+        read_preamble(stream, force=True)
+        meta = _read_file_meta_info(stream)
+    except Exception as exc:  # any failure: the header is unusable
+        raise ImageReadError(label, f"corrupt DICOM file meta ({type(exc).__name__})") from None
+    if str(meta.get("TransferSyntaxUID", "")) != DEFLATED_SYNTAX.decode():
+        return 0
+    limit = limits.max_decode_bytes // 4
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    pending = data[stream.tell() :]
+    try:
+        while not inflater.eof:
+            chunk = inflater.decompress(pending, INFLATE_STEP)
+            pending = inflater.unconsumed_tail
+            total += len(chunk)
+            if not chunk and not pending:
+                break  # a truncated stream; pydicom reports it when it reads the file
+            if total > limit:
+                raise ImageReadError(
+                    label,
+                    f"the deflated DICOM dataset inflates to more than {limit / MIB:,.0f} MiB "
+                    "(a quarter of max_decode_mib); refused before decoding",
+                )
+    except zlib.error as exc:
+        raise ImageReadError(label, f"corrupt deflated DICOM data ({exc})") from None
+    return total
 
 
 def _decode_first_frame(dataset: object, label: str) -> np.ndarray:

@@ -21,6 +21,7 @@ import csv
 import io
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +87,9 @@ class LabelRecord:
     patient_id: str
     findings: tuple[str, ...]  # positives, uncertain included (retrieval relevance)
     targets: np.ndarray  # float32 (n_findings,): 1, 0, NaN = uncertain (ignored by the loss)
+    # The label file's folder name (e.g. "nih-cxr14-64px"): which set the image came from, so
+    # evaluations can be reported per source set.
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,46 @@ class LabelTable:
 
     def subset(self, indices: list[int] | np.ndarray) -> LabelTable:
         return LabelTable(self.findings, [self.records[int(i)] for i in indices])
+
+    def sources(self) -> list[str]:
+        """The source sets in first-seen order."""
+        return list(dict.fromkeys(record.source for record in self.records))
+
+
+def read_label_sets(
+    csv_paths: Sequence[Path], images_dir: Path | None = None, format: str = "auto"
+) -> LabelTable:
+    """Several label files of one format as one table (e.g. both bundled NIH sets).
+
+    Patients are matched by their id across files (the two bundled NIH sets share one patient),
+    so a patient split over the joined table keeps each patient on one side. ``images_dir``
+    applies to every file.
+    """
+    if not csv_paths:
+        raise LabelFileError("(no label files)", "at least one label file is needed")
+    tables = [read_labels(Path(path), images_dir, format) for path in csv_paths]
+    findings = tables[0].findings
+    for path, table in zip(csv_paths, tables, strict=True):
+        if table.findings != findings:
+            raise LabelFileError(
+                path, f"its findings differ from {csv_paths[0]}'s: one model needs one label set"
+            )
+    joined = LabelTable(findings, [record for table in tables for record in table.records])
+    _check_unique_images(Path(csv_paths[-1]), joined)
+    return joined
+
+
+def bundled_label_files(data_dir: Path) -> list[Path]:
+    """The label files of a data folder: its own ``labels.csv``, or, for a folder of sets
+    (the repository's ``data/``), every ``<set>/labels.csv`` in name order."""
+    data_dir = Path(data_dir)
+    own = data_dir / "labels.csv"
+    if own.is_file():
+        return [own]
+    found = sorted(data_dir.glob("*/labels.csv"))
+    if not found:
+        raise LabelFileError(data_dir, "no labels.csv in this folder or in its sub-folders")
+    return found
 
 
 def read_labels(csv_path: Path, images_dir: Path | None = None, format: str = "auto") -> LabelTable:
@@ -233,7 +277,9 @@ def _parse_nih(
         image_path = images_dir / image_name
         if not image_path.is_file():
             missing.append(f"line {line}: {image_path}")
-        records.append(LabelRecord(image_path, patient_id, positives, targets))
+        records.append(
+            LabelRecord(image_path, patient_id, positives, targets, csv_path.parent.name)
+        )
     _fail_on_missing_files(csv_path, missing)
     return LabelTable(FINDINGS_NIH, records)
 
@@ -281,7 +327,9 @@ def _parse_chexpert(
         )
         if not image_path.is_file():
             missing.append(f"line {line}: {relative}")
-        records.append(LabelRecord(image_path, patient_id, tuple(positives), targets))
+        records.append(
+            LabelRecord(image_path, patient_id, tuple(positives), targets, csv_path.parent.name)
+        )
     _fail_on_missing_files(csv_path, missing)
     return LabelTable(FINDINGS_CHEXPERT, records)
 

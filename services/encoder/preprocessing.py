@@ -61,25 +61,56 @@ def prepare_batch(
     return to_network_input(resized.to(device, non_blocking=True), normalisation)
 
 
+AUGMENTATIONS = ("light", "strong")
+
+
 class XrayAugmentation:
     """Training-time perturbations a chest X-ray can plausibly show.
 
     Small rotation, shift and zoom (patient positioning) and mild brightness/contrast changes
     (exposure). No horizontal flip: the heart sits on the left, and a mirrored film is a different
     anatomy (dextrocardia), not the same finding.
+
+    ``strong`` widens every range and adds a gamma change (detector response) and a little
+    Gaussian noise (quantum noise): with 1,700 training images the network otherwise learns them
+    by heart within a few epochs.
     """
 
-    description = (
-        "affine(rotate +-7 deg, translate 5%, scale 0.95-1.05), brightness +-0.05, "
-        "contrast x0.9-1.1; no flips"
-    )
+    _RANGES = {
+        # rotation deg, shift, zoom, brightness, contrast, gamma, noise std
+        "light": (7.0, 0.05, (0.95, 1.05), 0.05, (0.9, 1.1), None, 0.0),
+        "strong": (10.0, 0.08, (0.85, 1.15), 0.1, (0.75, 1.25), (0.8, 1.25), 0.02),
+    }
 
-    def __init__(self) -> None:
-        self._affine = v2.RandomAffine(degrees=7.0, translate=(0.05, 0.05), scale=(0.95, 1.05))
+    def __init__(self, strength: str = "light") -> None:
+        if strength not in self._RANGES:
+            raise ValueError(f"augmentation must be one of {AUGMENTATIONS}, got {strength!r}")
+        self.strength = strength
+        degrees, shift, zoom, brightness, contrast, gamma, noise = self._RANGES[strength]
+        self._affine = v2.RandomAffine(degrees=degrees, translate=(shift, shift), scale=zoom)
+        self._brightness, self._contrast, self._gamma, self._noise = (
+            brightness,
+            contrast,
+            gamma,
+            noise,
+        )
+        self.description = (
+            f"affine(rotate +-{degrees:g} deg, translate {shift:.0%}, scale {zoom[0]}-{zoom[1]}), "
+            f"brightness +-{brightness}, contrast x{contrast[0]}-{contrast[1]}"
+            + (f", gamma {gamma[0]}-{gamma[1]}" if gamma else "")
+            + (f", Gaussian noise sd {noise}" if noise else "")
+            + "; no flips"
+        )
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         image = self._affine(image)
-        contrast = torch.empty(1).uniform_(0.9, 1.1)
-        brightness = torch.empty(1).uniform_(-0.05, 0.05)
+        if self._gamma is not None:
+            gamma = torch.empty(1).uniform_(*self._gamma)
+            image = image.clamp(0.0, 1.0) ** gamma
+        contrast = torch.empty(1).uniform_(*self._contrast)
+        brightness = torch.empty(1).uniform_(-self._brightness, self._brightness)
         mean = image.mean()
-        return ((image - mean) * contrast + mean + brightness).clamp_(0.0, 1.0)
+        image = (image - mean) * contrast + mean + brightness
+        if self._noise:
+            image = image + torch.randn_like(image) * self._noise
+        return image.clamp_(0.0, 1.0)

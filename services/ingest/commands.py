@@ -38,6 +38,7 @@ from services.ingest.submit import (
 )
 from services.jobs import QUEUES, worker_argv
 from services.runtime.processes import RuntimeProblem
+from services.runtime.redis import redact_url
 
 EXIT_FILES_FAILED = 3
 EXIT_JOB_FAILED = 1
@@ -58,7 +59,7 @@ def _is_user_error(exc: BaseException) -> bool:
 def _unreachable_service(exc: BaseException, settings: Settings) -> str | None:
     """A message for Redis or Neo4j being down, the commonest operator mistake."""
     if isinstance(exc, redis.exceptions.ConnectionError | kombu.exceptions.OperationalError):
-        where = f"Redis at {settings.broker_url}"
+        where = f"Redis at {redact_url(settings.broker_url)}"
     elif isinstance(exc, TRANSIENT_NEO4J_ERRORS):
         where = f"Neo4j at {settings.bolt_uri}"
     else:
@@ -177,8 +178,8 @@ def _ensure_checkpoint(settings: Settings) -> None:
     from services.encoder.training import default_checkpoint_path, ensure_demo_checkpoint
 
     if not settings.encoder_checkpoint and not default_checkpoint_path(settings).is_file():
-        click.echo("no encoder checkpoint yet: training one on the bundled set (once)…")
-    ensure_demo_checkpoint(settings)
+        click.echo("no encoder checkpoint yet: training one on the bundled sets (once)…")
+    ensure_demo_checkpoint(settings, echo=click.echo)
 
 
 def _stall_watch(settings: Settings, resume: Callable[[], object]) -> StallWatch:

@@ -20,6 +20,7 @@ from services.graph.store import GraphStore
 from services.ingest.discovery import discover
 from services.ingest.jobs import JobProgress, JobTracker, check_job_id
 from services.ingest.pipeline import FileEntry, patient_key
+from services.paths import resolve_under_roots
 from services.secrets import patient_key_secret
 
 
@@ -62,6 +63,15 @@ def plan_ingest(
 ) -> IngestPlan:
     """The job's files with their findings and patient keys (raw patient ids stop here)."""
     discovery = discover(paths)
+    outside = [
+        file for file in discovery.files if resolve_under_roots(file, settings.data_roots) is None
+    ]
+    if outside:
+        roots = ", ".join(str(root) for root in settings.data_roots)
+        raise IngestError(
+            f"{len(outside)} of {len(discovery.files)} file(s) are not under a data root "
+            f"(MEDGRAPH_DATA_ROOTS: {roots}), e.g. {outside[0]}; the workers would refuse them"
+        )
     by_path: dict[Path, tuple[tuple[str, ...], str]] = {}
     by_name: dict[str, tuple[tuple[str, ...], str] | None] = {}
     if labels_csv is not None:

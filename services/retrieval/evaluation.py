@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from services.retrieval.contract import SearchFilters, SearchHits, Strategy
+from services.retrieval.heldout import bootstrap_interval, patient_resample_weights
 from services.retrieval.metrics import (
     LabelSpace,
     LatencySummary,
@@ -30,6 +31,9 @@ from services.retrieval.metrics import (
 from services.retrieval.service import RetrievalService
 
 RANDOM_ROW = "random (expected)"
+BOOTSTRAP_RESAMPLES = 2000
+# Columns of random_retrieval_expectation's (precision, ACG, ACG_p).
+RANDOM_COLUMNS = {"precision": 0, "acg": 1, "acg_positive": 2}
 
 
 @dataclass
@@ -45,6 +49,10 @@ class StrategyReport:
     latency: LatencySummary | None
     returned: float | None
     curves: dict[int, dict[str, float]] = field(default_factory=dict)
+    # metric -> [low, high]: 95% bootstrap interval resampling query patients.
+    intervals: dict[str, list[float]] = field(default_factory=dict)
+    # metric -> [value, low, high]: this row minus the random expectation, paired per query.
+    minus_random: dict[str, list[float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -80,6 +88,27 @@ class EvaluationReport:
                 f"{_opt(row.latency and row.latency.p50_ms, '{:>8.1f}', 8)} "
                 f"{_opt(row.latency and row.latency.p99_ms, '{:>8.1f}', 8)}"
             )
+        lines.append(
+            "95% intervals (bootstrap over query patients); minus random, paired per query:"
+        )
+        for row in self.strategies:
+            if not row.intervals:
+                continue
+            shown = []
+            for metric, title, scale in (
+                ("precision", "P", 100.0), ("acg", "ACG", 1.0), ("acg_positive", "ACG_p", 1.0),
+            ):  # fmt: skip
+                low, high = row.intervals[metric]
+                digits = 1 if scale == 100.0 else 3
+                text = f"{title} [{low * scale:.{digits}f}, {high * scale:.{digits}f}]"
+                if row.minus_random:
+                    value, d_low, d_high = row.minus_random[metric]
+                    text += (
+                        f" {value * scale:+.{digits}f} [{d_low * scale:+.{digits}f}, "
+                        f"{d_high * scale:+.{digits}f}]"
+                    )
+                shown.append(text)
+            lines.append(f"  {row.strategy:<18} " + "; ".join(shown))
         return "\n".join(lines)
 
 
@@ -154,6 +183,12 @@ def evaluate(
         if progress:
             progress(position + 1, len(order))
     query_findings = [labelled.findings[row] for row in order]
+    # Queries without a patient are their own patient in the bootstrap.
+    query_patients = np.array(
+        [patient_codes[row] if patient_codes[row] >= 0 else -1 - row for row in order]
+    )
+    weights = patient_resample_weights(query_patients, BOOTSTRAP_RESAMPLES, seed)
+    random_values = np.array(random_expectations)
     reports = [
         _strategy_report(
             strategy.value,
@@ -164,10 +199,12 @@ def evaluate(
             space,
             k,
             ks,
+            weights,
+            random_values,
         )  # fmt: skip
         for strategy in dict.fromkeys(strategies)
     ]
-    expectation = np.mean(np.array(random_expectations), axis=0)
+    expectation = np.mean(random_values, axis=0)
     reports.append(
         StrategyReport(
             strategy=RANDOM_ROW,
@@ -187,6 +224,10 @@ def evaluate(
                     "precision": float(expectation[0]),
                 }
                 for value in ks
+            },
+            intervals={
+                metric: _interval(random_values[:, column], weights)
+                for metric, column in RANDOM_COLUMNS.items()
             },
         )  # fmt: skip
     )
@@ -213,6 +254,8 @@ def _strategy_report(
     space: LabelSpace,
     k: int,
     ks: tuple[int, ...],
+    weights: np.ndarray,
+    random_values: np.ndarray,
 ) -> StrategyReport:
     pairs = list(zip(query_findings, answers, strict=True))
     against_exact = list(zip(answers, exact_answers, strict=True))
@@ -227,6 +270,15 @@ def _strategy_report(
             ),
         }
     top = curves[k]
+    per_query = {
+        "precision": np.array([precision_at_k(q, hits.findings, k) for q, hits in pairs]),
+        "acg": np.array([acg_at_k(space, q, hits.findings, k) for q, hits in pairs]),
+        "acg_positive": np.array([acg_positive_at_k(q, hits.findings, k) for q, hits in pairs]),
+    }
+    minus_random = {}
+    for metric, column in RANDOM_COLUMNS.items():
+        difference = bootstrap_interval(per_query[metric] - random_values[:, column], weights)
+        minus_random[metric] = [difference.value, difference.low, difference.high]
     return StrategyReport(
         strategy=name,
         k=k,
@@ -239,7 +291,14 @@ def _strategy_report(
         latency=LatencySummary.of(latencies),
         returned=float(np.mean([len(h.keys) for h in answers])),
         curves=curves,
+        intervals={metric: _interval(values, weights) for metric, values in per_query.items()},
+        minus_random=minus_random,
     )
+
+
+def _interval(values: np.ndarray, weights: np.ndarray) -> list[float]:
+    interval = bootstrap_interval(values, weights)
+    return [interval.low, interval.high]
 
 
 def _mean(values: Iterable[float]) -> float:

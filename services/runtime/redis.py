@@ -5,11 +5,28 @@ from __future__ import annotations
 import shutil
 import time
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
 from services.config import Settings
 from services.runtime.processes import ManagedProcess, RuntimeProblem, log_tail, require_free_port
+from services.secrets import redis_password
+
+
+def redacted_url(settings: Settings) -> str:
+    """The broker URL with its password hidden, for messages and logs."""
+    return redact_url(settings.broker_url)
+
+
+def redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
 
 
 @dataclass(frozen=True)
@@ -26,7 +43,9 @@ class RedisRuntime:
         self.process = ManagedProcess("redis", self.home / "redis.pid", self.home / "redis.log")
 
     def status(self) -> RedisStatus:
-        return RedisStatus(self.process.is_running(), self.process.pid(), self.settings.broker_url)
+        return RedisStatus(
+            self.process.is_running(), self.process.pid(), redacted_url(self.settings)
+        )
 
     def start(self, timeout_s: float = 30.0) -> bool:
         if self.process.is_running():
@@ -40,15 +59,26 @@ class RedisRuntime:
         s = self.settings
         require_free_port("Redis", s.redis_host, s.redis_port)
         self.home.mkdir(parents=True, exist_ok=True)
+        password = redis_password(s)
+        # The password goes in a 0600 config file, not on the command line (visible in ps).
+        config = self.home / "redis.conf"
+        config.unlink(missing_ok=True)
+        config.touch(mode=0o600)
+        if "\n" in password or "\r" in password:
+            raise RuntimeProblem("the Redis password must be one line (MEDGRAPH_REDIS_PASSWORD)")
+        quoted = password.replace("\\", "\\\\").replace('"', '\\"')
+        config.write_text(f'requirepass "{quoted}"\n')
         argv = [
-            server, "--port", str(s.redis_port), "--bind", s.redis_host,
+            server, str(config), "--port", str(s.redis_port), "--bind", s.redis_host,
             "--dir", str(self.home), "--daemonize", "no", "--protected-mode", "yes",
             # The append-only file keeps queued Celery messages across a Redis restart.
             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
         ]  # fmt: skip
         self.process.log_file.unlink(missing_ok=True)
         self.process.spawn(argv)
-        client = redis.Redis(host=s.redis_host, port=s.redis_port, socket_timeout=1)
+        client = redis.Redis(
+            host=s.redis_host, port=s.redis_port, password=password, socket_timeout=1
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if not self.process.is_running():

@@ -7,7 +7,7 @@ import click
 from services.config import Settings
 from services.graph.store import GraphStore
 from services.runtime.neo4j import Neo4jRuntime
-from services.runtime.redis import RedisRuntime
+from services.runtime.redis import RedisRuntime, redacted_url
 from services.runtime.worker import WorkerRuntime
 
 STACK_PARTS = ("neo4j", "redis", "worker")
@@ -17,7 +17,7 @@ def start_stack(settings: Settings, parts: tuple[str, ...] = STACK_PARTS) -> Non
     if "redis" in parts:
         redis_runtime = RedisRuntime(settings)
         if redis_runtime.start():
-            click.echo(f"redis: started on {settings.broker_url}")
+            click.echo(f"redis: started on {redacted_url(settings)}")
         else:
             click.echo(f"redis: already running (pid {redis_runtime.process.pid()})")
     if "neo4j" in parts:

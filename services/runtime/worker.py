@@ -60,9 +60,15 @@ class WorkerRuntime:
     def _settings_environment(self) -> dict[str, str]:
         """The worker must see the same settings as the command that started it."""
         s = self.settings
-        return {
+        environment = {
             "MEDGRAPH_HOME": str(s.home),
-            "MEDGRAPH_REDIS_URL": s.broker_url,
             "MEDGRAPH_NEO4J_URI": s.bolt_uri,
             "MEDGRAPH_NEO4J_DATABASE": s.neo4j_database,
+            # The worker reads Redis's password from <home>/secrets itself: it never travels
+            # through the environment.
+            "MEDGRAPH_REDIS_HOST": s.redis_host,
+            "MEDGRAPH_REDIS_PORT": str(s.redis_port),
         }
+        if s.redis_url:
+            environment["MEDGRAPH_REDIS_URL"] = s.redis_url
+        return environment

@@ -22,6 +22,7 @@ from flask.testing import FlaskClient
 from services.auth.api_keys import create_api_key
 from services.config import REPO_ROOT, Settings
 from services.graph.store import GraphStore
+from services.paths import NOT_UNDER_ROOTS
 from tests.api.conftest import ApiGraph
 
 pytestmark = pytest.mark.neo4j
@@ -48,7 +49,7 @@ def test_ready_reports_each_component(client: FlaskClient) -> None:
 def test_job_requests_are_checked(client: FlaskClient, tmp_path: Path) -> None:
     response = client.post("/api/v1/jobs/ingest", json={"paths": [str(tmp_path)]})
     assert response.status_code == 422
-    assert "not under a data root" in response.get_json()["error"]["message"]
+    assert NOT_UNDER_ROOTS in response.get_json()["error"]["message"]
     for body in ({"paths": []}, {"paths": ["relative/folder"]}, {"folder": "/x"}):
         response = client.post("/api/v1/jobs/ingest", json=body)
         assert response.status_code == 422, body

@@ -23,7 +23,9 @@ EXPECTED_PUBLIC = re.compile(
 
 @pytest.fixture(scope="module")
 def app(stack: Settings, graph_store: GraphStore) -> Flask:
-    application = create_app(stack)
+    # These tests fail authentication hundreds of times from one address; the per-address
+    # limit of failures is tested below with its own app.
+    application = create_app(stack.model_copy(update={"api_auth_failures_per_minute": 0}))
     application.config["TESTING"] = False
     return application
 
@@ -113,3 +115,50 @@ def test_rate_limit_answers_429(stack: Settings, graph_store: GraphStore) -> Non
     )
     statuses = [client.get("/api/v1/communities").status_code for _ in range(5)]
     assert statuses[:3] == [200, 200, 200] and statuses[3:] == [429, 429]
+
+
+def test_failed_authentications_are_limited_per_address(
+    stack: Settings, graph_store: GraphStore
+) -> None:
+    limited = create_app(stack.model_copy(update={"api_auth_failures_per_minute": 5}))
+    limited.config["TESTING"] = False
+    good = create_api_key(graph_store, "limited", ("read",)).token
+    attacker = limited.test_client()
+    attacker.environ_base["REMOTE_ADDR"] = "10.0.0.66"
+    statuses = [
+        attacker.get(
+            "/api/v1/communities", headers={"Authorization": f"Bearer mg_{i:012x}_{'b' * 43}"}
+        ).status_code
+        for i in range(12)
+    ]
+    assert statuses[:5] == [401] * 5 and set(statuses[5:]) == {429}, statuses
+    refused = attacker.get("/api/v1/communities", headers={"Authorization": f"Bearer {good}"})
+    assert (
+        refused.status_code == 429
+        and "failed authentications" in refused.get_json()["error"]["message"]
+    )
+    assert refused.headers["Retry-After"]
+    other = limited.test_client()
+    other.environ_base["REMOTE_ADDR"] = "10.0.0.7"
+    assert (
+        other.get("/api/v1/communities", headers={"Authorization": f"Bearer {good}"}).status_code
+        == 200
+    )
+    assert limited.test_client().get("/api/v1/health").status_code == 200  # public routes stay open
+
+
+def test_only_the_bearer_header_carries_a_key(app: Flask, graph_store: GraphStore) -> None:
+    token = create_api_key(graph_store, "forms", ("read",)).token
+    client = app.test_client()
+    client.set_cookie("medgraph_key", token)
+    assert client.get("/api/v1/communities").status_code == 401
+    assert (
+        app.test_client().get("/api/v1/communities", headers={"X-API-Key": token}).status_code
+        == 401
+    )
+    assert (
+        app.test_client()
+        .get("/api/v1/communities", headers={"Authorization": f"Bearer {token}"})
+        .status_code
+        == 200
+    )

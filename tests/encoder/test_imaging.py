@@ -23,11 +23,19 @@ from encoder_testkit import (
 )
 from PIL import Image
 from pydicom.dataset import Dataset
-from pydicom.uid import JPEG2000Lossless, RLELossless
+from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
 from services.config import get_settings
-from services.encoder.imaging import DecodedImage, ImageReadError, ReadLimits, read_image
+from services.encoder.imaging import (
+    DecodeBusy,
+    DecodedImage,
+    DecodeGate,
+    ImageReadError,
+    ReadLimits,
+    read_image,
+)
 from tests.support import dicom_bytes
+from tests.support import dicom_dataset as support_dicom_dataset
 
 BASE = base_image()
 STORED = np.round(BASE * TWELVE_BIT_MAX).astype(np.uint16)
@@ -396,3 +404,32 @@ def test_limits_default_to_the_settings(monkeypatch: pytest.MonkeyPatch) -> None
             read_image(png_bytes(BASE), "a.png")
     finally:
         get_settings.cache_clear()
+
+
+# --- issue 16: memory budget, aspect ratio, decode gate -------------------------------------
+def test_a_deflated_dicom_under_the_budget_reads_like_the_plain_one() -> None:
+    stored = (np.arange(64 * 48, dtype=np.uint16).reshape(48, 64) * 7) % 4096
+    plain = support_dicom_dataset(stored)
+    deflated = support_dicom_dataset(stored)
+    deflated.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    a = read_image(dicom_bytes(plain), "a.dcm", limits=LIMITS)
+    b = read_image(dicom_bytes(deflated), "b.dcm", limits=LIMITS)
+    np.testing.assert_array_equal(a.pixels, b.pixels)
+
+
+def test_images_over_the_memory_budget_or_aspect_ratio_are_refused_before_decoding() -> None:
+    tight = ReadLimits(LIMITS.max_file_bytes, LIMITS.max_image_pixels, max_decode_bytes=2**20)
+    with pytest.raises(ImageReadError, match=r"max_decode_mib\); refused before decoding"):
+        read_image(png_bytes(np.zeros((400, 400), np.uint8)), "big.png", limits=tight)
+    with pytest.raises(ImageReadError, match=r"aspect ratio of 21:1.*max_image_aspect_ratio"):
+        read_image(png_bytes(np.zeros((10, 210), np.uint8)), "wide.png", limits=LIMITS)
+    assert read_image(png_bytes(np.zeros((10, 200), np.uint8)), "ok.png", limits=LIMITS)
+
+
+def test_the_decode_gate_bounds_concurrent_decodes() -> None:
+    gate = DecodeGate(slots=2, wait_s=0.05)
+    busy = pytest.raises(DecodeBusy, match="2 image decoding slots")
+    with gate.slot(), gate.slot(), busy, gate.slot():
+        pass
+    with gate.slot():
+        pass

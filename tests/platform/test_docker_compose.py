@@ -54,7 +54,16 @@ def test_every_medgraph_variable_is_a_setting_and_parses() -> None:
         data_roots=yaml.safe_load(values["data_roots"]),
     )
     assert settings.bolt_uri == "bolt://neo4j:7687"
-    assert settings.broker_url == "redis://redis:6379/0"
+    assert settings.broker_url == "redis://:placeholder@redis:6379/0"
+
+
+def test_redis_requires_the_shared_password() -> None:
+    services = load_compose()["services"]
+    password = services["api"]["environment"]["MEDGRAPH_REDIS_PASSWORD"]
+    command = services["redis"]["command"]
+    assert command[command.index("--requirepass") + 1] == password
+    assert services["redis"]["environment"]["REDISCLI_AUTH"] == password
+    assert "ports" not in services["redis"], "Redis is reachable only inside the compose network"
 
 
 def test_neo4j_password_is_shared_between_neo4j_and_the_apps() -> None:

@@ -17,9 +17,21 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 def test_environment_prefix_sets_fields(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MEDGRAPH_NEO4J_BOLT_PORT", "7999")
     monkeypatch.setenv("MEDGRAPH_REDIS_PORT", "6999")
+    monkeypatch.setenv("MEDGRAPH_REDIS_PASSWORD", "p@ss/word")
     settings = Settings()
     assert settings.bolt_uri == "bolt://127.0.0.1:7999"
-    assert settings.broker_url == "redis://127.0.0.1:6999/0"
+    # The password is URL-quoted into the broker URL.
+    assert settings.broker_url == "redis://:p%40ss%2Fword@127.0.0.1:6999/0"
+
+
+def test_the_redis_password_is_generated_once_into_the_secrets_folder(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path)
+    url = settings.broker_url
+    password = (tmp_path / "secrets" / "redis-password").read_text().strip()
+    assert len(password) >= 24
+    assert url == f"redis://:{password}@127.0.0.1:{settings.redis_port}/0"
+    assert (tmp_path / "secrets" / "redis-password").stat().st_mode & 0o077 == 0
+    assert Settings(home=tmp_path).broker_url == url
 
 
 def test_explicit_uris_win_over_host_and_port() -> None:

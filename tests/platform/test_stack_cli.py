@@ -61,7 +61,11 @@ def test_start_status_restart_and_stop(own_stack_env: dict[str, str]) -> None:
     browser = f"http://127.0.0.1:{env['MEDGRAPH_NEO4J_HTTP_PORT']}/browser/"
     with urllib.request.urlopen(browser, timeout=10) as response:
         assert response.status == 200
-    assert redis.Redis(port=int(env["MEDGRAPH_REDIS_PORT"])).ping()
+    password = (home / "secrets" / "redis-password").read_text().strip()
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=int(env["MEDGRAPH_REDIS_PORT"])).ping()
+    assert redis.Redis(port=int(env["MEDGRAPH_REDIS_PORT"]), password=password).ping()
+    assert password not in started.stdout + started.stderr
 
     status = run_cli(env, "stack", "status")
     assert status.returncode == 0

@@ -5,14 +5,19 @@ and API keys."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import requests
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -111,6 +116,9 @@ def seeded_graph(
             "api_upload_dir": root / "uploads",
             # Hundreds of requests a minute on one key; the rate limit has its own tests.
             "api_rate_limit_per_minute": 0,
+            # The no-key fuzzing fails authentication hundreds of times from one address; the
+            # failed-authentication limit has its own tests (test_hostile_service.py).
+            "api_auth_failures_per_minute": 0,
         }
     )
     graph_store.run_autocommit(
@@ -199,3 +207,93 @@ def graph_fingerprint(
     for r in relationships:
         counts[r["type"]] = counts.get(r["type"], 0) + 1
     return GraphFingerprint(counts, digest.hexdigest())
+
+
+# --- the API as its own process (`medgraph serve` under waitress) ----------------------------
+# The API process's peak resident memory (VmHWM) must stay under this, whatever hostile or
+# concurrent uploads arrive: about 1 GiB for the process, its model and request buffers, plus
+# decode_slots (2) x max_decode_mib (1024 MiB). Stated in docs/reliability.md and the README.
+API_RSS_BUDGET_BYTES = 3 * 1024**3
+
+
+@dataclass
+class ServedApi:
+    url: str
+    port: int
+    process: subprocess.Popen[bytes]
+    settings: Settings
+    log_path: Path
+    env: dict[str, str]
+
+    def peak_rss(self) -> int:
+        """The process's peak resident set size in bytes (VmHWM of /proc/<pid>/status)."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmHWM in /proc status")
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_tail(self, characters: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-characters:]
+
+
+@pytest.fixture(scope="session")
+def served_api(
+    seeded_graph: SeededGraph, worker_env: dict[str, str], reliability_worker: WorkerProcess
+) -> Iterator[ServedApi]:
+    """`medgraph serve` (waitress, 8 threads) on the seeded graph, in its own process group."""
+    port = seeded_graph.settings.api_port + 1
+    env = dict(worker_env)
+    env.update(
+        MEDGRAPH_DATA_ROOTS=json.dumps([str(seeded_graph.root)]),
+        MEDGRAPH_API_PORT=str(port),
+        MEDGRAPH_API_UPLOAD_DIR=str(seeded_graph.root / "uploads"),
+        MEDGRAPH_API_THREADS="8",
+        # The per-key limit would throttle the hostile tests' own read key; failed
+        # authentications keep their default limit (30 a minute per address).
+        MEDGRAPH_API_RATE_LIMIT_PER_MINUTE="0",
+        OMP_NUM_THREADS="1",
+    )
+    log_path = seeded_graph.settings.home / "logs" / f"served-api-{os.getpid()}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "serve"],
+            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    served = ServedApi(
+        f"http://127.0.0.1:{port}", port, process, seeded_graph.settings, log_path, env
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if requests.get(f"{served.url}/api/v1/health", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if not served.alive() or time.monotonic() > deadline:
+                raise AssertionError(f"medgraph serve did not start:\n{served.log_tail()}")
+            time.sleep(0.3)
+        # Load the encoder now (the first upload pays for it), so memory figures include it.
+        sample = next((seeded_graph.root / "images").iterdir())
+        warm = requests.post(
+            f"{served.url}/api/v1/search",
+            files={"file": (sample.name, sample.read_bytes())},
+            data={"k": "3"},
+            headers=seeded_graph.headers(),
+            timeout=300,
+        )
+        assert warm.status_code == 200, warm.text
+        yield served
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from services.config import REPO_ROOT, Settings
 from services.graph.store import GraphStore
 from services.ingest.jobs import JobTracker
+from services.paths import NOT_UNDER_ROOTS
 from tests.reliability.bad_files import BadFile, bad_files, write_bad_files
 from tests.reliability.conftest import MAX_UPLOAD_BYTES, SeededGraph, graph_fingerprint
 
@@ -206,7 +207,7 @@ def test_a_label_path_that_is_a_folder_or_missing_is_refused(
     seeded_graph: SeededGraph, api: FlaskClient, unchanged: None
 ) -> None:
     images = seeded_graph.root / "images"
-    for labels, problem in ((images, "is a directory"), (images / "none.csv", "does not exist")):
+    for labels, problem in ((images, "is a directory"), (images / "none.csv", NOT_UNDER_ROOTS)):
         response = api.post(
             f"{API}/jobs/ingest",
             json={"paths": [str(images)], "labels": str(labels)},
@@ -331,7 +332,7 @@ BAD_REQUESTS = [
                _json({"paths": "/data"}), 422, "paths:"),
     BadRequest("ingest-missing-path", "POST", f"{API}/jobs/ingest",
                lambda graph: {"json": {"paths": [str(graph.root / "nothing-here")]}}, 422,
-               "does not exist"),
+               NOT_UNDER_ROOTS),
     BadRequest("cluster-unknown-algorithm", "POST", f"{API}/jobs/cluster",
                _json({"algorithm": "kmeans"}), 422, "algorithm:"),
     BadRequest("cluster-negative-resolution", "POST", f"{API}/jobs/cluster",

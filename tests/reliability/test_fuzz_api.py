@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from collections import Counter
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 import schemathesis
 from flask import Flask
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
@@ -109,3 +111,107 @@ def _drop_queued_jobs() -> Any:
     yield
 
     app.control.purge()
+
+
+# --- issue 16: hostile values in every parameter -----------------------------------------------
+def nested(depth: int, leaf: Any = 1) -> Any:
+    """``depth`` levels of alternating lists and objects (built without recursion)."""
+    value = leaf
+    for level in range(depth):
+        value = [value] if level % 2 else {"a": value}
+    return value
+
+
+HOSTILE_VALUES = st.one_of(
+    st.sampled_from(
+        [2**127, -(2**127), 2**128 - 1, 2**64, 2**63, -(2**63) - 1, 10**40,
+         math.inf, -math.inf, math.nan, 1e308, -1e308, 5e-324]
+    ),
+    st.integers(min_value=-(2**127), max_value=2**128),
+    st.builds(nested, st.integers(min_value=2, max_value=400)),
+    st.builds(lambda d, n: nested(d, n), st.integers(2, 60), st.sampled_from([math.inf, 2**100])),
+)  # fmt: skip
+HOSTILE_TEXT = st.one_of(
+    st.sampled_from(["Infinity", "-Infinity", "NaN", "1e400", "-1e400", str(2**127), str(-(2**128)),
+                     str(2**64), "9" * 4000, "0x7fffffffffffffff"]),
+    st.integers(min_value=-(2**127), max_value=2**128).map(str),
+)  # fmt: skip
+
+
+def fuzz_hostile(
+    operation: Any, headers: dict[str, str], examples: int, app: Flask
+) -> list[tuple[str, int, str]]:
+    """Valid generated cases, then one body field, query parameter or path parameter replaced
+    by a 128-bit integer, an infinity, a NaN or a deeply nested value."""
+    seen: list[tuple[str, int, str]] = []
+    strategy = operation.as_strategy(generation_mode=GenerationMode.POSITIVE)
+
+    @settings(
+        max_examples=examples, deadline=None, derandomize=True, database=None,
+        suppress_health_check=list(HealthCheck), phases=("explicit", "generate"),
+    )  # fmt: skip
+    @given(case=strategy, value=HOSTILE_VALUES, text=HOSTILE_TEXT, pick=st.integers(0, 1000))
+    def run(case: Any, value: Any, text: str, pick: int) -> None:
+        targets: list[tuple[str, str]] = []
+        if isinstance(case.body, dict):
+            targets += [("body", name) for name in case.body] + [("body", "k"), ("body", "seed")]
+        elif case.body is not None:
+            targets.append(("whole-body", ""))
+        targets += [("query", name) for name in (case.query or {})]
+        targets += [("path", name) for name in (case.path_parameters or {})]
+        if not targets:
+            return
+        where, name = targets[pick % len(targets)]
+        if where in ("body", "whole-body"):
+            body = {**case.body, name: value} if where == "body" else value
+            # JSON text as Python writes it: Infinity, NaN and integers of any size, which a
+            # strict client (schemathesis's transport) refuses to send.
+            with app.test_client() as client:
+                raw = client.open(
+                    case.formatted_path, method=case.method, query_string=case.query or None,
+                    data=json.dumps(body, allow_nan=True),
+                    headers={**headers, "Content-Type": "application/json"},
+                )  # fmt: skip
+                status, content = raw.status_code, raw.data
+            case.body = body
+        else:
+            if where == "query":
+                case.query = {**case.query, name: text}
+            else:
+                case.path_parameters = {**case.path_parameters, name: text}
+            response = case.call(headers=headers)
+            status, content = response.status_code, response.content
+        problem = ""
+        if status >= 500:
+            problem = "server error"
+        elif status >= 400:
+            try:
+                body = json.loads(content)
+                if not isinstance(body.get("error", {}).get("message"), str):
+                    problem = "error body without a message"
+            except ValueError:
+                problem = "error body is not JSON"
+        request = f"{case.method} {case.formatted_path} {case.query or ''} {str(case.body)[:120]}"
+        seen.append((request, status, problem))
+
+    with contextlib.suppress(Unsatisfiable):
+        run()
+    return seen
+
+
+def test_hostile_numbers_and_nesting_never_get_a_server_error(
+    api_schema: Any, seeded_graph: SeededGraph, reliability_app: Flask
+) -> None:
+    headers = seeded_graph.headers("write")
+    results: list[tuple[str, int, str]] = []
+    for result in api_schema.get_all_operations():
+        operation = result.ok()
+        label = f"{operation.method.upper()} {operation.path}"
+        if label in FIXED_COST:
+            continue
+        results += fuzz_hostile(operation, headers, EXAMPLES * 2, reliability_app)
+    statuses = Counter(status for _, status, _ in results)
+    print(f"{len(results)} hostile requests: {statuses}")
+    problems = [entry for entry in results if entry[2]]
+    assert not problems, problems[:20]
+    assert len(results) >= 150

@@ -25,6 +25,7 @@ from services.api.blueprints.images import thumbnails
 from services.config import Settings
 from services.graph.store import GraphStore
 from services.ingest.jobs import JobProgress, JobTracker
+from services.paths import NOT_UNDER_ROOTS
 from services.secrets import patient_key_secret
 from tests.reliability.conftest import SeededGraph
 from tests.reliability.phi import all_phi_values, leaks, needles, texts_of
@@ -368,16 +369,16 @@ def test_ingest_paths_must_lie_under_a_data_root(
     linked.symlink_to(outside, target_is_directory=True)
     up = os.path.relpath(outside, root)
     attempts = {
-        "/etc": "is not under a data root",
-        "/": "is not under a data root",
-        str(outside): "is not under a data root",
-        f"{root}/{up}": "is not under a data root",
-        str(linked): "is not under a data root",
-        f"{root}/images/../{up}/x.png": "is not under a data root",
+        "/etc": NOT_UNDER_ROOTS,
+        "/": NOT_UNDER_ROOTS,
+        str(outside): NOT_UNDER_ROOTS,
+        f"{root}/{up}": NOT_UNDER_ROOTS,
+        str(linked): NOT_UNDER_ROOTS,
+        f"{root}/images/../{up}/x.png": NOT_UNDER_ROOTS,
         "images": "must be an absolute path",
         "~/x.png": "must be an absolute path",
         f"file://{outside}": "must be an absolute path",
-        f"{root}/%2e%2e/{up}": "does not exist",
+        f"{root}/%2e%2e/{up}": NOT_UNDER_ROOTS,
     }
     jobs_before = graph_store.run_text("MATCH (j:IngestJob) RETURN count(j) AS n")[0]["n"]
     for path, message in attempts.items():
@@ -392,7 +393,7 @@ def test_ingest_paths_must_lie_under_a_data_root(
         headers=seeded_graph.headers("write"),
     )
     assert labels.status_code == 422
-    assert "labels '/etc/passwd' is not under a data root" in labels.get_json()["error"]["message"]
+    assert f"labels '/etc/passwd' {NOT_UNDER_ROOTS}" in labels.get_json()["error"]["message"]
     jobs_after = graph_store.run_text("MATCH (j:IngestJob) RETURN count(j) AS n")[0]["n"]
     assert jobs_after == jobs_before, "a refused request started a job"
 

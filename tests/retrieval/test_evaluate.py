@@ -73,6 +73,17 @@ def test_evaluate_prints_the_table_and_writes_json_and_plot(
     assert rows["exact"]["precision"] == pytest.approx(float(np.mean(precisions)))
     assert rows["exact"]["latency"]["count"] == 25
 
+    # Patient-bootstrap intervals around every figure, and the paired difference to random.
+    assert "95% intervals (bootstrap over query patients)" in result.output
+    for row in rows.values():
+        for metric in ("precision", "acg", "acg_positive"):
+            low, high = row["intervals"][metric]
+            assert low <= row[metric] <= high
+    random = rows["random (expected)"]
+    difference = rows["exact"]["minus_random"]["precision"]
+    assert difference[0] == pytest.approx(rows["exact"]["precision"] - random["precision"])
+    assert difference[1] <= difference[0] <= difference[2]
+
 
 def test_evaluate_without_labelled_images_fails_clearly(clean_graph: GraphStore) -> None:
     result = CliRunner().invoke(main, ["evaluate"])

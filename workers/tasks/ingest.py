@@ -39,6 +39,7 @@ from services.ingest.edges import build_edges
 from services.ingest.jobs import JobTracker
 from services.ingest.pipeline import FileEntry, embed_files, stored_keys, write_image_rows
 from services.jobs import EMBED_BATCH, EMBED_QUEUE, GRAPH_QUEUE, LINK_IMAGES, WRITE_IMAGES
+from services.paths import NOT_UNDER_ROOTS, resolve_under_roots
 from services.secrets import patient_key_secret
 from workers.celery_app import app
 
@@ -154,19 +155,38 @@ def embed_batch(self: Task, job_id: str, batch_id: str, entries: list[FileEntry]
     if starts > settings.ingest_max_crashes:
         return _isolate_crashing_batch(job_id, batch_id, entries, starts - 1)
 
+    # A task can reach Redis without passing through the API or the CLI: every path is checked
+    # against this worker's own data roots, with the same words for "outside" and "missing".
+    allowed, refused = split_by_roots(entries, settings.data_roots)
     extractor = extractor_for(settings)
     store = graph_store()
     outcome = embed_files(
-        entries,
+        allowed,
         extractor,
-        limits=ReadLimits(settings.max_file_bytes, settings.max_image_pixels),
+        limits=ReadLimits.from_settings(settings),
         secret=patient_key_secret(settings),
         lookup_known=lambda keys: stored_keys(store, keys, extractor.model_version),
         batch_size=settings.embed_batch_size,
     )
-    write_images.apply_async((job_id, batch_id, outcome.rows, outcome.failures), queue=GRAPH_QUEUE)
-    return {"rows": len(outcome.rows), "failed": len(outcome.failures),
+    failures = refused + outcome.failures
+    write_images.apply_async((job_id, batch_id, outcome.rows, failures), queue=GRAPH_QUEUE)
+    return {"rows": len(outcome.rows), "failed": len(failures),
             "embedded": outcome.embedded, "reused": outcome.reused}  # fmt: skip
+
+
+def split_by_roots(
+    entries: list[FileEntry], roots: list[Path]
+) -> tuple[list[FileEntry], list[tuple[str, str]]]:
+    """(entries under a data root, (path, reason) for every other one)."""
+    allowed: list[FileEntry] = []
+    refused: list[tuple[str, str]] = []
+    for entry in entries:
+        if resolve_under_roots(str(entry.get("path", "")), roots) is None:
+            refused.append((str(entry.get("path", "")), NOT_UNDER_ROOTS))
+            logger.warning("refused a task path outside the data roots")
+        else:
+            allowed.append(entry)
+    return allowed, refused
 
 
 def _isolate_crashing_batch(

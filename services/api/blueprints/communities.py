@@ -11,6 +11,8 @@ from services.api.context import api_context
 from services.api.errors import ApiError
 from services.api.routing import operation
 from services.api.schemas import (
+    INT64_MAX,
+    INT64_MIN,
     ClusteringRunSummary,
     CommunityDetail,
     CommunityLink,
@@ -51,6 +53,12 @@ def _plain(value: Any) -> Any:
         return value
     iso = getattr(value, "iso_format", None)
     return iso() if callable(iso) else str(value)
+
+
+def _check_id(community_id: int) -> None:
+    """Community ids are 64-bit in the graph; a larger number names no community."""
+    if not INT64_MIN <= community_id <= INT64_MAX:
+        raise ApiError(404, f"no community has the id {community_id}")
 
 
 @operation(
@@ -95,6 +103,7 @@ def list_communities(query: PageQuery) -> CommunityList:
     errors=(404,),
 )
 def community_detail(community_id: int, query: CommunityMembersQuery) -> CommunityDetail:
+    _check_id(community_id)
     records = api_context().store.query(
         "api_community_detail", id=community_id, members=query.members
     )
@@ -126,6 +135,7 @@ def community_detail(community_id: int, query: CommunityMembersQuery) -> Communi
     errors=(404,),
 )
 def community_links(community_id: int, query: CommunityLinksQuery) -> CommunityLinks:
+    _check_id(community_id)
     store = api_context().store
     if not store.query("api_community_detail", id=community_id, members=0):
         raise ApiError(404, f"no community has the id {community_id}")

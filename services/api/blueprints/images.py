@@ -28,7 +28,7 @@ from services.api.schemas import (
     NeighbourhoodQuery,
     NeighbourhoodResponse,
 )
-from services.encoder.imaging import ImageReadError, ReadLimits, read_image
+from services.encoder.imaging import ImageReadError, read_image
 from services.privacy import deidentified_dicom
 
 images_bp = Blueprint("images", __name__, url_prefix="/api/v1")
@@ -100,12 +100,15 @@ def image_thumbnail(key: str) -> Response:
     cached = thumbnails.get(key, size)
     if cached is None:
         path, data = _stored_file(context, key)
-        limits = ReadLimits(context.settings.max_file_bytes, context.settings.max_image_pixels)
-        try:
-            decoded = read_image(data, name=path.name, limits=limits)
-        except ImageReadError as problem:
-            raise ApiError(422, f"the stored file cannot be rendered: {problem.reason}") from None
-        cached = thumbnail_png(decoded.pixels, size)
+        with context.decode_gate.slot():
+            try:
+                decoded = read_image(data, name=path.name, limits=context.read_limits)
+            except ImageReadError as problem:
+                raise ApiError(
+                    422, f"the stored file cannot be rendered: {problem.reason}"
+                ) from None
+            cached = thumbnail_png(decoded.pixels, size)
+            del decoded
         thumbnails.put(key, size, cached)
     return binary_response(cached, "image/png", **{"Cache-Control": IMMUTABLE, "ETag": key})
 

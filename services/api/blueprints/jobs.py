@@ -21,6 +21,7 @@ from services.api.routing import operation
 from services.api.schemas import ClusterJobRequest, IngestJobRequest, JobStatus
 from services.ingest.jobs import JobTracker, UnknownJob
 from services.ingest.submit import IngestError, plan_ingest, submit
+from services.paths import NOT_UNDER_ROOTS, resolve_under_roots
 
 jobs_bp = Blueprint("jobs", __name__, url_prefix="/api/v1")
 CLUSTER_PREFIX = "cluster-"
@@ -28,22 +29,15 @@ UPLOAD_SUFFIXES = {"png": ".png", "jpeg": ".jpg", "dicom": ".dcm"}
 
 
 def under_data_roots(context: ApiContext, raw: str, what: str) -> Path:
-    """``raw`` resolved, when it exists and lies under a data root; ApiError otherwise."""
-    path = Path(raw)
-    if not path.is_absolute():
+    """``raw`` resolved, when it exists and lies under a data root; ApiError otherwise.
+
+    Outside the roots, a missing path and an existing one get the same answer."""
+    if not Path(raw).is_absolute():
         raise ApiError(422, f"{what} must be an absolute path, got {raw!r}")
-    try:
-        resolved = path.resolve(strict=True)
-    except (OSError, RuntimeError, ValueError):  # ValueError: a NUL byte in the path
-        raise ApiError(422, f"{what} {raw!r} does not exist") from None
-    for root in context.settings.data_roots:
-        try:
-            if resolved.is_relative_to(Path(root).resolve(strict=True)):
-                return resolved
-        except (OSError, RuntimeError):
-            continue
-    roots = ", ".join(str(root) for root in context.settings.data_roots)
-    raise ApiError(422, f"{what} {raw!r} is not under a data root ({roots})")
+    resolved = resolve_under_roots(raw, context.settings.data_roots)
+    if resolved is None:
+        raise ApiError(422, f"{what} {raw!r} {NOT_UNDER_ROOTS}")
+    return resolved
 
 
 def start_ingest(context: ApiContext, paths: list[Path], labels: Path | None) -> str:

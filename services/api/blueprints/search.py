@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -14,7 +14,7 @@ from werkzeug.datastructures import FileStorage
 from services.api.blueprints.jobs import keep_upload_and_ingest
 from services.api.context import ApiContext, api_context
 from services.api.errors import ApiError
-from services.api.routing import operation, require_scope
+from services.api.routing import operation, parse_json, require_scope
 from services.api.schemas import (
     QueryDescription,
     SearchDiagnostics,
@@ -22,7 +22,7 @@ from services.api.schemas import (
     SearchResponse,
     SearchResult,
 )
-from services.encoder.imaging import ImageReadError, ReadLimits, read_image
+from services.encoder.imaging import ImageReadError, read_image
 from services.ingest.pipeline import modality_of, patient_key
 from services.retrieval.contract import SearchFilters, SearchHits, UnknownImage
 from services.retrieval.readmodel import GraphSnapshot
@@ -30,6 +30,7 @@ from services.secrets import patient_key_secret
 
 search_bp = Blueprint("search", __name__, url_prefix="/api/v1")
 UPLOAD_FIELD = "file"
+EMPTY_PIXELS = np.zeros((0, 0), dtype=np.float32)
 
 
 def thumbnail_url(key: str) -> str:
@@ -91,7 +92,7 @@ def read_search_request(context: ApiContext) -> tuple[SearchParameters, FileStor
                 f"'{UPLOAD_FIELD}'",
             )
     elif mimetype == "application/json" or request.is_json:
-        values = request.get_json(silent=True)
+        values = parse_json()
         if not isinstance(values, dict):
             raise ApiError(400, "the body must be a JSON object of search parameters")
     elif not request.get_data(cache=True):
@@ -165,16 +166,20 @@ def prepare_upload(
     if not data:
         raise ApiError(400, f"the uploaded file {name!r} is empty")
     start = time.perf_counter()
-    try:
-        decoded = read_image(
-            data, name=name, limits=ReadLimits(settings.max_file_bytes, settings.max_image_pixels)
-        )
-    except ImageReadError as problem:
-        raise ApiError(422, f"cannot read the uploaded image: {problem}") from None
-    stage_ms["decode"] = (time.perf_counter() - start) * 1000.0
-    start = time.perf_counter()
-    embedding = context.embed(decoded.pixels)
-    stage_ms["embed"] = (time.perf_counter() - start) * 1000.0
+    # One slot per image from decoding until its pixels are dropped after embedding, so N
+    # parallel uploads hold at most decode_slots images' worth of memory.
+    with context.decode_gate.slot():
+        stage_ms["wait"] = (time.perf_counter() - start) * 1000.0
+        start = time.perf_counter()
+        try:
+            decoded = read_image(data, name=name, limits=context.read_limits)
+        except ImageReadError as problem:
+            raise ApiError(422, f"cannot read the uploaded image: {problem}") from None
+        stage_ms["decode"] = (time.perf_counter() - start) * 1000.0
+        start = time.perf_counter()
+        embedding = context.embed(decoded.pixels)
+        stage_ms["embed"] = (time.perf_counter() - start) * 1000.0
+        decoded = replace(decoded, pixels=EMPTY_PIXELS)
     key = hashlib.sha256(data).hexdigest()
     start = time.perf_counter()
     try:

@@ -1,0 +1,210 @@
+"""The held-out evaluation of an encoder checkpoint, with its baselines (``medgraph evaluate
+--held-out``).
+
+Reads the labelled sets, finds the checkpoint's validation images by content hash, computes the
+codes of every row (the checkpoint, optionally a second checkpoint to compare, raw pixels, a
+randomly initialised DenseNet-121) and hands them to ``services.retrieval.heldout``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional
+
+from services.encoder.checkpoint import EncoderCheckpoint, file_sha256, load_checkpoint
+from services.encoder.extractor import FeatureExtractor
+from services.encoder.imaging import read_image
+from services.encoder.labels import LabelTable, read_label_sets
+from services.encoder.network import build_densenet121, pooled_features
+from services.encoder.preprocessing import Normalisation, prepare_batch, resize_pixels
+from services.encoder.training import TrainingError, resolve_device
+from services.retrieval.heldout import (
+    CodeSet,
+    HeldOutReport,
+    HeldOutSet,
+    Interval,
+    evaluate_held_out,
+    mean_auroc_interval,
+)
+from services.retrieval.metrics import LabelSpace
+
+RAW_PIXEL_SIZE = 64
+RAW_PIXELS_ROW = "raw pixels (64 px, centred)"
+RANDOM_INIT_ROW = "random-init DenseNet-121"
+RANDOM_INIT_SEED = 0
+
+
+@dataclass
+class HeldOutResult:
+    report: HeldOutReport
+    checkpoint: str
+    compared: str | None
+    auroc: dict[str, Any]
+    images: int
+    query_images: int
+    query_patients: int
+    seconds: float
+
+    def summary(self) -> str:
+        lines = [
+            f"held-out queries: {self.query_images} validation images of {self.query_patients} "
+            f"patients (never trained on); database: every other of {self.images} images; own "
+            f"patient excluded; exact cosine, K = {self.report.k}; 95% intervals from "
+            f"{self.report.resamples} bootstrap resamples of query patients",
+        ]
+        for name, entry in self.auroc.items():
+            line = f"mean validation AUROC, {name}: {_interval(entry['mean'])}"
+            if entry.get("difference") is not None:
+                gain = _negated(entry["difference"])
+                line += f"; {self.checkpoint} minus {name}, paired: {_interval(gain, signed=True)}"
+            lines.append(line)
+        return "\n".join(lines)
+
+
+def _negated(interval: Interval) -> Interval:
+    return Interval(-interval.value, -interval.high, -interval.low)
+
+
+def _interval(interval: Interval | dict[str, float], signed: bool = False) -> str:
+    if isinstance(interval, dict):
+        interval = Interval(**interval)
+    return interval.shown(percent=False, signed=signed)
+
+
+def held_out_evaluation(
+    label_files: Sequence[Path],
+    checkpoint_path: Path,
+    *,
+    compare: Path | None = None,
+    k: int = 50,
+    resamples: int = 2000,
+    seed: int = 0,
+    device: str | None = None,
+    batch_size: int = 64,
+    progress: Callable[[str], None] = lambda _: None,
+) -> HeldOutResult:
+    started = time.monotonic()
+    checkpoint = load_checkpoint(checkpoint_path)
+    validation = _validation_hashes(checkpoint, checkpoint_path)
+    table = read_label_sets(label_files)
+    progress(f"reading {len(table.records)} images")
+    pixels = [read_image(record.image_path).pixels for record in table.records]
+    hashes = [file_sha256(record.image_path) for record in table.records]
+    is_query = np.array([digest in validation for digest in hashes])
+    if not is_query.any():
+        raise TrainingError(
+            f"none of the images is one of {checkpoint_path}'s validation images: evaluate on "
+            "the label files it was trained on"
+        )
+    data = _held_out_set(table, is_query)
+
+    code_sets: list[CodeSet] = []
+    probabilities: dict[str, np.ndarray] = {}
+    named = [(checkpoint_path.name, checkpoint_path)]
+    if compare is not None:
+        other = load_checkpoint(compare)
+        if _validation_hashes(other, compare) != validation:
+            raise TrainingError(
+                f"{compare} was validated on other images than {checkpoint_path}: paired "
+                "comparisons need the same validation patients"
+            )
+        named.append((compare.name, compare))
+    for name, path in named:
+        progress(f"codes of {name}")
+        extractor = FeatureExtractor(path, device, batch_size=batch_size).load()
+        codes, predicted = extractor.embed_and_predict(pixels)
+        code_sets.append(CodeSet(f"{name} (exact)", codes))
+        probabilities[name] = predicted[is_query]
+    progress("raw-pixel and random-init codes")
+    code_sets.append(CodeSet(RAW_PIXELS_ROW, raw_pixel_codes(pixels), centre=True))
+    code_sets.append(
+        CodeSet(
+            RANDOM_INIT_ROW,
+            random_init_codes(
+                pixels, checkpoint.image_size, checkpoint.normalisation, device, batch_size
+            ),
+        )
+    )
+    progress("retrieval and bootstrap")
+    report = evaluate_held_out(data, code_sets, k=k, resamples=resamples, seed=seed)
+    targets = table.subset(np.flatnonzero(is_query)).targets()
+    intervals = mean_auroc_interval(
+        targets,
+        [probabilities[name] for name, _ in named],
+        data.patients[is_query],
+        resamples=resamples,
+        seed=seed,
+    )
+    auroc = {
+        name: {"mean": mean, "difference": difference}
+        for (name, _), (mean, difference) in zip(named, intervals, strict=True)
+    }
+    return HeldOutResult(
+        report=report,
+        checkpoint=checkpoint_path.name,
+        compared=compare.name if compare is not None else None,
+        auroc=auroc,
+        images=len(table.records),
+        query_images=int(is_query.sum()),
+        query_patients=len(np.unique(data.patients[is_query])),
+        seconds=time.monotonic() - started,
+    )
+
+
+def _validation_hashes(checkpoint: EncoderCheckpoint, path: Path) -> frozenset[str]:
+    hashes = checkpoint.training.get("split", {}).get("val_image_sha256")
+    if not hashes:
+        raise TrainingError(
+            f"{path} does not record its validation images (trained before they were "
+            "recorded): retrain it with `medgraph train`"
+        )
+    return frozenset(hashes)
+
+
+def _held_out_set(table: LabelTable, is_query: np.ndarray) -> HeldOutSet:
+    findings = [record.findings for record in table.records]
+    space = LabelSpace.from_findings(findings)
+    _, patients = np.unique([record.patient_id for record in table.records], return_inverse=True)
+    return HeldOutSet(
+        labels=space.matrix(findings),
+        sources=np.array([record.source for record in table.records]),
+        patients=patients.astype(np.int64),
+        is_query=is_query,
+    )
+
+
+def raw_pixel_codes(pixels: Sequence[np.ndarray], size: int = RAW_PIXEL_SIZE) -> np.ndarray:
+    """Each image resized to ``size`` squared, as a flat vector (centred per view later)."""
+    return np.stack([resize_pixels(image, size).reshape(-1).numpy() for image in pixels]).astype(
+        np.float32
+    )
+
+
+def random_init_codes(
+    pixels: Sequence[np.ndarray],
+    image_size: int,
+    normalisation: Normalisation,
+    device: str | None = None,
+    batch_size: int = 64,
+    seed: int = RANDOM_INIT_SEED,
+) -> np.ndarray:
+    """Codes of an untrained DenseNet-121 (seeded), same input pipeline and pooling as the
+    model: the level that architecture alone gives."""
+    torch.manual_seed(seed)
+    target = resolve_device(device)
+    model = build_densenet121(14).to(target).eval()
+    codes = []
+    with torch.inference_mode():
+        for start in range(0, len(pixels), batch_size):
+            batch = prepare_batch(
+                pixels[start : start + batch_size], image_size, normalisation, target
+            )
+            codes.append(functional.normalize(pooled_features(model, batch), dim=1).cpu().numpy())
+    return np.concatenate(codes).astype(np.float32)

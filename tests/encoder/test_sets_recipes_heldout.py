@@ -1,0 +1,247 @@
+"""Both bundled sets, the training recipes, the shipped checkpoint and `evaluate --held-out`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from encoder_testkit import BUNDLED_DIR, TINY_TRAINING, bundled_subset, write_labels
+
+from services.cli import main
+from services.config import REPO_ROOT, Settings
+from services.demo import demo_plan
+from services.encoder.checkpoint import file_sha256, load_checkpoint, save_checkpoint
+from services.encoder.labels import LabelFileError, bundled_label_files, read_label_sets
+from services.encoder.shipping import ShippingError, ship_checkpoint, shipped_checkpoint
+from services.encoder.training import (
+    COSINE_FLOOR,
+    RECIPES,
+    TrainConfig,
+    TrainingError,
+    TrainResult,
+    _CosineSchedule,
+    patient_disjoint_split,
+    train_encoder,
+)
+
+EXTRA_DIR = REPO_ROOT / "data" / "nih-cxr14-extra-128px"
+SHARED_PATIENT = "211"
+
+
+def _rows(labels: Path) -> list[dict[str, str]]:
+    with labels.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_the_repository_bundles_both_sets_with_their_attribution() -> None:
+    files = bundled_label_files(REPO_ROOT / "data")
+    assert [path.parent.name for path in files] == ["nih-cxr14-64px", "nih-cxr14-extra-128px"]
+    table = read_label_sets(files)
+    assert len(table.records) == 2173
+    assert {record.source for record in table.records} == {path.parent.name for path in files}
+    for path in files:
+        readme = (path.parent / "README.md").read_text()
+        assert "Licence and attribution" in readme and "ChestX-ray8" in readme
+    # One folder that is itself a set stays one set.
+    assert bundled_label_files(BUNDLED_DIR) == [BUNDLED_DIR / "labels.csv"]
+
+
+def test_a_folder_without_label_files_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(LabelFileError, match="no labels.csv"):
+        bundled_label_files(tmp_path)
+
+
+def test_a_patient_in_both_sets_stays_on_one_side_of_the_split(tmp_path: Path) -> None:
+    sources = []
+    for folder in (BUNDLED_DIR, EXTRA_DIR):
+        rows = _rows(folder / "labels.csv")
+        patients = sorted({row["Patient ID"] for row in rows} - {SHARED_PATIENT}, key=int)[:15]
+        kept = [row for row in rows if row["Patient ID"] in {*patients, SHARED_PATIENT}]
+        target = tmp_path / folder.name
+        target.mkdir()
+        (target / "images").symlink_to(folder / "images")
+        header = list(rows[0])
+        sources.append(
+            write_labels(target / "labels.csv", header, [[r[h] for h in header] for r in kept])
+        )
+    table = read_label_sets(sources)
+    shared = [i for i, r in enumerate(table.records) if r.patient_id == SHARED_PATIENT]
+    assert {table.records[i].source for i in shared} == {BUNDLED_DIR.name, EXTRA_DIR.name}
+    for seed in range(5):
+        split = patient_disjoint_split(table, 0.3, seed)
+        sides = {i in set(split.val.tolist()) for i in shared}
+        assert len(sides) == 1, "the shared patient's images were split across train and val"
+
+
+def test_sets_with_different_findings_are_refused(tmp_path: Path) -> None:
+    chexpert = tmp_path / "chexpert.csv"
+    chexpert.write_text("Path,Sex\nx.png,F\n")
+    with pytest.raises(LabelFileError):
+        read_label_sets([BUNDLED_DIR / "labels.csv", chexpert])
+
+
+def test_the_demo_plans_every_bundled_image(tmp_path: Path) -> None:
+    plan = demo_plan(Settings(home=tmp_path / "home"))
+    assert len(plan.entries) == plan.labelled == 2173
+    assert all(entry["patient_key"] and len(entry["patient_key"]) == 64 for entry in plan.entries)
+
+
+def test_recipes_from_settings_and_overrides(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, encoder_device="cpu")
+    tuned = TrainConfig.from_settings(settings, recipe="regularised")
+    assert tuned.recipe == "regularised" and tuned.schedule == "cosine" and tuned.weight_decay > 0
+    assert tuned.augmentation == "strong" and tuned.epochs == RECIPES["regularised"]["epochs"]
+    assert TrainConfig.from_settings(settings).recipe == "paper"
+    assert [path.parent.name for path in tuned.label_files] == [
+        "nih-cxr14-64px",
+        "nih-cxr14-extra-128px",
+    ]
+    paper = TrainConfig.from_settings(settings, recipe="paper", epochs=3)
+    assert (paper.schedule, paper.weight_decay, paper.augmentation) == ("plateau", 0.0, "light")
+    assert paper.epochs == 3
+    with pytest.raises(TrainingError, match="unknown recipe"):
+        TrainConfig.from_settings(settings, recipe="magic")
+    with pytest.raises(TrainingError, match="schedule must be one of"):
+        TrainConfig.from_settings(settings, schedule="step")
+
+
+def test_cosine_schedule_warms_up_decays_and_replans_to_the_time_limit(tmp_path: Path) -> None:
+    config = TrainConfig(
+        labels_csv=tmp_path / "x.csv", output=tmp_path / "x.pt", epochs=10,
+        learning_rate=1.0, schedule="cosine", warmup_epochs=1, time_limit_s=100.0,
+    )  # fmt: skip
+    schedule = _CosineSchedule(config, steps_per_epoch=4)
+    rates = []
+    for _ in range(40):
+        rates.append(schedule.rate())
+        schedule.step()
+    assert rates[0] == pytest.approx(0.01) and rates[4] == pytest.approx(1.0)
+    assert all(a <= b for a, b in zip(rates[:4], rates[1:5], strict=True)), "warm-up rises"
+    assert all(a >= b for a, b in zip(rates[4:-1], rates[5:], strict=True)), "then decays"
+    assert rates[-1] == pytest.approx(COSINE_FLOOR, abs=0.02)
+    # Epochs of 20 s with 30 s already spent: 3 more fit the 100 s limit, not 9.
+    fresh = _CosineSchedule(config, steps_per_epoch=4)
+    fresh.replan(epochs_done=1, epoch_seconds=[20.0], elapsed=30.0)
+    assert fresh.planned_epochs == 4
+
+
+def test_progress_lines_say_epoch_loss_auroc_and_time_left(tmp_path: Path) -> None:
+    labels = bundled_subset(tmp_path / "data", patients=14)
+    lines: list[str] = []
+    config = TrainConfig(
+        labels_csv=labels, images_dir=BUNDLED_DIR / "images", output=tmp_path / "m.pt",
+        device="cpu", **(TINY_TRAINING | {"epochs": 2, "batch_size": 4}),
+    )  # fmt: skip
+    train_encoder(config, progress=False, echo=lines.append)
+    within = [line for line in lines if line.startswith("  epoch 1/2: batch")]
+    assert within and all(" left" in line and "train loss" in line for line in within)
+    first = next(line for line in lines if line.startswith("epoch 1/2:"))
+    assert "val mean AUROC" in first and "kept epoch 1" in first and "left" in first
+
+
+def test_the_checkpoint_records_its_validation_images(tiny_training: TrainResult) -> None:
+    checkpoint = load_checkpoint(tiny_training.checkpoint_path)
+    split = checkpoint.training["split"]
+    hashes = split["val_image_sha256"]
+    assert len(hashes) == split["val_images"] == len(set(hashes))
+    bundled = {file_sha256(path) for path in (BUNDLED_DIR / "images").glob("*.png")}
+    assert set(hashes) <= bundled
+    assert split["sources"] == {
+        Path(checkpoint.training["labels_csv"][0]).parent.name: {
+            "train_images": split["train_images"],
+            "val_images": split["val_images"],
+        }
+    }
+
+
+def _variant(source: Path, target: Path, **metrics: object) -> Path:
+    checkpoint = load_checkpoint(source)
+    changed = type(checkpoint)(
+        checkpoint.findings, checkpoint.image_size, checkpoint.normalisation,
+        checkpoint.state_dict, checkpoint.training, checkpoint.metrics | metrics,
+    )  # fmt: skip
+    return save_checkpoint(target, changed)
+
+
+def test_shipping_needs_the_same_validation_images_and_a_higher_auroc(
+    tiny_training: TrainResult, tmp_path: Path
+) -> None:
+    cpu = _variant(tiny_training.checkpoint_path, tmp_path / "cpu.pt", val_mean_auroc=0.60)
+    worse = _variant(tiny_training.checkpoint_path, tmp_path / "worse.pt", val_mean_auroc=0.55)
+    better = _variant(tiny_training.checkpoint_path, tmp_path / "gpu.pt", val_mean_auroc=0.70)
+    destination = tmp_path / "models" / "densenet121-demo.pt"
+    with pytest.raises(ShippingError, match="does not beat"):
+        ship_checkpoint(worse, cpu, destination)
+    assert not destination.exists()
+    shipped = ship_checkpoint(better, cpu, destination)
+    record = json.loads(shipped.record.read_text())
+    assert record["sha256"] == file_sha256(destination) == shipped.sha256
+    assert record["val_mean_auroc"] == 0.70 and record["compared_with"]["val_mean_auroc"] == 0.60
+    assert shipped_checkpoint(destination) == destination
+    with destination.open("ab") as handle:  # a damaged or swapped file is not used
+        handle.write(b"\0")
+    assert shipped_checkpoint(destination) is None
+    assert shipped_checkpoint(tmp_path / "absent.pt") is None
+
+
+def test_evaluate_held_out_prints_views_baselines_and_intervals(
+    tiny_training: TrainResult, tmp_path: Path
+) -> None:
+    checkpoint = load_checkpoint(tiny_training.checkpoint_path)
+    labels = Path(checkpoint.training["labels_csv"][0])
+    images = labels.parent / "images"
+    if not images.exists():
+        images.symlink_to(BUNDLED_DIR / "images")
+    compare = _variant(tiny_training.checkpoint_path, tmp_path / "other.pt")
+    result = CliRunner().invoke(
+        main,
+        [
+            "evaluate", "--held-out", "--checkpoint", str(tiny_training.checkpoint_path),
+            "--compare", str(compare), "--labels", str(labels), "--k", "10",
+            "--resamples", "200", "--output-dir", str(tmp_path / "out"),
+        ],
+        env={"MEDGRAPH_ENCODER_DEVICE": "cpu", "MEDGRAPH_HOME": str(tmp_path / "home")},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "held-out queries:" in out and "own patient excluded" in out
+    for row in ("(exact)", "raw pixels", "random-init DenseNet-121", "random (expected)"):
+        assert row in out
+    assert "mean validation AUROC, encoder.pt:" in out and "encoder.pt minus other.pt" in out
+    saved = json.loads((tmp_path / "out" / "heldout.json").read_text())
+    views = [view["view"] for view in saved["views"]]
+    assert views == ["pooled", labels.parent.name]
+    assert saved["query_images"] == checkpoint.training["split"]["val_images"]
+    rows = saved["views"][1]["rows"]
+    # The same weights twice: the paired difference is exactly zero.
+    twin = next(row for row in rows if row["name"] == "other.pt (exact)")
+    assert all(math.isclose(twin["difference"][m]["value"], 0.0) for m in twin["difference"])
+    assert all(np.isfinite(row["metrics"]["precision"]["value"]) for row in rows)
+
+
+def test_evaluate_held_out_refuses_a_checkpoint_without_validation_record(
+    tiny_training: TrainResult, tmp_path: Path
+) -> None:
+    checkpoint = load_checkpoint(tiny_training.checkpoint_path)
+    training = dict(checkpoint.training)
+    training["split"] = {k: v for k, v in training["split"].items() if k != "val_image_sha256"}
+    old = save_checkpoint(
+        tmp_path / "old.pt",
+        type(checkpoint)(
+            checkpoint.findings, checkpoint.image_size, checkpoint.normalisation,
+            checkpoint.state_dict, training, checkpoint.metrics,
+        ),
+    )  # fmt: skip
+    result = CliRunner().invoke(
+        main,
+        ["evaluate", "--held-out", "--checkpoint", str(old), "--labels",
+         str(BUNDLED_DIR / "labels.csv")],
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "does not record its validation images" in result.output
+    assert "Traceback" not in result.output
