@@ -12,7 +12,8 @@ Setup, on its own stack (``.medgraph/bench-load``, Bolt 27987, HTTP 27774, Redis
 Load: ``--clients`` threads (16), each with one keep-alive HTTP connection to 127.0.0.1, send
 ``POST /api/v1/search`` back to back for ``--duration`` seconds (60) or until ``--max-requests``
 (200,000) in total, then stop. Each request picks its kind from the mix in turn: a stored
-image's key (leave-one-out, k = 10) with the ``region``, ``exact`` or ``vector`` strategy, or an
+image's key (leave-one-out, k = 10) with the ``region``, ``community_ranked``, ``exact`` or
+``vector`` strategy, or an
 uploaded PNG (decoded and embedded by the server) searched with ``region``. Any answer but 200
 counts as an error. Reports requests/s, p50/p90/p99/max latency and errors per kind and in
 total; writes ``bench/results/load_test.json``.
@@ -282,6 +283,7 @@ def main(argv: list[str] | None = None) -> None:
                         "vector: search by stored key; upload: PNG upload, region)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=None, help="waitress threads")
     parser.add_argument("--keep-stack", action="store_true", help="Leave Neo4j/Redis running.")
+    parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument(
         "--cluster-algorithm", default="leiden", choices=("leiden", "louvain", "cnm")
     )
@@ -292,7 +294,7 @@ def main(argv: list[str] | None = None) -> None:
         kind for part in args.mix.split(",") for kind, weight in [part.split(":")]
         for _ in range(int(weight))
     ]  # fmt: skip
-    unknown = set(kinds) - {"region", "exact", "vector", "upload"}
+    unknown = set(kinds) - {"region", "community_ranked", "exact", "vector", "upload"}
     if unknown:
         parser.error(f"unknown kinds in --mix: {sorted(unknown)}")
 
@@ -393,9 +395,10 @@ def main(argv: list[str] | None = None) -> None:
             "total": total,
             "per_kind": per_kind,
             "error_samples": outcome.error_samples,
+            "output": str(args.output),
         }
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(result, indent=2) + "\n")
         print_table(result)
     finally:
         if api_process is not None and api_process.poll() is None:
@@ -426,7 +429,7 @@ def print_table(result: dict[str, Any]) -> None:
             f"{figures.get('p99_ms', '-'):>8} {figures.get('max_ms', '-'):>8} "
             f"{figures['errors']:>7}"
         )
-    print(f"results: {RESULTS}")
+    print(f"results: {result.get('output', RESULTS)}")
 
 
 if __name__ == "__main__":

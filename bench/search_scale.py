@@ -27,7 +27,8 @@ import http.client
 import json
 import os
 import shutil
-import threading
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,14 +38,15 @@ import numpy as np
 import psutil
 
 from bench.similarity_graph import knn_agreement, knn_edges, synthetic_keys, write_graph
-from bench.synthetic import generate
-from services.api.app import create_app
+from bench.synthetic import generate, generate_hard
 from services.auth.api_keys import create_api_key
 from services.communities.job import run_clustering
 from services.config import REPO_ROOT, Settings
+from services.graph.cypher import load_cypher
 from services.graph.store import GraphStore, close_shared_drivers
 from services.retrieval.contract import SearchFilters, Strategy
 from services.retrieval.metrics import LatencySummary, recall_at_k
+from services.retrieval.region import RegionGrowingSearch
 from services.retrieval.service import RetrievalService
 from services.runtime.neo4j import Neo4jRuntime
 
@@ -52,15 +54,19 @@ SIZES = (10_000, 100_000, 223_648)
 K = 50
 KNN_K = 10
 RESULTS = REPO_ROOT / "bench" / "results" / "search_scale.json"
+RESULTS_HARD = REPO_ROOT / "bench" / "results" / "search_scale_hard.json"
+SETS = ("easy", "hard")
 
 
-def bench_settings(heap: str = "4g", pagecache: str = "3g") -> Settings:
+def bench_settings(heap: str = "4g", pagecache: str = "3g", port_offset: int = 0) -> Settings:
+    """``port_offset`` > 0: a second stack beside the first (own home, every port + offset)."""
+    suffix = f"-{port_offset}" if port_offset else ""
     return Settings(
-        home=REPO_ROOT / ".medgraph" / "bench-search",
-        neo4j_bolt_port=27887,
-        neo4j_http_port=27674,
-        redis_port=26779,
-        api_port=25040,
+        home=REPO_ROOT / ".medgraph" / f"bench-search{suffix}",
+        neo4j_bolt_port=27887 + port_offset,
+        neo4j_http_port=27674 + port_offset,
+        redis_port=26779 + port_offset,
+        api_port=25040 + port_offset,
         neo4j_heap=heap,
         neo4j_pagecache=pagecache,
         knn_k=KNN_K,
@@ -82,10 +88,12 @@ def fresh_neo4j(settings: Settings) -> GraphStore:
     return store
 
 
-def build_graph(store: GraphStore, settings: Settings, n: int, seed: int) -> dict[str, Any]:
-    report: dict[str, Any] = {"images": n}
+def build_graph(
+    store: GraphStore, settings: Settings, n: int, seed: int, generated: str = "easy"
+) -> dict[str, Any]:
+    report: dict[str, Any] = {"images": n, "set": generated}
     clock = time.perf_counter()
-    synthetic = generate(n, seed=seed)
+    synthetic = generate_hard(n, seed=seed) if generated == "hard" else generate(n, seed=seed)
     report["generate_s"] = round(time.perf_counter() - clock, 1)
     clock = time.perf_counter()
     edges = knn_edges(synthetic.embeddings, KNN_K, groups=synthetic.cluster)
@@ -151,6 +159,11 @@ def measure(
     keys = [r["key"] for r in store.run_text("MATCH (i:Image) RETURN i.key AS key ORDER BY key")]
     chosen = list(np.random.default_rng(seed).choice(keys, size=queries + 10, replace=False))
     warmup, chosen = chosen[:10], chosen[10:]
+    report: dict[str, Any] = {"queries": len(chosen), "k": K}
+    clock = time.perf_counter()
+    snapshot = service.read_model.get()
+    report["read_model_load_s"] = round(time.perf_counter() - clock, 1)
+    report["read_model_mib"] = round(snapshot.nbytes / 2**20)
     stored = {key: service.stored_query(key) for key in warmup + chosen}
 
     def filters(key: str) -> SearchFilters:
@@ -158,15 +171,11 @@ def measure(
             exclude_keys=frozenset({key}), exclude_patient_key=stored[key].patient_key
         )
 
-    report: dict[str, Any] = {"queries": len(chosen), "k": K}
-    clock = time.perf_counter()
-    service.search(stored[warmup[0]].embedding, K, Strategy.EXACT, filters(warmup[0]))
-    report["exact_matrix_load_s"] = round(time.perf_counter() - clock, 1)
-    matrix = service.embedding_cache.get().matrix
-
+    matrix = snapshot.matrix
     latencies: dict[str, list[float]] = {"numpy": []}
     answers: dict[Strategy, list[tuple[str, ...]]] = {}
     examined: dict[Strategy, list[float]] = {}
+    stages: dict[Strategy, dict[str, list[float]]] = {}
     for key in warmup:
         numpy_top_k(matrix, stored[key].embedding, K)
     for key in chosen:
@@ -177,42 +186,32 @@ def measure(
         for key in warmup:
             service.search(stored[key].embedding, K, strategy, filters(key))
         samples, results, fractions = [], [], []
+        stage_samples: dict[str, list[float]] = {}
         for key in chosen:
             clock = time.perf_counter()
             hits = service.search(stored[key].embedding, K, strategy, filters(key))
             samples.append((time.perf_counter() - clock) * 1000.0)
             results.append(hits.keys)
             fractions.append(hits.diagnostics.fraction_examined)
+            for name, ms in hits.diagnostics.stage_ms.items():
+                stage_samples.setdefault(name, []).append(ms)
         latencies[strategy.value] = samples
         answers[strategy] = results
         examined[strategy] = fractions
+        stages[strategy] = stage_samples
         say(f"  server {strategy.value}: p50 {np.percentile(samples, 50):.1f} ms")
 
-    http_latencies: dict[str, list[float]] = {}
-    if http_too:
-        from waitress.server import create_server
+    report["faithful_region"] = faithful_region_check(
+        service, settings, stored, chosen, filters, answers[Strategy.REGION]
+    )
+    report["exact_top50_outside_query_community"] = outside_share(
+        snapshot, chosen, answers[Strategy.EXACT]
+    )
+    report["vector_profile"] = vector_profile(store, stored, chosen[:50], filters)
 
-        server = create_server(create_app(settings), host="127.0.0.1", port=settings.api_port,
-                               threads=4)  # fmt: skip
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        try:
-            token = create_api_key(store, "bench-search-scale", ("read",)).token
-            connection = http.client.HTTPConnection("127.0.0.1", settings.api_port, timeout=120)
-            for strategy in Strategy:
-                for key in warmup:
-                    http_search(connection, key, strategy, token)
-                samples = []
-                for key in chosen:
-                    clock = time.perf_counter()
-                    http_search(connection, key, strategy, token)
-                    samples.append((time.perf_counter() - clock) * 1000.0)
-                http_latencies[strategy.value] = samples
-                say(f"  http {strategy.value}: p50 {np.percentile(samples, 50):.1f} ms")
-            connection.close()
-        finally:
-            server.close()
-            thread.join(timeout=10)
+    http: dict[str, Any] = {}
+    if http_too:
+        http = measure_http(settings, store, warmup, chosen)
 
     numpy_summary = LatencySummary.of(latencies["numpy"])
     report["numpy_brute_force"] = _summary(numpy_summary)
@@ -221,8 +220,9 @@ def measure(
         server = LatencySummary.of(latencies[strategy.value])
         entry: dict[str, Any] = {
             "server": _summary(server),
-            "server_p50_over_numpy_p50": round(server.p50_ms / numpy_summary.p50_ms, 2),
-            "server_p99_over_numpy_p99": round(server.p99_ms / numpy_summary.p99_ms, 2),
+            "server_p50_over_numpy_p50": round(server.p50_ms / numpy_summary.p50_ms, 3),
+            "server_p99_over_numpy_p50": round(server.p99_ms / numpy_summary.p50_ms, 3),
+            "server_p99_over_numpy_p99": round(server.p99_ms / numpy_summary.p99_ms, 3),
             "recall_at_50_vs_exact": round(
                 float(
                     np.mean(
@@ -237,19 +237,204 @@ def measure(
                 4,
             ),  # fmt: skip
             "fraction_examined": round(float(np.mean(examined[strategy])), 5),
+            "stage_ms_p50": {
+                name: round(float(np.percentile(values, 50)), 3)
+                for name, values in stages[strategy].items()
+            },
         }
-        if strategy.value in http_latencies:
-            over_http = LatencySummary.of(http_latencies[strategy.value])
-            entry["http"] = _summary(over_http)
-            entry["http_p50_over_numpy_p50"] = round(over_http.p50_ms / numpy_summary.p50_ms, 2)
+        if strategy.value in http.get("strategies", {}):
+            over_http = http["strategies"][strategy.value]
+            entry["http"] = over_http
+            entry["http_p50_over_numpy_p50"] = round(
+                over_http["client"]["p50_ms"] / numpy_summary.p50_ms, 3
+            )
         strategies[strategy.value] = entry
     report["strategies"] = strategies
+    if http:
+        report["api_process"] = http["api_process"]
     return report
+
+
+def faithful_region_check(
+    service: RetrievalService,
+    settings: Settings,
+    stored: dict[str, Any],
+    chosen: list[str],
+    filters: Any,
+    answers: list[tuple[str, ...]],
+) -> dict[str, Any]:
+    """``region`` with its probe seed against ``region`` with the exact nearest as the query's
+    edges (the reference's definition, ``region_seed_candidates`` = 0)."""
+    exact_seed = RegionGrowingSearch(
+        service.read_model,
+        query_edges=settings.region_query_edges or settings.knn_k,
+        max_communities=settings.region_max_communities,
+        seed_candidates=0,
+    )
+    same, latencies = 0, []
+    for key, got in zip(chosen, answers, strict=True):
+        clock = time.perf_counter()
+        hits = exact_seed.search(stored[key].embedding, K, filters(key))
+        latencies.append((time.perf_counter() - clock) * 1000.0)
+        same += hits.keys == got
+    return {
+        "seed_candidates": settings.region_seed_candidates,
+        "answers_identical_to_exact_seed": round(same / len(chosen), 4),
+        "exact_seed_server": _summary(LatencySummary.of(latencies)),
+    }
+
+
+def outside_share(snapshot: Any, chosen: list[str], exact: list[tuple[str, ...]]) -> float:
+    """Mean share of a query's exact top K outside the query's own (stored) community."""
+    shares = []
+    for key, hits in zip(chosen, exact, strict=True):
+        own = snapshot.community[snapshot.key_index[key]]
+        rows = [snapshot.key_index[hit] for hit in hits]
+        shares.append(float(np.mean(snapshot.community[rows] != own)))
+    return round(float(np.mean(shares)), 4)
+
+
+def vector_profile(
+    store: GraphStore, stored: dict[str, Any], chosen: list[str], filters: Any
+) -> dict[str, Any]:
+    """Where ``vector``'s time goes: the whole statement from Python, Neo4j's own time for it
+    (``result_available_after`` + ``result_consumed_after``), the index call alone, and the
+    parameter encoding on our side."""
+    statement = load_cypher("search_vector")
+    index_only = (
+        "CALL db.index.vector.queryNodes('image_embedding', $fetch, $embedding) "
+        "YIELD node, score RETURN count(node) AS n"
+    )
+    timings: dict[str, list[float]] = {name: [] for name in (
+        "statement_python_ms", "statement_server_ms", "index_only_python_ms",
+        "index_only_server_ms", "embedding_tolist_ms")}  # fmt: skip
+    fetch = 2 * K + 1
+    with store.driver.session(database=store.database) as session:
+        for key in chosen:
+            clock = time.perf_counter()
+            embedding = stored[key].embedding.astype(np.float64).tolist()
+            timings["embedding_tolist_ms"].append((time.perf_counter() - clock) * 1000.0)
+            params = {"embedding": embedding, "fetch": fetch, "k": K,
+                      **filters(key).cypher_params()}  # fmt: skip
+            for text, python_name, server_name in (
+                (statement, "statement_python_ms", "statement_server_ms"),
+                (index_only, "index_only_python_ms", "index_only_server_ms"),
+            ):
+                clock = time.perf_counter()
+                result = session.run(text, params)
+                list(result)
+                summary = result.consume()
+                timings[python_name].append((time.perf_counter() - clock) * 1000.0)
+                server_ms = (summary.result_available_after or 0) + (
+                    summary.result_consumed_after or 0
+                )
+                timings[server_name].append(float(server_ms))
+    return {
+        "queries": len(chosen),
+        "fetch": fetch,
+        **{name: round(float(np.percentile(values, 50)), 2) for name, values in timings.items()},
+    }
+
+
+def measure_http(
+    settings: Settings, store: GraphStore, warmup: list[str], chosen: list[str]
+) -> dict[str, Any]:
+    """The API as its own process (``medgraph serve``): per strategy, the client's time for
+    ``POST /api/v1/search`` with a key over one keep-alive connection, the server's own time
+    for the same request (``diagnostics.total_ms``), and the process's memory with every
+    strategy warm."""
+    token = create_api_key(store, "bench-search-scale", ("read",)).token
+    log = settings.home / "logs" / "search-scale-api.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {name: value for name, value in os.environ.items() if not name.startswith("MEDGRAPH_")}
+    env.update(
+        MEDGRAPH_HOME=str(settings.home),
+        MEDGRAPH_NEO4J_BOLT_PORT=str(settings.neo4j_bolt_port),
+        MEDGRAPH_NEO4J_HTTP_PORT=str(settings.neo4j_http_port),
+        MEDGRAPH_REDIS_PORT=str(settings.redis_port),
+        MEDGRAPH_API_PORT=str(settings.api_port),
+        MEDGRAPH_KNN_K=str(settings.knn_k),
+        MEDGRAPH_API_RATE_LIMIT_PER_MINUTE="0",
+        PYTHONPATH=str(REPO_ROOT),
+    )
+    result: dict[str, Any] = {"strategies": {}}
+    with log.open("wb") as handle:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "serve", "--host", "127.0.0.1",
+             "--port", str(settings.api_port), "--threads", "4"],
+            cwd=REPO_ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        wait_for_api(process, settings.api_port, log)
+        connection = http.client.HTTPConnection("127.0.0.1", settings.api_port, timeout=600)
+        for strategy in Strategy:
+            for key in warmup:
+                http_search(connection, key, strategy, token)
+            client, server, overhead = [], [], []
+            for key in chosen:
+                clock = time.perf_counter()
+                total_ms = http_search(connection, key, strategy, token)
+                elapsed = (time.perf_counter() - clock) * 1000.0
+                client.append(elapsed)
+                server.append(total_ms)
+                overhead.append(elapsed - total_ms)
+            result["strategies"][strategy.value] = {
+                "client": _summary(LatencySummary.of(client)),
+                "server_total_ms": _summary(LatencySummary.of(server)),
+                "client_minus_server_p50_ms": round(float(np.percentile(overhead, 50)), 2),
+            }
+            say(f"  http {strategy.value}: p50 {np.percentile(client, 50):.1f} ms, "
+                f"server in the response {np.percentile(server, 50):.1f} ms")  # fmt: skip
+        connection.close()
+        info = psutil.Process(process.pid).memory_info()
+        peak = _peak_rss_mib(process.pid)
+        result["api_process"] = {
+            "rss_mib_every_strategy_warm": round(info.rss / 2**20),
+            "peak_rss_mib": peak,
+            "threads": 4,
+        }
+        say(f"  API process RSS {info.rss / 2**20:.0f} MiB (peak {peak} MiB)")
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return result
+
+
+def _peak_rss_mib(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024)
+    except OSError:
+        return None
+    return None
+
+
+def wait_for_api(
+    process: subprocess.Popen[bytes], port: int, log: Path, timeout_s: float = 180
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the API exited during start-up:\n{log.read_text()[-3000:]}")
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            connection.request("GET", "/api/v1/health")
+            if connection.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError("the API did not answer /api/v1/health")
 
 
 def http_search(
     connection: http.client.HTTPConnection, key: str, strategy: Strategy, token: str
-) -> None:
+) -> float:
+    """One search by key; returns the server's own time for it (``diagnostics.total_ms``)."""
     body = json.dumps({"key": key, "k": K, "strategy": strategy.value})
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
     connection.request("POST", "/api/v1/search", body, headers)
@@ -257,6 +442,7 @@ def http_search(
     payload = response.read()
     if response.status != 200:
         raise RuntimeError(f"HTTP {response.status}: {payload[:300]!r}")
+    return float(json.loads(payload)["diagnostics"]["total_ms"])
 
 
 def _summary(summary: LatencySummary) -> dict[str, float]:
@@ -282,7 +468,12 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-http", action="store_true")
-    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--set", dest="generated", choices=SETS, default="easy",
+        help="easy: bench.synthetic.generate (isotropic clusters far apart); hard: "
+        "generate_hard (neighbourhoods across community boundaries)",
+    )  # fmt: skip
+    parser.add_argument("--output", type=Path, default=None)
     parser.add_argument(
         "--reuse-graph",
         action="store_true",
@@ -296,10 +487,16 @@ def main() -> None:
     parser.add_argument("--heap", default="4g", help="Neo4j heap of the benchmark's server.")
     parser.add_argument("--pagecache", default="3g", help="Neo4j page cache.")
     parser.add_argument(
+        "--port-offset", type=int, default=0,
+        help="Run a second stack beside the first: home .medgraph/bench-search-N, ports + N.",
+    )  # fmt: skip
+    parser.add_argument(
         "--merge", action="store_true", help="Keep the other sizes' results already in --output."
     )
     arguments = parser.parse_args()
-    settings = bench_settings(arguments.heap, arguments.pagecache)
+    settings = bench_settings(arguments.heap, arguments.pagecache, arguments.port_offset)
+    if arguments.output is None:
+        arguments.output = RESULTS_HARD if arguments.generated == "hard" else RESULTS
     results: list[dict[str, Any]] = []
     if arguments.merge and arguments.output.exists():
         sizes = {int(value) for value in arguments.sizes.split(",")}
@@ -307,6 +504,7 @@ def main() -> None:
         results.extend(entry for entry in previous if entry["images"] not in sizes)
     document = {
         "benchmark": "search_scale",
+        "set": arguments.generated,
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "neo4j": {"heap": settings.neo4j_heap, "pagecache": settings.neo4j_pagecache},
@@ -323,7 +521,7 @@ def main() -> None:
             else:
                 say(f"n={n}: fresh Neo4j")
                 store = fresh_neo4j(settings)
-                entry = build_graph(store, settings, n, arguments.seed)
+                entry = build_graph(store, settings, n, arguments.seed, arguments.generated)
             entry["neo4j_heap"], entry["neo4j_pagecache"] = (
                 settings.neo4j_heap,
                 settings.neo4j_pagecache,
@@ -347,18 +545,24 @@ def main() -> None:
 
 def print_table(entry: dict[str, Any]) -> None:
     numpy_ms = entry["numpy_brute_force"]
-    print(f"\n{entry['images']:,} images, {entry['pairs']:,} pairs, {entry['communities']} "
-          f"communities; numpy brute force p50 {numpy_ms['p50_ms']} ms, "
-          f"p99 {numpy_ms['p99_ms']} ms")  # fmt: skip
-    print(f"{'strategy':<8} {'p50 ms':>8} {'p99 ms':>8} {'HTTP p50':>9} {'HTTP p99':>9} "
-          f"{'p50/numpy':>10} {'recall@50':>10} {'examined':>9}")  # fmt: skip
+    print(f"\n{entry['images']:,} images ({entry.get('set', 'easy')} set), {entry['pairs']:,} "
+          f"pairs, {entry['communities']} communities; numpy brute force p50 "
+          f"{numpy_ms['p50_ms']} ms, p99 {numpy_ms['p99_ms']} ms; exact top 50 outside the "
+          f"query's community {entry['exact_top50_outside_query_community']:.1%}")  # fmt: skip
+    print(f"{'strategy':<17} {'p50 ms':>8} {'p99 ms':>8} {'HTTP p50':>9} {'HTTP-srv':>9} "
+          f"{'p50/numpy':>10} {'p99/np50':>9} {'recall@50':>10} {'examined':>9}")  # fmt: skip
     for name, row in entry["strategies"].items():
         http_row = row.get("http", {})
-        print(f"{name:<8} {row['server']['p50_ms']:>8.1f} {row['server']['p99_ms']:>8.1f} "
-              f"{http_row.get('p50_ms', float('nan')):>9.1f} "
-              f"{http_row.get('p99_ms', float('nan')):>9.1f} "
-              f"{row['server_p50_over_numpy_p50']:>10.1f} {row['recall_at_50_vs_exact']:>10.3f} "
+        print(f"{name:<17} {row['server']['p50_ms']:>8.1f} {row['server']['p99_ms']:>8.1f} "
+              f"{http_row.get('client', {}).get('p50_ms', float('nan')):>9.1f} "
+              f"{http_row.get('client_minus_server_p50_ms', float('nan')):>9.2f} "
+              f"{row['server_p50_over_numpy_p50']:>10.3f} "
+              f"{row['server_p99_over_numpy_p50']:>9.3f} "
+              f"{row['recall_at_50_vs_exact']:>10.3f} "
               f"{row['fraction_examined']:>9.2%}")  # fmt: skip
+    print(f"faithful region: {entry['faithful_region']}")
+    print(f"vector profile: {entry['vector_profile']}")
+    print(f"API process: {entry.get('api_process')}")
 
 
 if __name__ == "__main__":

@@ -63,3 +63,49 @@ def generate(
     ]
     patient = rng.integers(0, max(1, int(n / 3.5)), size=n).astype(np.int64)
     return SyntheticSet(embeddings, cluster, findings, patient)
+
+
+def generate_hard(
+    n: int, seed: int = 0, dimensions: int = DIMENSIONS, chunk: int = 50_000,
+    group_size: int = 5_000, latent: int = 16, manifold: float = 0.25, noise: float = 0.01,
+) -> SyntheticSet:  # fmt: skip
+    """A harder set, whose neighbourhoods cross community boundaries.
+
+    Well-separated *groups* of about ``group_size`` points (random unit centres, as in
+    :func:`generate`); inside a group the points lie near a ``latent``-dimensional manifold: the
+    centre plus a random linear image of a Gaussian latent code with unequal scales per latent
+    direction and per group (0.5x-1.5x ``manifold``: unequal, anisotropic spreads), plus a little
+    isotropic noise (``noise`` per coordinate). A group is one continuous blob far larger than the
+    communities the clustering finds, so the communities cut through it and a query's 50 nearest
+    often lie across those cuts (the benchmark reports the share). ``cluster`` holds the group:
+    every point's nearest lie in its own group (``knn_agreement`` checks it), so the blocked exact
+    kNN per group stays exact.
+    """
+    rng = np.random.default_rng(seed)
+    n_groups = max(2, int(round(n / group_size)))
+    centres = rng.standard_normal((n_groups, dimensions)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    bases = rng.standard_normal((n_groups, latent, dimensions)).astype(np.float32)
+    bases /= np.sqrt(dimensions)
+    scales = rng.uniform(0.5, 1.5, size=(n_groups, latent)).astype(np.float32) * manifold
+    weights = rng.dirichlet(np.full(n_groups, 8.0))
+    group = rng.choice(n_groups, size=n, p=weights).astype(np.int64)
+    embeddings = np.empty((n, dimensions), dtype=np.float32)
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        g = group[start:stop]
+        codes = rng.standard_normal((stop - start, latent)).astype(np.float32) * scales[g]
+        block = centres[g] + np.einsum("nl,nld->nd", codes, bases[g])
+        block += rng.standard_normal((stop - start, dimensions)).astype(np.float32) * noise
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
+        embeddings[start:stop] = block
+    group_findings = [
+        tuple(sorted(rng.choice(FINDINGS, size=rng.integers(0, 3), replace=False).tolist()))
+        for _ in range(n_groups)
+    ]
+    findings = [
+        group_findings[c] if rng.random() > 0.1 else group_findings[rng.integers(n_groups)]
+        for c in group
+    ]
+    patient = rng.integers(0, max(1, int(n / 3.5)), size=n).astype(np.int64)
+    return SyntheticSet(embeddings, group, findings, patient)

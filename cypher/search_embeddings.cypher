@@ -1,5 +1,6 @@
-// Every stored embedding with the properties the filters need (streamed into the `exact` cache).
+// Every stored embedding with the properties the filters need and its community (streamed into
+// the in-process read model).
 MATCH (i:Image)
 WHERE i.embedding IS NOT NULL
 RETURN i.key AS key, i.embedding AS embedding, i.patient_key AS patient_key,
-       i.findings AS findings, i.modality AS modality
+       i.findings AS findings, i.modality AS modality, i.community AS community

@@ -277,6 +277,22 @@ class Settings(BaseSettings):
     region_max_communities: int = Field(
         32, ge=1, description="Most communities one region search visits before it stops."
     )
+    region_seed_candidates: int = Field(
+        4096, ge=0,
+        description="Eligible images (members of the communities nearest the query) among which "
+        "region search looks for the query's nearest images; 0 = every image (exact).",
+    )  # fmt: skip
+    ranked_min_communities: int = Field(
+        1, ge=1, description="Communities `community_ranked` always visits."
+    )
+    ranked_max_communities: int = Field(
+        16, ge=1, description="Most communities one `community_ranked` search visits."
+    )
+    ranked_centroid_margin: float = Field(
+        0.05, ge=0, le=2,
+        description="`community_ranked` also visits a community the query has no edge to while "
+        "its centroid's cosine to the query is within this margin of the best centroid's.",
+    )  # fmt: skip
     search_max_k: int = Field(1000, ge=1, le=100_000, description="Largest k a search accepts.")
     search_max_index_candidates: int = Field(
         10_000, ge=10,

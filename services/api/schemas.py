@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.retrieval.contract import NO_FINDING
 
-StrategyName = Literal["region", "exact", "vector"]
+StrategyName = Literal["region", "community_ranked", "exact", "vector"]
 
 
 # Bounds of every integer the API takes: values go to Neo4j and Celery as 64-bit integers, and
@@ -55,8 +55,9 @@ class SearchParameters(Model):
     strategy: StrategyName = Field(
         "region",
         description="`region`: the paper's Algorithm 1 (region growing in the closest "
-        "community); `exact`: brute-force cosine over every stored image; `vector`: the Neo4j "
-        "vector index alone.",
+        "community); `community_ranked`: the communities as an inverted file (exact cosine "
+        "over the members of the communities nearest the query, in Algorithm 1's order); `exact`: "
+        "brute-force cosine over every stored image; `vector`: the Neo4j vector index alone.",
     )
     exclude_same_patient: bool = Field(
         True,

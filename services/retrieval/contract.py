@@ -13,6 +13,7 @@ Rank order is the strategy's own: ``exact`` and ``vector`` rank by cosine (``vec
 index's approximate score), ``region`` by the order in which Algorithm 1 added the image to the
 region, so its cosines need not decrease. Fewer than k hits come back only when fewer images pass
 the filters (or, for ``region``, when the communities it may visit run out).
+``community_ranked`` ranks by cosine, like ``exact``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ UNIT_NORM_TOLERANCE = 1e-3
 
 class Strategy(StrEnum):
     REGION = "region"
+    COMMUNITY_RANKED = "community_ranked"
     EXACT = "exact"
     VECTOR = "vector"
 
@@ -125,7 +127,11 @@ class SearchHits:
 class SearchStrategy(Protocol):
     name: Strategy
 
-    def search(self, query: np.ndarray, k: int, filters: SearchFilters) -> SearchHits: ...
+    def search(
+        self, query: np.ndarray, k: int, filters: SearchFilters, snapshot: object = None
+    ) -> SearchHits:
+        """``snapshot``: the read model this request already checked (in-memory strategies)."""
+        ...
 
 
 def check_query_embedding(query: object) -> np.ndarray:

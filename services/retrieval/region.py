@@ -1,13 +1,17 @@
 """Strategy ``region``: the paper's Algorithm 1, region growing from the query in its closest
-community.
+community, computed in the API process over the read model (:mod:`services.retrieval.readmodel`).
 
 Definitions (``m``, ``k_i``, ``sigma_tot`` as in cypher/README.md, all read from the stored
-graph and the latest :ClusteringRun; nothing is recomputed per request):
+graph and the latest :ClusteringRun into the read model; nothing is recomputed per request):
 
 - The query ``q`` joins the graph with *virtual* edges to its ``n`` nearest eligible images
-  (``n`` = ``region_query_edges``, default the graph's kNN ``k``). Candidates come from the vector
-  index; the weight of each edge is the exact cosine recomputed from the embeddings, and the ``n``
-  kept are the nearest by that cosine. ``k_q`` = sum of those weights. Nothing is written.
+  (``n`` = ``region_query_edges``, default the graph's kNN ``k``); the weight of each edge is the
+  exact cosine, and ties go to the smaller key. ``k_q`` = sum of those weights. Nothing is
+  written. The nearest are looked for among the members of the communities whose centroids are
+  nearest the query (:func:`probe`), until at least ``region_seed_candidates`` eligible images
+  were scored (0: every image, the exact nearest). When the probe covers every image the seed is
+  the exact nearest; otherwise it is an inverted-file approximation of it, as the vector index's
+  candidates were before (the benchmark reports how often it equals the exact nearest).
 - The region ``R`` starts as ``{q}``; ``sigma_R = k_q + sum of k_i over the images in R``;
   ``k_{R,c}`` = weight of the edges (virtual ones included) between R and the members of
   community c; ``k_{j,R}`` = weight of the edges between image j and R (virtual ones included);
@@ -27,18 +31,20 @@ graph and the latest :ClusteringRun; nothing is recomputed per request):
   runs again with the grown R over the communities not yet visited (at most
   ``region_max_communities`` visits).
 
-Rank = order of addition. Round trips: one for the seed (vector index, community sums, m), then
-one per visited community (its eligible members, their cosines to the query and edge lists); the
-growing itself runs here in numpy.
+Rank = order of addition. One Neo4j round trip per search (the graph-version check); the
+community's members are one contiguous block of the read model, so a step is a few vector
+operations over that block and the added image's CSR row.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
-from services.graph.store import GraphStore
 from services.retrieval.contract import (
     GraphNotReady,
     SearchDiagnostics,
@@ -46,90 +52,184 @@ from services.retrieval.contract import (
     SearchHits,
     Strategy,
 )
+from services.retrieval.readmodel import NO_COMMUNITY, GraphSnapshot, ReadModelCache
 
 TIE_TOLERANCE = 1e-9
+_BLAS = ThreadpoolController()
 
 
-@dataclass(frozen=True)
-class CommunitySums:
-    id: int
-    sigma_tot: float
-    size: int
+@contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """The region strategies' products are small (a few thousand rows): a second BLAS thread
+    costs more in hand-offs than it saves, and several times more on a busy machine (measured:
+    4,000 x 1024 rows 1.4 ms on one thread against 5-13 ms on two at load average 10). The limit
+    is process-wide while it holds."""
+    with _BLAS.limit(limits=1, user_api="blas"):
+        yield
 
 
-@dataclass(frozen=True)
-class Seed:
-    images: int  # stored :Image count
-    neighbour_keys: tuple[str, ...]  # the query's virtual edges, nearest first
-    neighbour_weights: np.ndarray  # float64 exact cosines, same order
-    neighbour_communities: tuple[int | None, ...]
-    communities: dict[int, CommunitySums]
-    m: float | None
-    run: str | None
-    index_candidates: int  # how many images the vector index scored
+# Rows whose float32 score is this close to the n-th best are rescored in float64 before the
+# cut, so float32 rounding never changes which images are the nearest.
+FLOAT32_SLACK = 1e-4
 
 
-@dataclass(frozen=True)
-class Members:
-    keys: list[str]
-    cosines: np.ndarray  # float64
-    findings: list[tuple[str, ...]]
-    edges: list[list[tuple[str, float, int | None]]]  # per member: (neighbour, weight, community)
+@dataclass
+class Probe:
+    """The communities scored so far for one query: float32 cosines per block position."""
+
+    snapshot: GraphSnapshot
+    query: np.ndarray  # float32 (1024,)
+    eligible: np.ndarray  # bool (N,)
+    centroid_order: np.ndarray  # block positions, nearest centroid first
+    centroid_scores: np.ndarray  # float32 (C,)
+    scores: dict[int, np.ndarray]  # position -> float32 cosines of the block (ineligible: -inf)
+    unassigned: np.ndarray  # rows without a community (always scored)
+    unassigned_scores: np.ndarray
+    scanned: int = 0  # eligible images scored
+
+    @classmethod
+    def start(cls, snapshot: GraphSnapshot, query: np.ndarray, eligible: np.ndarray) -> Probe:
+        centroid_scores = snapshot.centroids @ query
+        order = np.lexsort((snapshot.community_ids, -centroid_scores))
+        unassigned = snapshot.unassigned_rows
+        probe = cls(snapshot, query, eligible, order, centroid_scores, {}, unassigned,
+                    np.zeros(0, np.float32))  # fmt: skip
+        if len(unassigned):
+            scores = snapshot.matrix[unassigned] @ query
+            scores[~eligible[unassigned]] = -np.inf
+            probe.unassigned_scores = scores
+            probe.scanned += int(eligible[unassigned].sum())
+        return probe
+
+    def score(self, position: int) -> np.ndarray:
+        scores = self.scores.get(position)
+        if scores is None:
+            block = self.snapshot.block(position)
+            scores = self.snapshot.matrix[block] @ self.query
+            eligible = self.eligible[block]
+            scores[~eligible] = -np.inf
+            self.scores[position] = scores
+            self.scanned += int(eligible.sum())
+        return scores
+
+    def scan_nearest_communities(self, min_images: int, min_communities: int = 1) -> None:
+        """Scores blocks in centroid order until ``min_images`` eligible images (0: all)."""
+        for visited, position in enumerate(self.centroid_order):
+            if min_images > 0 and self.scanned >= min_images and visited >= min_communities:
+                break
+            self.score(int(position))
+
+    def candidates(self) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and float32 cosines of every eligible image scored so far."""
+        rows = [self.unassigned]
+        scores = [self.unassigned_scores]
+        for position, block_scores in self.scores.items():
+            rows.append(np.arange(*self.snapshot.block(position).indices(len(self.snapshot))))
+            scores.append(block_scores)
+        all_rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        all_scores = np.concatenate(scores) if scores else np.zeros(0, np.float32)
+        keep = np.isfinite(all_scores)
+        return all_rows[keep], all_scores[keep]
+
+    @property
+    def covers_everything(self) -> bool:
+        return len(self.scores) == len(self.snapshot.community_ids)
 
 
-class RegionState:
-    """The growing region R: its images in order, sigma_R, and weights from R to the rest."""
+def nearest(
+    snapshot: GraphSnapshot, query: np.ndarray, rows: np.ndarray, scores: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The n best of ``rows`` by exact (float64) cosine, ties by key: rows and cosines."""
+    n = min(n, len(rows))
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.float64)
+    if n < len(rows):
+        cut = np.partition(scores, len(scores) - n)[len(scores) - n]
+        pick = np.flatnonzero(scores >= cut - FLOAT32_SLACK)
+        rows = rows[pick]
+    exact = snapshot.matrix[rows].astype(np.float64) @ query.astype(np.float64)
+    order = np.lexsort((snapshot.keys[rows], -exact))[:n]
+    return rows[order], exact[order]
 
-    def __init__(self, m: float, virtual_edges: dict[str, tuple[float, int | None]]) -> None:
-        self.m = m
-        self.images: list[str] = []
-        self.in_region: set[str] = set()
-        self.sigma = float(sum(weight for weight, _ in virtual_edges.values()))
-        self.weight_to_image: dict[str, float] = {}
-        self.weight_to_community: dict[int, float] = {}
-        for key, (weight, community) in virtual_edges.items():
-            self._link(key, weight, community)
 
-    def _link(self, key: str, weight: float, community: int | None) -> None:
-        self.weight_to_image[key] = self.weight_to_image.get(key, 0.0) + weight
-        if community is not None:
-            self.weight_to_community[community] = (
-                self.weight_to_community.get(community, 0.0) + weight
-            )
+class RegionGrowth:
+    """The growing region R: its images in order, sigma_R, and weights from R to the rest
+    (dense arrays over the read model's rows and communities)."""
 
-    def community_gain(self, community: CommunitySums) -> float:
-        """``m * dQ(R, c) = k_{R,c} - sigma_R * sigma_tot_c / (2m)``."""
-        k_rc = self.weight_to_community.get(community.id, 0.0)
-        return k_rc - self.sigma * community.sigma_tot / (2.0 * self.m)
+    def __init__(self, snapshot: GraphSnapshot, rows: np.ndarray, weights: np.ndarray) -> None:
+        assert snapshot.m is not None
+        self.snapshot = snapshot
+        self.m = snapshot.m
+        self.images: list[int] = []
+        self.in_region = np.zeros(len(snapshot), dtype=bool)
+        self.sigma = float(np.sum(weights))
+        self.to_image = np.zeros(len(snapshot), dtype=np.float64)  # k_{j,R}, j not in R
+        self.to_community = np.zeros(len(snapshot.community_ids), dtype=np.float64)  # k_{R,c}
+        self._link(rows, np.asarray(weights, dtype=np.float64))
 
-    def closest_community(self, communities: list[CommunitySums]) -> CommunitySums | None:
-        if not communities:
+    def _link(self, rows: np.ndarray, weights: np.ndarray) -> None:
+        np.add.at(self.to_image, rows, weights)
+        positions = self.snapshot.community_position[rows]
+        linked = positions >= 0
+        np.add.at(self.to_community, positions[linked], weights[linked])
+
+    def closest_community(self, unvisited: np.ndarray) -> int | None:
+        """Step 5 over the block positions marked in ``unvisited``; None when none is left."""
+        if not unvisited.any():
             return None
-        gains = [self.community_gain(c) for c in communities]
-        best = max(gains)
-        tied = [c for c, gain in zip(communities, gains, strict=True) if _ties(gain, best)]
-        return min(
-            tied,
-            key=lambda c: (-self.weight_to_community.get(c.id, 0.0), c.sigma_tot, c.id),
-        )
+        snapshot = self.snapshot
+        k_rc = self.to_community
+        gains = k_rc - self.sigma * snapshot.sigma_tot / (2.0 * self.m)
+        gains[~unvisited] = -np.inf
+        best = float(gains.max())
+        tied = np.flatnonzero(gains >= best - TIE_TOLERANCE * max(1.0, abs(best)))
+        if len(tied) == 1:
+            return int(tied[0])
+        order = np.lexsort((snapshot.community_ids[tied], snapshot.sigma_tot[tied], -k_rc[tied]))
+        return int(tied[order[0]])
 
-    def add(
-        self,
-        key: str,
-        degree: float,
-        community: int | None,
-        edges: list[tuple[str, float, int | None]],
-    ) -> None:
-        self.images.append(key)
-        self.in_region.add(key)
-        self.sigma += degree
+    def add(self, row: int) -> None:
+        self.images.append(row)
+        self.in_region[row] = True
+        self.sigma += float(self.snapshot.degree[row])
         # The edges between R and the newcomer are now inside R.
-        inside = self.weight_to_image.pop(key, 0.0)
-        if community is not None and community in self.weight_to_community:
-            self.weight_to_community[community] -= inside
-        for other, weight, other_community in edges:
-            if other not in self.in_region:
-                self._link(other, weight, other_community)
+        inside = float(self.to_image[row])
+        self.to_image[row] = 0.0
+        position = int(self.snapshot.community_position[row])
+        if position >= 0:
+            self.to_community[position] -= inside
+        neighbours, weights = self.snapshot.edges_of(row)
+        outside = ~self.in_region[neighbours]
+        self._link(neighbours[outside], weights[outside])
+
+    def grow_in(self, position: int, eligible: np.ndarray, query64: np.ndarray, k: int) -> int:
+        """Steps 6-8 in one community: adds members until R holds k images or the community has
+        no eligible member left; returns how many were added."""
+        snapshot = self.snapshot
+        block = snapshot.block(position)
+        start = block.start
+        available = eligible[block] & ~self.in_region[block]
+        if not available.any():
+            return 0
+        scaled_degree = snapshot.degree[block] / (2.0 * self.m)
+        k_jr = self.to_image[block]  # a view: add() keeps it current
+        added = 0
+        while len(self.images) < k and available.any():
+            # m * dq(R, j) for every member; the argmax of dq itself.
+            gains = k_jr - self.sigma * scaled_degree
+            gains[~available] = -np.inf
+            best = float(gains.max())
+            tied = np.flatnonzero(gains >= best - TIE_TOLERANCE * max(1.0, abs(best)))
+            if len(tied) == 1:
+                chosen = int(tied[0])
+            else:
+                cosines = snapshot.matrix[start + tied].astype(np.float64) @ query64
+                order = np.lexsort((snapshot.keys[start + tied], -cosines))
+                chosen = int(tied[order[0]])
+            available[chosen] = False
+            self.add(start + chosen)
+            added += 1
+        return added
 
 
 class RegionGrowingSearch:
@@ -137,173 +237,86 @@ class RegionGrowingSearch:
 
     def __init__(
         self,
-        store: GraphStore,
+        cache: ReadModelCache,
         *,
         query_edges: int,
         max_communities: int = 32,
-        max_index_candidates: int = 10_000,
+        seed_candidates: int = 4096,
     ) -> None:
-        self.store = store
+        self.cache = cache
         self.query_edges = query_edges
         self.max_communities = max_communities
-        self.max_index_candidates = max_index_candidates
+        self.seed_candidates = seed_candidates
 
-    def search(self, query: np.ndarray, k: int, filters: SearchFilters) -> SearchHits:
+    def search(
+        self,
+        query: np.ndarray,
+        k: int,
+        filters: SearchFilters,
+        snapshot: GraphSnapshot | None = None,
+    ) -> SearchHits:
         diagnostics = SearchDiagnostics(strategy=self.name.value)
-        with diagnostics.stage("seed"):
-            seed = self.seed(query, filters)
-        diagnostics.database_size = seed.images
-        diagnostics.images_examined = seed.index_candidates
-        if seed.m is None or seed.m <= 0 or not seed.communities:
-            raise GraphNotReady(
-                "region search needs a clustering run (communities and total weight m); "
-                "run the clustering job first or use strategy 'exact' or 'vector'"
-            )
-        region = RegionState(
-            seed.m,
-            {
-                key: (float(weight), community)
-                for key, weight, community in zip(
-                    seed.neighbour_keys,
-                    seed.neighbour_weights,
-                    seed.neighbour_communities,
-                    strict=True,
-                )
-            },
-        )
-        cosines: dict[str, float] = {}
-        findings: dict[str, tuple[str, ...]] = {}
-        community_of: dict[str, int] = {}
-        unvisited = dict(seed.communities)
-        embedding = query.astype(np.float64).tolist()
-        while len(region.images) < k and unvisited:
-            if len(diagnostics.communities_visited) >= self.max_communities:
-                break
-            with diagnostics.stage("choose_community"):
-                community = region.closest_community(list(unvisited.values()))
-            assert community is not None
-            del unvisited[community.id]
-            diagnostics.communities_visited.append(community.id)
-            if diagnostics.community is None:
-                diagnostics.community = community.id
-                diagnostics.community_size = community.size
-            with diagnostics.stage("fetch_members"):
-                members = self.members(community.id, embedding, filters)
-            diagnostics.images_examined += len(members.keys)
-            with diagnostics.stage("grow"):
-                added = grow_in_community(region, community.id, members, k)
-            for index in added:
-                key = members.keys[index]
-                cosines[key] = float(members.cosines[index])
-                findings[key] = members.findings[index]
-                community_of[key] = community.id
-        keys = tuple(region.images)
-        return SearchHits(
-            keys=keys,
-            cosines=np.array([cosines[key] for key in keys], dtype=np.float32),
-            communities=tuple(community_of[key] for key in keys),
-            findings=tuple(findings[key] for key in keys),
-            diagnostics=diagnostics,
-        )
+        snapshot = snapshot or self.cache.get(diagnostics)
+        with one_blas_thread():
+            return self._search(query, k, filters, snapshot, diagnostics)
 
-    # --- round trips ---------------------------------------------------------------------------
-    def seed(self, query: np.ndarray, filters: SearchFilters) -> Seed:
-        """The query's virtual edges, with escalating index candidates when filters thin them."""
-        wanted = self.query_edges
-        keep = max(2 * wanted, wanted + 10)
-        fetch = keep + len(filters.exclude_keys) + (keep if filters.exclude_patient_key else 0)
-        if filters.restrictive:
-            fetch *= 8
-        embedding = query.astype(np.float64).tolist()
-        params = filters.cypher_params()
-        while True:
-            fetch = min(fetch, self.max_index_candidates)
-            record = self.store.query(
-                "search_region_seed", embedding=embedding, fetch=fetch, keep=keep, **params
-            )[0]
-            images = int(record["images"])
-            rows = record["neighbours"]
-            if len(rows) >= keep or fetch >= min(images, self.max_index_candidates):
-                break
-            fetch *= 4
+    def _search(
+        self,
+        query: np.ndarray,
+        k: int,
+        filters: SearchFilters,
+        snapshot: GraphSnapshot,
+        diagnostics: SearchDiagnostics,
+    ) -> SearchHits:
+        check_ready(snapshot)
+        diagnostics.database_size = len(snapshot)
+        query = query.astype(np.float32)
         query64 = query.astype(np.float64)
-        if rows:
-            matrix = np.array([row["embedding"] for row in rows], dtype=np.float64)
-            weights = matrix @ query64
-        else:
-            weights = np.zeros(0, dtype=np.float64)
-        order = sorted(range(len(rows)), key=lambda i: (-weights[i], rows[i]["key"]))[:wanted]
-        communities = {
-            int(cid): CommunitySums(int(cid), float(sigma), int(size or 0))
-            for cid, sigma, size in record["communities"]
-            if cid is not None
-        }
-        m = record["m"]
-        return Seed(
-            images=images,
-            neighbour_keys=tuple(rows[i]["key"] for i in order),
-            neighbour_weights=np.array([weights[i] for i in order], dtype=np.float64),
-            neighbour_communities=tuple(_int_or_none(rows[i]["community"]) for i in order),
-            communities=communities,
-            m=float(m) if m is not None else None,
-            run=None if record["run"] is None else str(record["run"]),
-            index_candidates=min(fetch, images),
-        )
+        with diagnostics.stage("seed"):
+            eligible = snapshot.eligible(filters)
+            probe = Probe.start(snapshot, query, eligible)
+            probe.scan_nearest_communities(self.seed_candidates)
+            rows, weights = nearest(snapshot, query, *probe.candidates(), self.query_edges)
+        region = RegionGrowth(snapshot, rows, weights)
+        unvisited = np.ones(len(snapshot.community_ids), dtype=bool)
+        examined = probe.scanned
+        with diagnostics.stage("grow"):
+            while len(region.images) < k and unvisited.any():
+                if len(diagnostics.communities_visited) >= self.max_communities:
+                    break
+                position = region.closest_community(unvisited)
+                assert position is not None
+                unvisited[position] = False
+                community = int(snapshot.community_ids[position])
+                diagnostics.communities_visited.append(community)
+                if diagnostics.community is None:
+                    diagnostics.community = community
+                    diagnostics.community_size = int(snapshot.community_size[position])
+                if position not in probe.scores:
+                    examined += int(eligible[snapshot.block(position)].sum())
+                region.grow_in(position, eligible, query64, k)
+        diagnostics.images_examined = examined
+        return hits_of(snapshot, np.array(region.images, dtype=np.int64), query64, diagnostics)
 
-    def members(self, community: int, embedding: list[float], filters: SearchFilters) -> Members:
-        records = self.store.query(
-            "search_region_members",
-            community=community,
-            embedding=embedding,
-            **filters.cypher_params(),
-        )
-        return Members(
-            keys=[record["key"] for record in records],
-            cosines=np.array([record["cosine"] for record in records], dtype=np.float64),
-            findings=[tuple(record["findings"] or ()) for record in records],
-            edges=[
-                [(other, float(weight), _int_or_none(c)) for other, weight, c in record["edges"]]
-                for record in records
-            ],
+
+def check_ready(snapshot: GraphSnapshot) -> None:
+    if snapshot.m is None or snapshot.m <= 0 or len(snapshot.community_ids) == 0:
+        raise GraphNotReady(
+            "region search needs a clustering run (communities and total weight m); "
+            "run the clustering job first or use strategy 'exact' or 'vector'"
         )
 
 
-def grow_in_community(region: RegionState, community: int, members: Members, k: int) -> list[int]:
-    """Steps 6-8 in one community: adds members to ``region`` until it holds k images or the
-    community has no eligible member left; returns the indices (into ``members``) added."""
-    count = len(members.keys)
-    if count == 0:
-        return []
-    two_m = 2.0 * region.m
-    index_of = {key: i for i, key in enumerate(members.keys)}
-    degrees = np.array([sum(w for _, w, _ in edges) for edges in members.edges], dtype=np.float64)
-    k_jr = np.array([region.weight_to_image.get(key, 0.0) for key in members.keys])
-    available = np.ones(count, dtype=bool)
-    added: list[int] = []
-    while len(region.images) < k and available.any():
-        # m * dq(R, j) for every member; the argmax of dq itself.
-        gains = k_jr - region.sigma * degrees / two_m
-        gains[~available] = -np.inf
-        best_gain = gains.max()
-        tied = np.flatnonzero(gains >= best_gain - TIE_TOLERANCE * max(1.0, abs(best_gain)))
-        if len(tied) == 1:
-            chosen = int(tied[0])
-        else:
-            chosen = int(min(tied, key=lambda i: (-members.cosines[i], members.keys[i])))
-        available[chosen] = False
-        added.append(chosen)
-        edges = members.edges[chosen]
-        region.add(members.keys[chosen], float(degrees[chosen]), community, edges)
-        for other, weight, _ in edges:
-            position = index_of.get(other)
-            if position is not None and available[position]:
-                k_jr[position] += weight
-    return added
-
-
-def _ties(gain: float, best: float) -> bool:
-    return gain >= best - TIE_TOLERANCE * max(1.0, abs(best))
-
-
-def _int_or_none(value: object) -> int | None:
-    return None if value is None else int(value)  # type: ignore[arg-type]
+def hits_of(
+    snapshot: GraphSnapshot, rows: np.ndarray, query64: np.ndarray, diagnostics: SearchDiagnostics
+) -> SearchHits:
+    cosines = snapshot.matrix[rows].astype(np.float64) @ query64 if len(rows) else np.zeros(0)
+    return SearchHits(
+        keys=tuple(str(key) for key in snapshot.keys[rows]),
+        cosines=cosines.astype(np.float32),
+        communities=tuple(
+            None if c == NO_COMMUNITY else int(c) for c in snapshot.community[rows].tolist()
+        ),
+        findings=tuple(snapshot.findings[row] for row in rows.tolist()),
+        diagnostics=diagnostics,
+    )

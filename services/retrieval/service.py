@@ -18,9 +18,13 @@ from services.retrieval.contract import (
     check_k,
     check_query_embedding,
 )
-from services.retrieval.exact import EmbeddingCache, ExactSearch
+from services.retrieval.exact import ExactSearch
+from services.retrieval.ranked import CommunityRankedSearch
+from services.retrieval.readmodel import GraphSnapshot, ReadModelCache
 from services.retrieval.region import RegionGrowingSearch
 from services.retrieval.vector import VectorIndexSearch
+
+IN_MEMORY = frozenset({Strategy.EXACT, Strategy.REGION, Strategy.COMMUNITY_RANKED})
 
 
 @dataclass(frozen=True)
@@ -28,49 +32,83 @@ class StoredQuery:
     key: str
     embedding: np.ndarray  # float32 (1024,)
     patient_key: str | None
+    snapshot: GraphSnapshot | None = None  # the read model it was read from, version checked
 
 
 class RetrievalService:
-    """Thread-safe; keep one per process (the ``exact`` matrix cache lives in it)."""
+    """Thread-safe; keep one per process (the read model lives in it)."""
 
     def __init__(self, store: GraphStore, settings: Settings) -> None:
         self.store = store
         self.settings = settings
-        self.embedding_cache = EmbeddingCache(store)
+        self.read_model = ReadModelCache(store)
+        self.embedding_cache = self.read_model  # the name the `exact` cache had
+        query_edges = settings.region_query_edges or settings.knn_k
         self.strategies: dict[Strategy, SearchStrategy] = {
             Strategy.REGION: RegionGrowingSearch(
-                store,
-                query_edges=settings.region_query_edges or settings.knn_k,
+                self.read_model,
+                query_edges=query_edges,
                 max_communities=settings.region_max_communities,
-                max_index_candidates=settings.search_max_index_candidates,
+                seed_candidates=settings.region_seed_candidates,
             ),
-            Strategy.EXACT: ExactSearch(store, self.embedding_cache),
+            Strategy.COMMUNITY_RANKED: CommunityRankedSearch(
+                self.read_model,
+                query_edges=query_edges,
+                seed_candidates=settings.region_seed_candidates,
+                min_communities=settings.ranked_min_communities,
+                max_communities=settings.ranked_max_communities,
+                centroid_margin=settings.ranked_centroid_margin,
+            ),
+            Strategy.EXACT: ExactSearch(self.read_model),
             Strategy.VECTOR: VectorIndexSearch(
                 store, max_index_candidates=settings.search_max_index_candidates
             ),
         }
 
-    def search(
-        self, query: object, k: int, strategy: Strategy | str, filters: SearchFilters
-    ) -> SearchHits:
-        vector = check_query_embedding(query)
-        check_k(k, self.settings.search_max_k)
+    @staticmethod
+    def strategy_of(strategy: Strategy | str) -> Strategy:
         try:
-            chosen = Strategy(strategy)
+            return Strategy(strategy)
         except ValueError:
             names = ", ".join(s.value for s in Strategy)
             raise ValueError(f"unknown strategy {strategy!r}; use one of: {names}") from None
-        return self.strategies[chosen].search(vector, k, filters)
 
-    def stored_query(self, key: str) -> StoredQuery:
+    def search(
+        self,
+        query: object,
+        k: int,
+        strategy: Strategy | str,
+        filters: SearchFilters,
+        snapshot: GraphSnapshot | None = None,
+    ) -> SearchHits:
+        """``snapshot``: a read model this request has already version-checked (saves the
+        round trip); None = check now."""
+        vector = check_query_embedding(query)
+        check_k(k, self.settings.search_max_k)
+        chosen = self.strategy_of(strategy)
+        return self.strategies[chosen].search(vector, k, filters, snapshot)
+
+    def stored_query(self, key: str, strategy: Strategy | str | None = None) -> StoredQuery:
+        """The stored image as a query. For the in-memory strategies (and when no strategy is
+        named) it is read from the read model after one version check, which the search then
+        reuses; for ``vector`` straight from Neo4j, so a vector-only process never loads it."""
+        if strategy is None or self.strategy_of(strategy) in IN_MEMORY:
+            snapshot = self.read_model.get()
+            row = snapshot.key_index.get(key)
+            if row is not None:
+                return StoredQuery(
+                    key=key,
+                    embedding=_unit(snapshot.matrix[row]),
+                    patient_key=snapshot.patient_of(row),
+                    snapshot=snapshot,
+                )
         records = self.store.query("search_query_image", key=key)
         if not records or records[0]["embedding"] is None:
             raise UnknownImage(key)
         record = records[0]
-        embedding = np.asarray(record["embedding"], dtype=np.float64)
-        # Stored codes are unit vectors up to float rounding; renormalise so the contract holds.
-        embedding = (embedding / np.linalg.norm(embedding)).astype(np.float32)
-        return StoredQuery(key=key, embedding=embedding, patient_key=record["patient_key"])
+        return StoredQuery(
+            key=key, embedding=_unit(record["embedding"]), patient_key=record["patient_key"]
+        )
 
     def search_by_key(
         self,
@@ -83,11 +121,17 @@ class RetrievalService:
         modality: str | None = None,
     ) -> SearchHits:
         """Leave-one-out: the stored image is the query and never among its own results."""
-        stored = self.stored_query(key)
+        stored = self.stored_query(key, strategy)
         filters = SearchFilters(
             exclude_keys=frozenset({key}),
             exclude_patient_key=stored.patient_key if exclude_same_patient else None,
             finding=finding,
             modality=modality,
         )
-        return self.search(stored.embedding, k, strategy, filters)
+        return self.search(stored.embedding, k, strategy, filters, stored.snapshot)
+
+
+def _unit(embedding: object) -> np.ndarray:
+    # Stored codes are unit vectors up to float rounding; renormalise so the contract holds.
+    vector = np.asarray(embedding, dtype=np.float64)
+    return (vector / np.linalg.norm(vector)).astype(np.float32)

@@ -29,7 +29,9 @@ class VectorIndexSearch:
         self.store = store
         self.max_index_candidates = max_index_candidates
 
-    def search(self, query: np.ndarray, k: int, filters: SearchFilters) -> SearchHits:
+    def search(
+        self, query: np.ndarray, k: int, filters: SearchFilters, snapshot: object = None
+    ) -> SearchHits:
         diagnostics = SearchDiagnostics(strategy=self.name.value)
         fetch = k + len(filters.exclude_keys) + (k if filters.exclude_patient_key else 0)
         if filters.restrictive:

@@ -59,7 +59,7 @@ def test_region_search_by_key_returns_the_reference_order(
         assert diagnostics["community_size"] == list(api_graph.community_of.values()).count(first)
         assert diagnostics["database_size"] == len(api_graph.keys)
         assert 0 < diagnostics["images_examined"] <= 2 * len(api_graph.keys)
-        assert {"seed", "fetch_members", "grow"} <= set(diagnostics["stage_ms"])
+        assert {"load_query", "seed", "grow"} <= set(diagnostics["stage_ms"])
         for result in body["results"]:
             assert result["community"] == api_graph.community_of[result["key"]]
             assert result["findings"] == list(api_graph.findings[result["key"]])

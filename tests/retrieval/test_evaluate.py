@@ -36,13 +36,22 @@ def test_evaluate_prints_the_table_and_writes_json_and_plot(
         ],
     )
     assert result.exit_code == 0, result.output
-    for name in ("region", "exact", "vector", "random (expected)", "ACG@10", "ACG_p@10", "P@10"):
+    for name in (
+        "region",
+        "community_ranked",
+        "exact",
+        "vector",
+        "random (expected)",
+        "ACG@10",
+        "ACG_p@10",
+        "P@10",
+    ):
         assert name in result.output
     report = json.loads((tmp_path / "evaluation.json").read_text())
     assert (tmp_path / "evaluation.png").read_bytes().startswith(b"\x89PNG")
     assert report["queries"] == 25 and report["images"] == 140
     rows = {row["strategy"]: row for row in report["strategies"]}
-    assert set(rows) == {"region", "exact", "vector", "random (expected)"}
+    assert set(rows) == {"region", "community_ranked", "exact", "vector", "random (expected)"}
     assert rows["exact"]["recall_vs_exact"] == 1.0
     assert rows["exact"]["fraction_examined"] == 1.0
     assert rows["region"]["fraction_examined"] < 1.0

@@ -25,6 +25,7 @@ from services.api.schemas import (
 from services.encoder.imaging import ImageReadError, read_image
 from services.ingest.pipeline import modality_of, patient_key
 from services.retrieval.contract import SearchFilters, SearchHits, UnknownImage
+from services.retrieval.readmodel import GraphSnapshot
 from services.secrets import patient_key_secret
 
 search_bp = Blueprint("search", __name__, url_prefix="/api/v1")
@@ -42,6 +43,7 @@ class PreparedQuery:
     description: QueryDescription
     filters: SearchFilters
     stage_ms: dict[str, float]
+    snapshot: GraphSnapshot | None = None  # the read model version-checked for this request
 
 
 @operation(
@@ -70,7 +72,7 @@ def search() -> SearchResponse:
     else:
         prepared = prepare_stored(context, parameters)
     hits = context.retrieval.search(
-        prepared.embedding, parameters.k, parameters.strategy, prepared.filters
+        prepared.embedding, parameters.k, parameters.strategy, prepared.filters, prepared.snapshot
     )
     total_ms = (time.perf_counter() - started) * 1000.0
     return search_response(parameters, prepared, hits, total_ms)
@@ -129,7 +131,7 @@ def prepare_stored(context: ApiContext, parameters: SearchParameters) -> Prepare
     stage_ms: dict[str, float] = {}
     start = time.perf_counter()
     try:
-        stored = context.retrieval.stored_query(parameters.key)
+        stored = context.retrieval.stored_query(parameters.key, parameters.strategy)
     except UnknownImage:
         raise ApiError(404, f"no stored image has the key {parameters.key!r}") from None
     stage_ms["load_query"] = (time.perf_counter() - start) * 1000.0
@@ -150,6 +152,7 @@ def prepare_stored(context: ApiContext, parameters: SearchParameters) -> Prepare
             modality=parameters.modality,
         ),
         stage_ms=stage_ms,
+        snapshot=stored.snapshot,
     )
 
 
@@ -180,7 +183,7 @@ def prepare_upload(
     key = hashlib.sha256(data).hexdigest()
     start = time.perf_counter()
     try:
-        stored = context.retrieval.stored_query(key)
+        stored = context.retrieval.stored_query(key, parameters.strategy)
     except UnknownImage:
         stored = None
     stage_ms["lookup"] = (time.perf_counter() - start) * 1000.0
@@ -211,6 +214,7 @@ def prepare_upload(
             modality=parameters.modality,
         ),
         stage_ms=stage_ms,
+        snapshot=None if stored is None else stored.snapshot,
     )
 
 
