@@ -17,7 +17,7 @@ from services.secrets import neo4j_auth
 TRANSIENT_NEO4J_ERRORS = (ServiceUnavailable, SessionExpired, TransientError, ConnectionError)
 
 _driver_lock = threading.Lock()
-_drivers: dict[tuple[str, str | None], Driver] = {}
+_drivers: dict[tuple[str, tuple[str, str] | None], Driver] = {}
 
 
 def open_driver(settings: Settings) -> Driver:
@@ -34,7 +34,9 @@ def open_driver(settings: Settings) -> Driver:
 def shared_driver(settings: Settings | None = None) -> Driver:
     """The process-wide driver for these settings (drivers are thread-safe and pool sessions)."""
     settings = settings or get_settings()
-    key = (settings.bolt_uri, settings.neo4j_user)
+    # The password is part of the identity: a server started anew on the same address with a
+    # new generated password (a test's private stack, a reset home) must not get the old driver.
+    key = (settings.bolt_uri, neo4j_auth(settings))
     with _driver_lock:
         driver = _drivers.get(key)
         if driver is None:
