@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
-from services.api.schemas import Model
+from services.api.schemas import MAX_OFFSET, Model
 from services.retrieval.contract import NO_FINDING
 
 
@@ -44,7 +44,7 @@ class PatientDeletionRequest(Model):
 
 
 class RelabelRequest(Model):
-    findings: list[str] = Field(
+    findings: list[Annotated[str, Field(max_length=64)]] = Field(
         description=f'Positive findings; `[]` or `["{NO_FINDING}"]` = none.', max_length=32
     )
 
@@ -60,7 +60,7 @@ class RelabelResponse(Model):
 
 class AuditQuery(Model):
     limit: int = Field(50, ge=1, le=1000)
-    offset: int = Field(0, ge=0)
+    offset: int = Field(0, ge=0, le=MAX_OFFSET)
     action: Literal["delete", "relabel"] | None = Field(None, description="Only this action.")
 
 
