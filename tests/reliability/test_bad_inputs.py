@@ -341,7 +341,19 @@ BAD_REQUESTS = [
                "seed:"),
     BadRequest("unknown-route", "GET", f"{API}/nothing-here", lambda _: {}, 404, "not found",
                "read"),
-    BadRequest("delete-image", "DELETE", KEY_PATH, lambda _: {}, 405, "method is not allowed"),
+    BadRequest("delete-unknown-image", "DELETE", f"{API}/images/{UNKNOWN_KEY}", lambda _: {},
+               404, "no stored image has the key"),
+    BadRequest("delete-image-read-key", "DELETE", KEY_PATH, lambda _: {}, 403, "write", "read"),
+    BadRequest("relabel-no-finding-and-mass", "PATCH", KEY_PATH,
+               _json({"findings": ["No Finding", "Mass"]}), 422, "cannot be combined"),
+    BadRequest("relabel-findings-not-a-list", "PATCH", KEY_PATH, _json({"findings": "Mass"}),
+               422, "findings"),
+    BadRequest("relabel-unknown-image", "PATCH", f"{API}/images/{UNKNOWN_KEY}",
+               _json({"findings": ["Mass"]}), 404, "no stored image has the key"),
+    BadRequest("delete-patient-empty-id", "POST", f"{API}/patients/delete",
+               _json({"patient_id": "  "}), 422, "patient id is empty"),
+    BadRequest("image-put-not-allowed", "PUT", KEY_PATH, lambda _: {}, 405,
+               "method is not allowed"),
 ]  # fmt: skip
 
 

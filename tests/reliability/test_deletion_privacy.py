@@ -7,9 +7,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import pytest
 from flask import Flask
@@ -32,9 +34,15 @@ API = "/api/v1"
 
 
 def ingest_files(graph: SeededGraph, dicoms: list[PhiDicom]) -> None:
-    """The DICOM files through a real ingest job (the worker computes the patient key)."""
+    """The DICOM files through a real ingest job (the worker computes the patient key).
+
+    They are copied under the data root first: ingest refuses files outside the roots, and the
+    upload DICOMs are kept outside it on purpose (tests/reliability/conftest.py)."""
     job_id = f"deletion-phi-{uuid.uuid4().hex[:8]}"
-    submit(plan_ingest([dicom.path for dicom in dicoms], graph.settings), graph.settings, job_id)
+    folder = graph.root / job_id
+    folder.mkdir()
+    copies = [Path(shutil.copy2(dicom.path, folder / dicom.path.name)) for dicom in dicoms]
+    submit(plan_ingest(copies, graph.settings), graph.settings, job_id)
     tracker = JobTracker.from_settings(graph.settings)
     final = follow(tracker, job_id, lambda _: None, poll_s=0.2, timeout_s=300)
     assert (final.status, final.failed) == ("done", 0), tracker.failures(job_id)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -175,9 +176,11 @@ def test_a_task_sent_straight_to_redis_with_a_path_outside_the_roots_is_refused(
     seeded_graph: SeededGraph, graph_store: GraphStore, stack: Settings
 ) -> None:
     """The worker's data roots (tests/conftest.py) are the bundled data folder and the system
-    temp folder; the test's home (.medgraph/test-N) lies outside both."""
-    outside = stack.home / "outside-the-roots"
-    outside.mkdir(parents=True, exist_ok=True)
+    temp folder. The checkout itself may lie in the temp folder (CI clones can), so the file goes
+    to the jar cache under the user's home, which is under neither."""
+    outside = stack.cache_dir / "test-outside-the-roots" / uuid.uuid4().hex[:8]
+    outside.mkdir(parents=True)
+    assert not any(outside.resolve().is_relative_to(root.resolve()) for root in stack.data_roots)
     image = outside / "x.png"
     image.write_bytes(next((seeded_graph.root / "images").iterdir()).read_bytes())
     # Bytes after IEND (decoders ignore them) make a key no stored image has.
@@ -199,6 +202,7 @@ def test_a_task_sent_straight_to_redis_with_a_path_outside_the_roots_is_refused(
     reasons = dict(tracker.failures(job_id))
     assert reasons == {str(image): NOT_UNDER_ROOTS, str(missing): NOT_UNDER_ROOTS}, reasons
     stored = graph_store.run_text("MATCH (i:Image {key: $key}) RETURN count(i) AS n", key=key)
+    shutil.rmtree(outside)
     assert stored[0]["n"] == 0
 
 
