@@ -26,10 +26,10 @@ import numpy as np
 
 from services.retrieval.contract import SearchDiagnostics, SearchFilters, SearchHits, Strategy
 from services.retrieval.readmodel import GraphSnapshot, ReadModelCache
-from services.retrieval.region import Probe, check_ready, hits_of, nearest, one_blas_thread
+from services.retrieval.region import Probe, QueryEdgeSearch, hits_of, nearest, record_visit
 
 
-class CommunityRankedSearch:
+class CommunityRankedSearch(QueryEdgeSearch):
     name = Strategy.COMMUNITY_RANKED
 
     def __init__(
@@ -71,18 +71,6 @@ class CommunityRankedSearch:
         unlinked = probe.centroid_order[k_qc[probe.centroid_order] <= 0]
         return np.concatenate([linked, unlinked]).astype(np.int64), k_qc
 
-    def search(
-        self,
-        query: np.ndarray,
-        k: int,
-        filters: SearchFilters,
-        snapshot: GraphSnapshot | None = None,
-    ) -> SearchHits:
-        diagnostics = SearchDiagnostics(strategy=self.name.value)
-        snapshot = snapshot or self.cache.get(diagnostics)
-        with one_blas_thread():
-            return self._search(query, k, filters, snapshot, diagnostics)
-
     def _search(
         self,
         query: np.ndarray,
@@ -91,14 +79,8 @@ class CommunityRankedSearch:
         snapshot: GraphSnapshot,
         diagnostics: SearchDiagnostics,
     ) -> SearchHits:
-        check_ready(snapshot)
-        diagnostics.database_size = len(snapshot)
         query = query.astype(np.float32)
-        with diagnostics.stage("seed"):
-            eligible = snapshot.eligible(filters)
-            probe = Probe.start(snapshot, query, eligible)
-            probe.scan_nearest_communities(self.seed_candidates)
-            rows, weights = nearest(snapshot, query, *probe.candidates(), self.query_edges)
+        _, probe, rows, weights = self.seed(query, filters, snapshot, diagnostics)
         with diagnostics.stage("rank"):
             order, k_qc = self.community_order(probe, rows, weights)
             best_centroid = float(probe.centroid_scores.max()) if len(order) else 0.0
@@ -110,11 +92,7 @@ class CommunityRankedSearch:
                 if visited >= self.min_communities and k_qc[position] <= 0 and not near:
                     break
                 probe.score(position)
-                community = int(snapshot.community_ids[position])
-                diagnostics.communities_visited.append(community)
-                if diagnostics.community is None:
-                    diagnostics.community = community
-                    diagnostics.community_size = int(snapshot.community_size[position])
+                record_visit(diagnostics, snapshot, position)
             chosen, _ = nearest(snapshot, query, *probe.candidates(), k)
         diagnostics.images_examined = probe.scanned
         return hits_of(snapshot, chosen, query.astype(np.float64), diagnostics)

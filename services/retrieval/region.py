@@ -38,6 +38,7 @@ operations over that block and the added image's CSR row.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -232,7 +233,66 @@ class RegionGrowth:
         return added
 
 
-class RegionGrowingSearch:
+class QueryEdgeSearch(ABC):
+    """What ``region`` and ``community_ranked`` share: a search over the read model's snapshot
+    on one BLAS thread, seeded by the query's virtual edges to its nearest eligible images."""
+
+    name: Strategy
+    cache: ReadModelCache
+    query_edges: int
+    seed_candidates: int
+
+    def search(
+        self,
+        query: np.ndarray,
+        k: int,
+        filters: SearchFilters,
+        snapshot: GraphSnapshot | None = None,
+    ) -> SearchHits:
+        diagnostics = SearchDiagnostics(strategy=self.name.value)
+        snapshot = snapshot or self.cache.get(diagnostics)
+        with one_blas_thread():
+            return self._search(query, k, filters, snapshot, diagnostics)
+
+    @abstractmethod
+    def _search(
+        self,
+        query: np.ndarray,
+        k: int,
+        filters: SearchFilters,
+        snapshot: GraphSnapshot,
+        diagnostics: SearchDiagnostics,
+    ) -> SearchHits:
+        """The strategy's own search over the seed (``seed``)."""
+
+    def seed(
+        self,
+        query: np.ndarray,
+        filters: SearchFilters,
+        snapshot: GraphSnapshot,
+        diagnostics: SearchDiagnostics,
+    ) -> tuple[np.ndarray, Probe, np.ndarray, np.ndarray]:
+        """The eligible mask, the probe of the nearest communities, and the query's virtual
+        edges (rows and cosine weights)."""
+        check_ready(snapshot)
+        diagnostics.database_size = len(snapshot)
+        with diagnostics.stage("seed"):
+            eligible = snapshot.eligible(filters)
+            probe = Probe.start(snapshot, query, eligible)
+            probe.scan_nearest_communities(self.seed_candidates)
+            rows, weights = nearest(snapshot, query, *probe.candidates(), self.query_edges)
+        return eligible, probe, rows, weights
+
+
+def record_visit(diagnostics: SearchDiagnostics, snapshot: GraphSnapshot, position: int) -> None:
+    community = int(snapshot.community_ids[position])
+    diagnostics.communities_visited.append(community)
+    if diagnostics.community is None:
+        diagnostics.community = community
+        diagnostics.community_size = int(snapshot.community_size[position])
+
+
+class RegionGrowingSearch(QueryEdgeSearch):
     name = Strategy.REGION
 
     def __init__(
@@ -248,18 +308,6 @@ class RegionGrowingSearch:
         self.max_communities = max_communities
         self.seed_candidates = seed_candidates
 
-    def search(
-        self,
-        query: np.ndarray,
-        k: int,
-        filters: SearchFilters,
-        snapshot: GraphSnapshot | None = None,
-    ) -> SearchHits:
-        diagnostics = SearchDiagnostics(strategy=self.name.value)
-        snapshot = snapshot or self.cache.get(diagnostics)
-        with one_blas_thread():
-            return self._search(query, k, filters, snapshot, diagnostics)
-
     def _search(
         self,
         query: np.ndarray,
@@ -268,15 +316,9 @@ class RegionGrowingSearch:
         snapshot: GraphSnapshot,
         diagnostics: SearchDiagnostics,
     ) -> SearchHits:
-        check_ready(snapshot)
-        diagnostics.database_size = len(snapshot)
         query = query.astype(np.float32)
         query64 = query.astype(np.float64)
-        with diagnostics.stage("seed"):
-            eligible = snapshot.eligible(filters)
-            probe = Probe.start(snapshot, query, eligible)
-            probe.scan_nearest_communities(self.seed_candidates)
-            rows, weights = nearest(snapshot, query, *probe.candidates(), self.query_edges)
+        eligible, probe, rows, weights = self.seed(query, filters, snapshot, diagnostics)
         region = RegionGrowth(snapshot, rows, weights)
         unvisited = np.ones(len(snapshot.community_ids), dtype=bool)
         examined = probe.scanned
@@ -287,11 +329,7 @@ class RegionGrowingSearch:
                 position = region.closest_community(unvisited)
                 assert position is not None
                 unvisited[position] = False
-                community = int(snapshot.community_ids[position])
-                diagnostics.communities_visited.append(community)
-                if diagnostics.community is None:
-                    diagnostics.community = community
-                    diagnostics.community_size = int(snapshot.community_size[position])
+                record_visit(diagnostics, snapshot, position)
                 if position not in probe.scores:
                     examined += int(eligible[snapshot.block(position)].sum())
                 region.grow_in(position, eligible, query64, k)
