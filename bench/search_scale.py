@@ -3,7 +3,8 @@
 For each size, on its own fresh Neo4j (``.medgraph/bench-search``, Bolt 27887, heap 4g, page
 cache 3g):
 
-1. ``bench.synthetic.generate(n)``: clustered unit vectors with findings and patients;
+1. ``bench.synthetic.generate(n)`` (easy) or ``generate_hard(n)`` (hard): unit vectors with
+   findings and patients;
 2. the kNN graph (k = 10) with the ingestion's exact blocked kNN inside each planted cluster
    (``bench.similarity_graph.knn_edges``; ``knn_agreement`` checks on a sample that every point's
    all-points k nearest are among its edges), written as ingestion writes it;
@@ -15,9 +16,11 @@ cache 3g):
    brute-force top-50 over the same float32 matrix (the ``exact`` cache's), and recall@50 of
    ``region`` and ``vector`` against ``exact``.
 
-Run: ``.venv/bin/python -m bench.search_scale`` (about 16 min on the idle 2-core machine);
-``--sizes 10000`` for a quick look. The server is stopped at the end unless ``--keep-neo4j``.
-Writes ``bench/results/search_scale.json``.
+Run: ``.venv/bin/python -m bench.search_scale`` measures both generated sets, hard then easy,
+in one run (one ``run_id`` in both results files), at every size (about an hour on the idle
+2-core machine); ``--set hard --sizes 10000`` for a quick look. The server is stopped at the end
+unless ``--keep-neo4j``. Writes ``bench/results/search_scale_easy.json`` and
+``search_scale_hard.json``.
 """
 
 from __future__ import annotations
@@ -53,9 +56,9 @@ from services.runtime.neo4j import Neo4jRuntime
 SIZES = (10_000, 100_000, 223_648)
 K = 50
 KNN_K = 10
-RESULTS = REPO_ROOT / "bench" / "results" / "search_scale.json"
+RESULTS = REPO_ROOT / "bench" / "results" / "search_scale_easy.json"
 RESULTS_HARD = REPO_ROOT / "bench" / "results" / "search_scale_hard.json"
-SETS = ("easy", "hard")
+SETS = ("hard", "easy")  # hard first: its outside-community share is the figure most at risk
 
 
 def bench_settings(heap: str = "4g", pagecache: str = "3g", port_offset: int = 0) -> Settings:
@@ -469,11 +472,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-http", action="store_true")
     parser.add_argument(
-        "--set", dest="generated", choices=SETS, default="easy",
+        "--set", dest="generated", choices=(*SETS, "both"), default="both",
         help="easy: bench.synthetic.generate (isotropic clusters far apart); hard: "
-        "generate_hard (neighbourhoods across community boundaries)",
+        "generate_hard (neighbourhoods across community boundaries); both (default): easy then "
+        "hard in one run, so both tables share one run id and one machine state",
     )  # fmt: skip
-    parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument("--output", type=Path, default=None, help="One set only.")
     parser.add_argument(
         "--reuse-graph",
         action="store_true",
@@ -495,16 +499,35 @@ def main() -> None:
     )
     arguments = parser.parse_args()
     settings = bench_settings(arguments.heap, arguments.pagecache, arguments.port_offset)
-    if arguments.output is None:
-        arguments.output = RESULTS_HARD if arguments.generated == "hard" else RESULTS
+    sets = SETS if arguments.generated == "both" else (arguments.generated,)
+    if arguments.output is not None and len(sets) > 1:
+        parser.error("--output needs one --set")
+    if arguments.reuse_graph and len(sets) > 1:
+        parser.error("--reuse-graph needs one --set (the stored graph is of one set)")
+    run_id = datetime.now(UTC).isoformat(timespec="seconds")
+    try:
+        for generated in sets:
+            output = arguments.output or (RESULTS_HARD if generated == "hard" else RESULTS)
+            run_set(arguments, settings, generated, output, run_id)
+    finally:
+        close_shared_drivers()
+        if not arguments.keep_neo4j:  # a 4 GiB-heap server left behind slows everything after
+            Neo4jRuntime(settings).stop()
+
+
+def run_set(
+    arguments: argparse.Namespace, settings: Settings, generated: str, output: Path, run_id: str
+) -> None:
     results: list[dict[str, Any]] = []
-    if arguments.merge and arguments.output.exists():
+    if arguments.merge and output.exists():
         sizes = {int(value) for value in arguments.sizes.split(",")}
-        previous = json.loads(arguments.output.read_text())["results"]
+        previous = json.loads(output.read_text())["results"]
         results.extend(entry for entry in previous if entry["images"] not in sizes)
     document = {
         "benchmark": "search_scale",
-        "set": arguments.generated,
+        "set": generated,
+        "run_id": run_id,  # the same for every set measured by one invocation
+        "command": "python -m bench.search_scale " + " ".join(sys.argv[1:]),
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "neo4j": {"heap": settings.neo4j_heap, "pagecache": settings.neo4j_pagecache},
@@ -512,35 +535,30 @@ def main() -> None:
         "knn_k": KNN_K,
         "results": results,
     }
-    try:
-        for n in (int(value) for value in arguments.sizes.split(",")):
-            if arguments.reuse_graph:
-                Neo4jRuntime(settings).start()  # no-op when still running from --keep-neo4j
-                store = GraphStore.from_settings(settings)
-                entry = stored_graph_report(store, n)
-            else:
-                say(f"n={n}: fresh Neo4j")
-                store = fresh_neo4j(settings)
-                entry = build_graph(store, settings, n, arguments.seed, arguments.generated)
-            entry["neo4j_heap"], entry["neo4j_pagecache"] = (
-                settings.neo4j_heap,
-                settings.neo4j_pagecache,
-            )
-            entry["load_average_1m_before_queries"] = round(os.getloadavg()[0], 2)
-            entry.update(measure(store, settings, arguments.queries, arguments.seed,
-                                 not arguments.no_http))  # fmt: skip
-            entry["load_average_1m_after_queries"] = round(os.getloadavg()[0], 2)
-            entry["python_rss_mib"] = round(psutil.Process().memory_info().rss / 2**20)
-            results.append(entry)
-            results.sort(key=lambda item: item["images"])
-            arguments.output.parent.mkdir(parents=True, exist_ok=True)
-            arguments.output.write_text(json.dumps(document, indent=2) + "\n")
-            print_table(entry)
-    finally:
-        close_shared_drivers()
-        if not arguments.keep_neo4j:  # a 4 GiB-heap server left behind slows everything after
-            Neo4jRuntime(settings).stop()
-    say(f"wrote {arguments.output}")
+    for n in (int(value) for value in arguments.sizes.split(",")):
+        if arguments.reuse_graph:
+            Neo4jRuntime(settings).start()  # no-op when still running from --keep-neo4j
+            store = GraphStore.from_settings(settings)
+            entry = stored_graph_report(store, n)
+        else:
+            say(f"n={n} ({generated} set): fresh Neo4j")
+            store = fresh_neo4j(settings)
+            entry = build_graph(store, settings, n, arguments.seed, generated)
+        entry["neo4j_heap"], entry["neo4j_pagecache"] = (
+            settings.neo4j_heap,
+            settings.neo4j_pagecache,
+        )
+        entry["load_average_1m_before_queries"] = round(os.getloadavg()[0], 2)
+        entry.update(measure(store, settings, arguments.queries, arguments.seed,
+                             not arguments.no_http))  # fmt: skip
+        entry["load_average_1m_after_queries"] = round(os.getloadavg()[0], 2)
+        entry["python_rss_mib"] = round(psutil.Process().memory_info().rss / 2**20)
+        results.append(entry)
+        results.sort(key=lambda item: item["images"])
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(document, indent=2) + "\n")
+        print_table(entry)
+    say(f"wrote {output}")
 
 
 def print_table(entry: dict[str, Any]) -> None:

@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from neo4j import Driver, GraphDatabase, Record
+from neo4j import READ_ACCESS, Driver, GraphDatabase, Record
 from neo4j.exceptions import ServiceUnavailable, SessionExpired, TransientError
 
 from services.config import Settings, get_settings
@@ -70,6 +70,20 @@ class GraphStore:
     def run_text(self, text: str, **params: Any) -> list[Record]:
         records, _, _ = self.driver.execute_query(text, params, database_=self.database)
         return records
+
+    def read_autocommit(self, name: str, /, **params: Any) -> list[Record]:
+        """A named read in one round trip, for reads on every request (the search side's graph
+        version): an auto-commit query sends RUN and PULL together, where ``query``'s managed
+        transaction adds a COMMIT round trip and routes as a write. A transient failure falls
+        back to ``query``, which retries."""
+        text = load_cypher(name)
+        try:
+            with self.driver.session(
+                database=self.database, default_access_mode=READ_ACCESS
+            ) as session:
+                return list(session.run(text, params))
+        except TRANSIENT_NEO4J_ERRORS:
+            return self.run_text(text, **params)
 
     def run_autocommit(self, text: str, **params: Any) -> list[dict[str, Any]]:
         """For ``CALL { } IN TRANSACTIONS``, which a managed transaction cannot run."""

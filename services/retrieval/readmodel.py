@@ -198,7 +198,7 @@ class ReadModelCache:
         self.loads = 0
 
     def _read_version(self) -> GraphVersion:
-        record = self.store.query("search_graph_version")[0]
+        record = self.store.read_autocommit("search_graph_version")[0]
         run = record["run"]
         return (
             int(record["images"]),
