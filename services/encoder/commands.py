@@ -72,6 +72,12 @@ def _user_errors() -> tuple[type[Exception], ...]:
 @click.option(
     "--augmentation", type=click.Choice(["light", "strong"]), help="Default: the recipe's."
 )
+@click.option(
+    "--weight-averaging",
+    type=click.FloatRange(0, 1, max_open=True),
+    help="Keep an exponential moving average of the weights with this decay per step "
+    "(0 = off). Default: the recipe's.",
+)
 @click.option("--batch-size", type=click.IntRange(min=2), help="Default: train_batch_size.")
 @click.option("--seed", type=int, help="Default: train_seed setting.")
 @click.option(
@@ -122,6 +128,7 @@ def train(
     schedule: str | None,
     warmup_epochs: float | None,
     augmentation: str | None,
+    weight_averaging: float | None,
     batch_size: int | None,
     seed: int | None,
     val_fraction: float | None,
@@ -150,6 +157,7 @@ def train(
             schedule=schedule,
             warmup_epochs=warmup_epochs,
             augmentation=augmentation,
+            weight_averaging=weight_averaging,
             batch_size=batch_size,
             seed=seed,
             val_fraction=val_fraction,

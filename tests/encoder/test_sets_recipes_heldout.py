@@ -25,6 +25,7 @@ from services.encoder.training import (
     TrainingError,
     TrainResult,
     _CosineSchedule,
+    _WeightAverage,
     patient_disjoint_split,
     train_encoder,
 )
@@ -128,6 +129,47 @@ def test_cosine_schedule_warms_up_decays_and_replans_to_the_time_limit(tmp_path:
     fresh = _CosineSchedule(config, steps_per_epoch=4)
     fresh.replan(epochs_done=1, epoch_seconds=[20.0], elapsed=30.0)
     assert fresh.planned_epochs == 4
+
+
+def test_the_weight_average_follows_the_network_by_its_decay() -> None:
+    torch = pytest.importorskip("torch")
+    network = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    average = _WeightAverage(network, decay=0.75)
+    start = network[0].weight.detach().clone()
+    with torch.no_grad():
+        network[0].weight.add_(4.0)
+        network[1].running_mean.fill_(8.0)
+        network[1].num_batches_tracked.fill_(5)
+    average.update(network)
+    # One step of decay 0.75 moves a quarter of the way; integer counters are copied.
+    assert torch.allclose(average.model[0].weight, start + 1.0)
+    assert torch.allclose(average.model[1].running_mean, torch.full((2,), 2.0))
+    assert int(average.model[1].num_batches_tracked) == 5
+    assert not any(p.requires_grad for p in average.model.parameters())
+    with pytest.raises(TrainingError, match="weight_averaging"):
+        TrainConfig(labels_csv=Path("x.csv"), output=Path("x.pt"), weight_averaging=1.0)
+
+
+def test_training_with_weight_averaging_keeps_and_records_the_average(tmp_path: Path) -> None:
+    labels = bundled_subset(tmp_path / "data", patients=14)
+    common = dict(labels_csv=labels, images_dir=BUNDLED_DIR / "images", device="cpu",
+                  **(TINY_TRAINING | {"epochs": 2, "batch_size": 4}))  # fmt: skip
+    plain = train_encoder(TrainConfig(output=tmp_path / "plain.pt", **common), progress=False,
+                          echo=lambda line: None)  # fmt: skip
+    averaged = train_encoder(
+        TrainConfig(output=tmp_path / "ema.pt", weight_averaging=0.9, **common),
+        progress=False, echo=lambda line: None,
+    )  # fmt: skip
+    kept = load_checkpoint(averaged.checkpoint_path)
+    assert "moving average, decay 0.9" in kept.training["weights_kept"]
+    assert "own weights" in load_checkpoint(plain.checkpoint_path).training["weights_kept"]
+    # Same seed, same batches: only the kept weights differ.
+    plain_weights = load_checkpoint(plain.checkpoint_path).state_dict
+    assert any(
+        not np.allclose(plain_weights[name].numpy(), value.numpy())
+        for name, value in kept.state_dict.items()
+        if value.is_floating_point()
+    )
 
 
 def test_progress_lines_say_epoch_loss_auroc_and_time_left(tmp_path: Path) -> None:
