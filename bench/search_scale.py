@@ -497,7 +497,14 @@ def main() -> None:
     parser.add_argument(
         "--merge", action="store_true", help="Keep the other sizes' results already in --output."
     )
+    parser.add_argument(
+        "--report", action="store_true",
+        help="Print the README's markdown tables from the results files of one run, and exit.",
+    )  # fmt: skip
     arguments = parser.parse_args()
+    if arguments.report:
+        print(markdown_report())
+        return
     settings = bench_settings(arguments.heap, arguments.pagecache, arguments.port_offset)
     sets = SETS if arguments.generated == "both" else (arguments.generated,)
     if arguments.output is not None and len(sets) > 1:
@@ -559,6 +566,89 @@ def run_set(
         output.write_text(json.dumps(document, indent=2) + "\n")
         print_table(entry)
     say(f"wrote {output}")
+
+
+def markdown_report(paths: tuple[Path, ...] = (RESULTS_HARD, RESULTS)) -> str:
+    """The README tables, generated from the results files so that they are one run's figures
+    (``--report``): refuses files of different runs."""
+    documents = [json.loads(path.read_text()) for path in paths if path.exists()]
+    runs = {document.get("run_id") for document in documents}
+    if len(runs) != 1 or None in runs:
+        raise SystemExit(f"--report needs the files of one run; run ids: {sorted(map(str, runs))}")
+    command = documents[0].get("command", "python -m bench.search_scale").strip()
+    lines = [
+        f"Run {runs.pop()}: `{command}`.",
+        "",
+        "| set | images | communities (median size) | exact top 50 outside own community | "
+        "strategy | server p50 / p99 ms | p50 / numpy p50 | p99 / numpy p50 | HTTP p50 ms | "
+        "HTTP − server p50 ms | recall@50 vs exact | examined | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for document in documents:
+        for entry in document["results"]:
+            numpy_ms = entry["numpy_brute_force"]
+            first = True
+            for name, row in [*entry["strategies"].items(), ("numpy top-50", None)]:
+                head = (
+                    f"| {document['set']} | {entry['images']:,} | {entry['communities']} "
+                    f"({entry['community_size_median']:g}) | "
+                    f"{entry['exact_top50_outside_query_community']:.1%} |"
+                    if first
+                    else "| | | | |"
+                )
+                load = (
+                    f"{entry['load_average_1m_before_queries']}–"
+                    f"{entry['load_average_1m_after_queries']}"
+                    if first
+                    else ""
+                )
+                first = False
+                if row is None:
+                    lines.append(
+                        f"{head} {name} | {numpy_ms['p50_ms']:.1f} / {numpy_ms['p99_ms']:.1f} | "
+                        f"1.00 | {numpy_ms['p99_ms'] / numpy_ms['p50_ms']:.2f} | – | – | 1.000 | "
+                        f"100% | {load} |"
+                    )
+                    continue
+                http_row = row.get("http", {})
+                http_p50 = http_row.get("client", {}).get("p50_ms")
+                overhead = http_row.get("client_minus_server_p50_ms")
+                lines.append(
+                    f"{head} {name} | {row['server']['p50_ms']:.1f} / "
+                    f"{row['server']['p99_ms']:.1f} | {row['server_p50_over_numpy_p50']:.2f} | "
+                    f"{row['server_p99_over_numpy_p50']:.2f} | "
+                    f"{'–' if http_p50 is None else f'{http_p50:.1f}'} | "
+                    f"{'–' if overhead is None else f'{overhead:.1f}'} | "
+                    f"{row['recall_at_50_vs_exact']:.3f} | {row['fraction_examined']:.2%} | "
+                    f"{load} |"
+                )
+    lines += [
+        "",
+        "| set | images | region's stages p50 ms | faithful region | read model | "
+        "API process RSS, every strategy warm (peak) | vector: statement / in Neo4j / "
+        "index alone ms | build s (kNN, write + index, Leiden) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for document in documents:
+        for entry in document["results"]:
+            stages = ", ".join(
+                f"{name} {ms:.1f}"
+                for name, ms in entry["strategies"]["region"]["stage_ms_p50"].items()
+            )
+            faithful = entry["faithful_region"]
+            api = entry.get("api_process") or {}
+            vector = entry["vector_profile"]
+            lines.append(
+                f"| {document['set']} | {entry['images']:,} | {stages} | "
+                f"{faithful['answers_identical_to_exact_seed']:.1%} identical to the exact-seed "
+                f"answer | {entry['read_model_mib']} MiB, loaded in {entry['read_model_load_s']} s "
+                f"| {api.get('rss_mib_every_strategy_warm', '–')} MiB "
+                f"({api.get('peak_rss_mib', '–')} MiB) | {vector['statement_python_ms']} / "
+                f"{vector['statement_server_ms']} / {vector['index_only_python_ms']} | "
+                f"{entry.get('knn_s', '–')}, {entry.get('write_graph_and_index_s', '–')}, "
+                f"{entry.get('cluster_s', '–')} |"
+            )
+    return "\n".join(lines)
 
 
 def print_table(entry: dict[str, Any]) -> None:
