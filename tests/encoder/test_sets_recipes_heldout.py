@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from encoder_testkit import BUNDLED_DIR, TINY_TRAINING, bundled_subset, write_labels
 
@@ -132,7 +133,6 @@ def test_cosine_schedule_warms_up_decays_and_replans_to_the_time_limit(tmp_path:
 
 
 def test_the_weight_average_follows_the_network_by_its_decay() -> None:
-    torch = pytest.importorskip("torch")
     network = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
     average = _WeightAverage(network, decay=0.75)
     start = network[0].weight.detach().clone()
