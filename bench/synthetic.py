@@ -53,16 +53,7 @@ def generate(
         block = centres[cluster[start:stop]] + noise
         block /= np.linalg.norm(block, axis=1, keepdims=True)
         embeddings[start:stop] = block
-    cluster_findings = [
-        tuple(sorted(rng.choice(FINDINGS, size=rng.integers(0, 3), replace=False).tolist()))
-        for _ in range(n_clusters)
-    ]
-    findings = [
-        cluster_findings[c] if rng.random() > 0.1 else cluster_findings[rng.integers(n_clusters)]
-        for c in cluster
-    ]
-    patient = rng.integers(0, max(1, int(n / 3.5)), size=n).astype(np.int64)
-    return SyntheticSet(embeddings, cluster, findings, patient)
+    return SyntheticSet(embeddings, cluster, *_findings_and_patients(rng, cluster, n_clusters))
 
 
 def generate_hard(
@@ -118,13 +109,22 @@ def generate_hard(
         block += rng.standard_normal((stop - start, dimensions)).astype(np.float32) * noise
         block /= np.linalg.norm(block, axis=1, keepdims=True)
         embeddings[start:stop] = block
-    group_findings = [
+    return SyntheticSet(embeddings, group, *_findings_and_patients(rng, group, n_groups))
+
+
+def _findings_and_patients(
+    rng: np.random.Generator, cluster: np.ndarray, n_clusters: int
+) -> tuple[list[tuple[str, ...]], np.ndarray]:
+    """Each cluster's finding set (0-2 findings), taken by a point with probability 0.9, else a
+    random cluster's; patient ids at ~3.5 images per patient."""
+    cluster_findings = [
         tuple(sorted(rng.choice(FINDINGS, size=rng.integers(0, 3), replace=False).tolist()))
-        for _ in range(n_groups)
+        for _ in range(n_clusters)
     ]
     findings = [
-        group_findings[c] if rng.random() > 0.1 else group_findings[rng.integers(n_groups)]
-        for c in group
+        cluster_findings[c] if rng.random() > 0.1 else cluster_findings[rng.integers(n_clusters)]
+        for c in cluster
     ]
+    n = len(cluster)
     patient = rng.integers(0, max(1, int(n / 3.5)), size=n).astype(np.int64)
-    return SyntheticSet(embeddings, group, findings, patient)
+    return findings, patient
