@@ -36,7 +36,10 @@ def build_densenet121(num_findings: int, initial_weights: Path | None = None) ->
     model = densenet121(weights=None, num_classes=num_findings)
     if initial_weights is not None:
         load_initial_weights(model, Path(initial_weights))
-    return model
+    # NHWC lets oneDNN pick faster convolution kernels: one training step of batch 32 on the
+    # 2-core CPU took 540 ms instead of 622 at 64 px, 1,773 instead of 1,992 at 128 px
+    # (bench/train_step.py).
+    return model.to(memory_format=torch.channels_last)
 
 
 def load_initial_weights(model: DenseNet, path: Path) -> None:

@@ -43,8 +43,9 @@ def resize_pixels(pixels: np.ndarray, image_size: int) -> torch.Tensor:
 
 
 def to_network_input(resized: torch.Tensor, normalisation: Normalisation) -> torch.Tensor:
-    """(n, 1, S, S) tensors in [0, 1] -> normalised (n, 3, S, S)."""
-    return normalisation.apply(resized).expand(-1, INPUT_CHANNELS, -1, -1)
+    """(n, 1, S, S) tensors in [0, 1] -> normalised (n, 3, S, S), channels-last like the network."""
+    replicated = normalisation.apply(resized).expand(-1, INPUT_CHANNELS, -1, -1)
+    return replicated.contiguous(memory_format=torch.channels_last)
 
 
 def prepare_batch(
