@@ -78,6 +78,17 @@ def _user_errors() -> tuple[type[Exception], ...]:
     help="Keep an exponential moving average of the weights with this decay per step "
     "(0 = off). Default: the recipe's.",
 )
+@click.option(
+    "--final-image-size",
+    type=click.IntRange(32, 1024),
+    help="Progressive resizing: the last --final-epochs epochs run at this larger size (the "
+    "plateau rate cut by 10 at the switch). Default: the recipe's.",
+)
+@click.option(
+    "--final-epochs",
+    type=click.IntRange(min=0),
+    help="How many epochs run at --final-image-size (0 = none). Default: the recipe's.",
+)
 @click.option("--batch-size", type=click.IntRange(min=2), help="Default: train_batch_size.")
 @click.option("--seed", type=int, help="Default: train_seed setting.")
 @click.option(
@@ -129,6 +140,8 @@ def train(
     warmup_epochs: float | None,
     augmentation: str | None,
     weight_averaging: float | None,
+    final_image_size: int | None,
+    final_epochs: int | None,
     batch_size: int | None,
     seed: int | None,
     val_fraction: float | None,
@@ -158,6 +171,8 @@ def train(
             warmup_epochs=warmup_epochs,
             augmentation=augmentation,
             weight_averaging=weight_averaging,
+            final_image_size=final_image_size,
+            final_epochs=final_epochs,
             batch_size=batch_size,
             seed=seed,
             val_fraction=val_fraction,

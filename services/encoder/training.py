@@ -60,6 +60,8 @@ IMAGE_CACHE_BYTES = 2 << 30
 SCHEDULES = ("plateau", "cosine")
 # Cosine decay ends at this fraction of the peak rate rather than at zero.
 COSINE_FLOOR = 0.01
+# The plateau rule's cut, also applied when progressive resizing switches to the final size.
+PLATEAU_FACTOR = 0.1
 # How often (in batches) a run without a progress bar reports within an epoch.
 PROGRESS_LINES_PER_EPOCH = 4
 
@@ -75,6 +77,8 @@ RECIPES: dict[str, dict[str, Any]] = {
         "warmup_epochs": 0,
         "augmentation": "light",
         "weight_averaging": 0.0,
+        "final_image_size": None,
+        "final_epochs": 0,
     },
     "regularised": {
         "epochs": 15,
@@ -83,6 +87,8 @@ RECIPES: dict[str, dict[str, Any]] = {
         "warmup_epochs": 1,
         "augmentation": "strong",
         "weight_averaging": 0.0,
+        "final_image_size": None,
+        "final_epochs": 0,
     },
 }
 
@@ -120,6 +126,11 @@ class TrainConfig:
     # batch-norm statistics), updated after every optimiser step with this decay; 0 = the raw
     # weights, as the paper.
     weight_averaging: float = 0.0
+    # Progressive resizing: the last ``final_epochs`` epochs run at ``final_image_size`` (larger
+    # than image_size); at the switch the plateau schedule's rate is set to a tenth of the peak
+    # and its rule starts afresh. With a time limit the switch comes earlier, so they fit.
+    final_image_size: int | None = None
+    final_epochs: int = 0
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -130,6 +141,15 @@ class TrainConfig:
             )
         if self.weight_decay < 0 or self.warmup_epochs < 0:
             raise TrainingError("weight_decay and warmup_epochs cannot be negative")
+        if not 0 <= self.final_epochs < self.epochs:
+            raise TrainingError(
+                f"final_epochs must be in [0, epochs), got {self.final_epochs} of {self.epochs}"
+            )
+        if self.final_epochs and (self.final_image_size or 0) <= self.image_size:
+            raise TrainingError(
+                f"final_image_size must exceed image_size ({self.image_size}) when final_epochs "
+                f"is set, got {self.final_image_size}"
+            )
         if not 0 <= self.weight_averaging < 1:
             raise TrainingError(
                 f"weight_averaging is a decay in [0, 1), got {self.weight_averaging!r}"
@@ -169,6 +189,8 @@ class TrainConfig:
             "warmup_epochs": recipe["warmup_epochs"],
             "augmentation": recipe["augmentation"],
             "weight_averaging": recipe["weight_averaging"],
+            "final_image_size": recipe["final_image_size"],
+            "final_epochs": recipe["final_epochs"],
             "recipe": recipe_name,
             "plateau_patience": settings.train_plateau_patience,
             "val_fraction": settings.train_val_fraction,
@@ -421,10 +443,7 @@ def train_encoder(
         + (f", time limit {config.time_limit_s:.0f}s" if config.time_limit_s else "")
     )
     cache = device.type == "cpu" or config.workers == 0
-    train_images = LabelledImages(
-        train_table, config.image_size, XrayAugmentation(config.augmentation), cache=cache
-    )
-    val_images = LabelledImages(val_table, config.image_size, cache=cache)
+    augmentation = XrayAugmentation(config.augmentation)
     normalisation = compute_normalisation(train_table, config.image_size, config.seed)
     positive_weight, negative_weight = finding_loss_weights(train_table.targets())
 
@@ -437,31 +456,57 @@ def train_encoder(
     else:
         optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=0.1, patience=config.plateau_patience
+        optimizer, mode="min", factor=PLATEAU_FACTOR, patience=config.plateau_patience
     )
     scaler = torch.amp.GradScaler(device.type, enabled=mixed_precision)
     averaged = _WeightAverage(model, config.weight_averaging) if config.weight_averaging else None
     # The network that is validated, selected and kept: the running average when there is one.
     kept_model = averaged.model if averaged is not None else model
-    augmentation = train_images.augment
-    train_loader = DataLoader(
-        train_images,
-        batch_size=config.batch_size,
-        shuffle=True,
-        # BatchNorm cannot train on a last batch of one image; a partial batch is dropped.
-        drop_last=len(train_table.records) > config.batch_size,
-        num_workers=config.workers,
-        generator=torch.Generator().manual_seed(config.seed),
-        pin_memory=mixed_precision,
-    )
-    val_loader = DataLoader(val_images, batch_size=config.batch_size, num_workers=config.workers)
-    schedule = _CosineSchedule(config, len(train_loader))
+    shuffling = torch.Generator().manual_seed(config.seed)
+
+    def loaders_at(image_size: int) -> tuple[DataLoader, DataLoader]:
+        train_images = LabelledImages(train_table, image_size, augmentation, cache=cache)
+        val_images = LabelledImages(val_table, image_size, cache=cache)
+        train_loader = DataLoader(
+            train_images,
+            batch_size=config.batch_size,
+            shuffle=True,
+            # BatchNorm cannot train on a last batch of one image; a partial batch is dropped.
+            drop_last=len(train_table.records) > config.batch_size,
+            num_workers=config.workers,
+            generator=shuffling,
+            pin_memory=mixed_precision,
+        )
+        val_loader = DataLoader(
+            val_images, batch_size=config.batch_size, num_workers=config.workers
+        )
+        return train_loader, val_loader
+
+    sizes = _InputSizes(config)
+    loaders = {sizes.current: loaders_at(sizes.current)}
+    schedule = _CosineSchedule(config, len(loaders[sizes.current][0]))
 
     history: list[dict[str, float | None]] = []
     best = _BestEpoch()
     stopped_early: str | None = None
     epoch_seconds: list[float] = []
     for epoch in range(1, config.epochs + 1):
+        if sizes.switch_now(epoch, epoch_seconds, time.monotonic() - started):
+            loaders[sizes.current] = loaders_at(sizes.current)
+            if config.schedule == "plateau":
+                # A tenth of the peak, even when the rule had cut deeper: the network has to
+                # adapt to the larger input, and the rule starts afresh at this size.
+                for group in optimizer.param_groups:
+                    group["lr"] = config.learning_rate * PLATEAU_FACTOR
+                plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                    optimizer, mode="min", factor=PLATEAU_FACTOR, patience=config.plateau_patience
+                )
+            echo(
+                f"epoch {epoch}: {sizes.current} px from here on (the last "
+                f"{config.epochs - epoch + 1} epochs at most), rate "
+                f"{optimizer.param_groups[0]['lr']:.0e}"
+            )
+        train_loader, val_loader = loaders[sizes.current]
         epoch_started = time.monotonic()
         model.train()
         train_loss = 0.0
@@ -495,8 +540,8 @@ def train_encoder(
             if not progress and batch % report_every == 0 and batch < len(train_loader):
                 per_batch = (time.monotonic() - epoch_started) / batch
                 left = (
-                    _seconds_left(
-                        config, schedule, epoch, epoch_seconds, per_batch * len(train_loader)
+                    sizes.seconds_left(
+                        schedule.planned_epochs, epoch, epoch_seconds, per_batch * len(train_loader)
                     )
                     - per_batch * batch
                 )
@@ -511,8 +556,9 @@ def train_encoder(
         if config.schedule == "plateau":
             plateau.step(val_loss)
         report = validation_auroc(table.findings, val_targets, val_probabilities)
-        best.consider(epoch, val_loss, report, kept_model)
+        best.consider(epoch, val_loss, report, kept_model, sizes.current)
         epoch_seconds.append(time.monotonic() - epoch_started)
+        sizes.record()
         schedule.replan(epoch, epoch_seconds, time.monotonic() - started)
         history.append(
             {
@@ -521,12 +567,13 @@ def train_encoder(
                 "val_loss": val_loss,
                 "val_mean_auroc": report.mean,
                 "learning_rate": optimizer.param_groups[0]["lr"],
+                "image_size": sizes.current,
                 "seconds": round(epoch_seconds[-1], 1),
             }
         )
         mean = f"{report.mean:.3f}" if report.mean is not None else "n/a"
         best_mean = f"{best.report.mean:.3f}" if best.report.mean is not None else "n/a"
-        left = _seconds_left(config, schedule, epoch + 1, epoch_seconds, None)
+        left = sizes.seconds_left(schedule.planned_epochs, epoch + 1, epoch_seconds, None)
         echo(
             f"epoch {epoch}/{schedule.planned_epochs}: train loss {train_loss / max(seen, 1):.4f}, "
             f"val loss {val_loss:.4f}, val mean AUROC {mean} (kept epoch {best.epoch}: "
@@ -534,7 +581,9 @@ def train_encoder(
             f"{time.monotonic() - started:.0f}s"
             + (f", about {_duration(left)} left" if epoch < schedule.planned_epochs else "")
         )
-        stopped_early = _time_limit_reached(config, started, epoch_started, epoch)
+        stopped_early = _time_limit_reached(
+            config, started, epoch_started, epoch, sizes.next_epoch_cost_ratio()
+        )
         if stopped_early:
             echo(stopped_early)
             break
@@ -544,7 +593,7 @@ def train_encoder(
     echo(f"keeping epoch {best.epoch} (lowest validation loss {best.val_loss:.4f})")
     checkpoint = EncoderCheckpoint(
         findings=table.findings,
-        image_size=config.image_size,
+        image_size=best.image_size,
         normalisation=normalisation,
         state_dict=best.state_dict,
         training=_training_record(
@@ -563,6 +612,7 @@ def train_encoder(
             "val_loss": best.val_loss,
             "selected_epoch": best.epoch,
             "epochs_run": len(history),
+            "final_image_size_from_epoch": sizes.switched_at,
             "stopped_early": stopped_early,
             "history": history,
         },
@@ -634,17 +684,73 @@ class _CosineSchedule:
         self.planned_epochs = max(epochs_done, min(self.max_epochs, fit))
 
 
-def _seconds_left(
-    config: TrainConfig,
-    schedule: _CosineSchedule,
-    next_epoch: int,
-    epoch_seconds: list[float],
-    current_estimate: float | None,
-) -> float:
-    """Expected seconds until training ends, from the epochs timed so far."""
-    per_epoch = float(np.mean(epoch_seconds[-3:])) if epoch_seconds else (current_estimate or 0.0)
-    remaining_epochs = max(schedule.planned_epochs - next_epoch + 1, 0)
-    return per_epoch * remaining_epochs
+class _InputSizes:
+    """The input size of each epoch: ``image_size``, then ``final_image_size`` for the last
+    ``final_epochs`` (progressive resizing).
+
+    An epoch's cost grows with its pixel count, so the switch is planned in time as well as in
+    epochs: when one more small epoch would leave no room for the final ones under
+    ``time_limit_s``, the switch comes now. (S'/S)^2 overestimates the cost of the larger epochs
+    (a 128-px training step took 2.9x a 64-px one on the 2-core CPU, not 4x), so they fit.
+    """
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.base = config.image_size
+        self.current = config.image_size
+        self.final = config.final_image_size if config.final_epochs else None
+        self.final_epochs = config.final_epochs
+        self.max_epochs = config.epochs
+        self.time_limit_s = config.time_limit_s
+        self.switched_at: int | None = None
+        self._epoch_sizes: list[int] = []
+
+    def cost(self, image_size: int) -> float:
+        return (image_size / self.base) ** 2
+
+    def _base_epoch_seconds(self, epoch_seconds: list[float]) -> float:
+        recent = list(zip(epoch_seconds, self._epoch_sizes, strict=False))[-3:]
+        return float(np.mean([seconds / self.cost(size) for seconds, size in recent]))
+
+    def switch_now(self, epoch: int, epoch_seconds: list[float], elapsed: float) -> bool:
+        if self.final is None or self.switched_at is not None:
+            return False
+        due = epoch > self.max_epochs - self.final_epochs
+        if not due and self.time_limit_s and epoch_seconds:
+            per_epoch = self._base_epoch_seconds(epoch_seconds)
+            needed = per_epoch * (1 + self.final_epochs * self.cost(self.final))
+            due = elapsed + needed > self.time_limit_s
+        if due:
+            self.current, self.switched_at = self.final, epoch
+        return due
+
+    def record(self) -> None:
+        self._epoch_sizes.append(self.current)
+
+    def next_epoch_cost_ratio(self) -> float:
+        """How much longer the next epoch may take than the last (1 unless a switch is near)."""
+        if self.final is None or self.switched_at is not None:
+            return 1.0
+        return self.cost(self.final) / self.cost(self.current)
+
+    def seconds_left(
+        self,
+        planned_epochs: int,
+        next_epoch: int,
+        epoch_seconds: list[float],
+        current_estimate: float | None,
+    ) -> float:
+        """Expected seconds until training ends, from the epochs timed so far."""
+        if epoch_seconds:
+            per_base_epoch = self._base_epoch_seconds(epoch_seconds)
+        else:
+            per_base_epoch = (current_estimate or 0.0) / self.cost(self.current)
+        total = 0.0
+        for epoch in range(next_epoch, planned_epochs + 1):
+            final = self.final is not None and (
+                self.switched_at is not None or epoch > planned_epochs - self.final_epochs
+            )
+            total += per_base_epoch * self.cost(self.final if final else self.current)  # type: ignore[arg-type]
+        return total
 
 
 def _duration(seconds: float) -> str:
@@ -653,13 +759,21 @@ def _duration(seconds: float) -> str:
 
 
 def _time_limit_reached(
-    config: TrainConfig, started: float, epoch_started: float, epoch: int
+    config: TrainConfig,
+    started: float,
+    epoch_started: float,
+    epoch: int,
+    next_epoch_cost_ratio: float = 1.0,
 ) -> str | None:
-    """Why training stops now, if one more epoch as long as the last would pass the limit."""
+    """Why training stops now, if one more epoch as long as the last would pass the limit.
+
+    ``next_epoch_cost_ratio``: the next epoch's expected length over the last one's, when it may
+    differ (progressive resizing).
+    """
     if not config.time_limit_s or epoch == config.epochs:
         return None
     now = time.monotonic()
-    if now + (now - epoch_started) <= started + config.time_limit_s:
+    if now + (now - epoch_started) * next_epoch_cost_ratio <= started + config.time_limit_s:
         return None
     return (
         f"stopping after epoch {epoch} of {config.epochs}: another epoch would pass the time "
@@ -675,10 +789,14 @@ class _BestEpoch:
         self.val_loss = math.inf
         self.report = AurocReport({}, {}, None)
         self.state_dict: dict[str, torch.Tensor] = {}
+        self.image_size = 0
 
-    def consider(self, epoch: int, val_loss: float, report: AurocReport, model: nn.Module) -> None:
+    def consider(
+        self, epoch: int, val_loss: float, report: AurocReport, model: nn.Module, image_size: int
+    ) -> None:
         if val_loss < self.val_loss or not self.state_dict:
             self.epoch, self.val_loss, self.report = epoch, val_loss, report
+            self.image_size = image_size
             self.state_dict = {
                 key: value.detach().to("cpu", copy=True)
                 for key, value in model.state_dict().items()

@@ -26,6 +26,7 @@ from services.encoder.training import (
     TrainingError,
     TrainResult,
     _CosineSchedule,
+    _InputSizes,
     _WeightAverage,
     patient_disjoint_split,
     train_encoder,
@@ -170,6 +171,53 @@ def test_training_with_weight_averaging_keeps_and_records_the_average(tmp_path: 
         for name, value in kept.state_dict.items()
         if value.is_floating_point()
     )
+
+
+def test_progressive_resizing_switches_by_epoch_count_or_earlier_to_fit_the_time_limit(
+    tmp_path: Path,
+) -> None:
+    common = dict(labels_csv=tmp_path / "x.csv", output=tmp_path / "x.pt", epochs=10,
+                  image_size=64, final_image_size=128, final_epochs=3)  # fmt: skip
+    untimed = _InputSizes(TrainConfig(**common))
+    switched = [untimed.switch_now(epoch, [10.0] * (epoch - 1), 0.0) for epoch in range(1, 11)]
+    assert switched == [False] * 7 + [True, False, False] and untimed.current == 128
+    # 10-s epochs at 64 px, so 40-s epochs at 128: with 200 s spent, one more small epoch and
+    # three large ones (130 s) no longer fit a 300-s limit, so epoch 5 already runs at 128 px.
+    timed = _InputSizes(TrainConfig(**common, time_limit_s=300.0))
+    for epoch in range(1, 5):
+        assert not timed.switch_now(epoch, [10.0] * (epoch - 1), 10.0 * (epoch - 1))
+        timed.record()
+    assert timed.next_epoch_cost_ratio() == pytest.approx(4.0)
+    assert timed.seconds_left(10, 5, [10.0] * 4, None) == pytest.approx(3 * 10 + 3 * 40)
+    assert timed.switch_now(5, [10.0] * 4, 200.0) and timed.switched_at == 5
+    assert timed.next_epoch_cost_ratio() == 1.0
+    with pytest.raises(TrainingError, match="final_image_size must exceed"):
+        TrainConfig(**(common | {"final_image_size": 64}))
+    with pytest.raises(TrainingError, match="final_epochs must be in"):
+        TrainConfig(**(common | {"final_epochs": 10}))
+    assert _InputSizes(TrainConfig(**(common | {"final_epochs": 0}))).switch_now(9, [], 0) is False
+
+
+def test_training_with_progressive_resizing_ends_at_the_final_size(tmp_path: Path) -> None:
+    labels = bundled_subset(tmp_path / "data", patients=14)
+    lines: list[str] = []
+    config = TrainConfig(
+        labels_csv=labels, images_dir=BUNDLED_DIR / "images", output=tmp_path / "m.pt",
+        device="cpu", final_image_size=48, final_epochs=1,
+        **(TINY_TRAINING | {"epochs": 3, "batch_size": 4, "learning_rate": 1e-3}),
+    )  # fmt: skip
+    result = train_encoder(config, progress=False, echo=lines.append)
+    kept = load_checkpoint(result.checkpoint_path)
+    history = kept.metrics["history"]
+    assert [entry["image_size"] for entry in history] == [32, 32, 48]
+    assert kept.metrics["final_image_size_from_epoch"] == 3
+    # The switch cuts the plateau schedule's rate by 10, as the plateau rule would.
+    assert history[1]["learning_rate"] == pytest.approx(1e-3)
+    assert history[2]["learning_rate"] == pytest.approx(1e-4)
+    assert any(line.startswith("epoch 3: 48 px from here on") for line in lines)
+    # The checkpoint's input size is that of the epoch it kept.
+    assert kept.image_size == history[kept.metrics["selected_epoch"] - 1]["image_size"]
+    assert kept.training["final_image_size"] == 48 and kept.training["final_epochs"] == 1
 
 
 def test_progress_lines_say_epoch_loss_auroc_and_time_left(tmp_path: Path) -> None:
