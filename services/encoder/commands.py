@@ -154,7 +154,8 @@ def train(
 ) -> None:
     """Train the DenseNet-121 encoder and report per-finding validation AUROC."""
     # defers torch: other `medgraph` commands stay quick to start
-    from services.encoder.training import TrainConfig, default_checkpoint_path, train_encoder
+    from services.encoder.training import TrainConfig, default_checkpoint_path
+    from services.encoder.training_process import train_in_own_process
 
     settings = get_settings()
     try:
@@ -181,7 +182,7 @@ def train(
             output=output,
             time_limit_s=time_limit_s,
         )
-        result = train_encoder(config, progress=progress, echo=click.echo)
+        result = train_in_own_process(config, progress=progress, echo=click.echo)
     except _user_errors() as exc:
         raise click.ClickException(str(exc)) from None
     click.echo("\nValidation AUROC per finding (patient-disjoint split):")

@@ -904,12 +904,18 @@ def default_checkpoint_path(settings: Settings, image_size: int | None = None) -
     return settings.models_dir / f"{ARCHITECTURE}-{image_size or settings.image_size}px.pt"
 
 
-def ensure_demo_checkpoint(settings: Settings, echo: Callable[[str], None] | None = None) -> Path:
+def ensure_demo_checkpoint(
+    settings: Settings,
+    echo: Callable[[str], None] | None = None,
+    train: Callable[..., TrainResult] = train_encoder,
+) -> Path:
     """The configured checkpoint; trains one on the bundled sets first if none exists.
 
     An explicitly configured ``encoder_checkpoint`` must exist (nothing is trained over it).
     Concurrent callers wait on a lock file, so only one of them trains. ``echo`` receives the
     training's progress lines (epoch, loss, AUROC so far, time left); default: the log.
+    ``train``: ``train_encoder`` or a function with its signature (the main job passes
+    ``training_process.train_in_own_process``).
     """
     path = default_checkpoint_path(settings)
     if settings.encoder_checkpoint is not None:
@@ -928,9 +934,7 @@ def ensure_demo_checkpoint(settings: Settings, echo: Callable[[str], None] | Non
             except CheckpointError as exc:
                 logger.warning("replacing an unusable demo checkpoint: %s", exc)
         logger.info("no encoder checkpoint at %s; training one on %s", path, settings.data_dir)
-        result = train_encoder(
-            TrainConfig.from_settings(settings, output=path), progress=False, echo=say
-        )
+        result = train(TrainConfig.from_settings(settings, output=path), progress=False, echo=say)
         say(f"demo checkpoint ready, validation mean AUROC {_format(result.report.mean)}")
         return result.checkpoint_path
 

@@ -176,10 +176,11 @@ def _ensure_checkpoint(settings: Settings) -> None:
     """Train the demo encoder here, once, rather than inside a worker task."""
     # defers torch (training imports it): other `medgraph` commands start without it
     from services.encoder.training import default_checkpoint_path, ensure_demo_checkpoint
+    from services.encoder.training_process import train_in_own_process
 
     if not settings.encoder_checkpoint and not default_checkpoint_path(settings).is_file():
         click.echo("no encoder checkpoint yet: training one on the bundled sets (once)…")
-    ensure_demo_checkpoint(settings, echo=click.echo)
+    ensure_demo_checkpoint(settings, echo=click.echo, train=train_in_own_process)
 
 
 def _stall_watch(settings: Settings, resume: Callable[[], object]) -> StallWatch:

@@ -132,8 +132,14 @@ def _deferral_comment(lines: list[str], node: ast.stmt) -> str | None:
     return None
 
 
-def _top_level_imports(module: str, root: Path) -> set[str]:
-    """Top-level package names the module imports at its top."""
+def _top_level_imports(module: str, root: Path, seen: set[str] | None = None) -> set[str]:
+    """Top-level package names loaded when the module is imported: those it imports at its top,
+    and, through the project modules among them, theirs (a module that imports torch through
+    ``services.encoder.training`` defers torch as truly as one that imports it directly)."""
+    seen = set() if seen is None else seen
+    if module in seen:
+        return set()
+    seen.add(module)
     base = root / Path(*module.split("."))
     path = base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
     if not path.is_file():
@@ -141,9 +147,15 @@ def _top_level_imports(module: str, root: Path) -> set[str]:
     roots = set()
     for node in ast.parse(path.read_text()).body:
         if isinstance(node, ast.Import):
-            roots |= {alias.name.split(".")[0] for alias in node.names}
+            names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            roots.add(node.module.split(".")[0])
+            names = [node.module]
+        else:
+            continue
+        for name in names:
+            roots.add(name.split(".")[0])
+            if name.split(".")[0] in PROJECT_PACKAGES:
+                roots |= _top_level_imports(name, root, seen)
     return roots
 
 
@@ -181,6 +193,7 @@ def test_import_check_flags_undocumented_and_false_deferrals(tmp_path: Path) -> 
     (tmp_path / "services" / "heavy").mkdir(parents=True)
     (tmp_path / "services" / "heavy" / "model.py").write_text("import torch\n")
     (tmp_path / "services" / "light.py").write_text("import json\n")
+    (tmp_path / "services" / "wrapper.py").write_text("from services.heavy.model import Net\n")
     sample = tmp_path / "services" / "sample.py"
     sample.write_text(
         textwrap.dedent(
@@ -206,6 +219,11 @@ def test_import_check_flags_undocumented_and_false_deferrals(tmp_path: Path) -> 
 
             def third_party_only() -> None:
                 import numpy
+
+
+            def through_a_project_module() -> None:
+                # defers torch: services.wrapper imports services.heavy.model at its top
+                from services.wrapper import run
             """
         )
     )

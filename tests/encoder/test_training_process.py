@@ -1,0 +1,70 @@
+"""Training in a child process: the same checkpoint, the same lines, errors that say why."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from encoder_testkit import BUNDLED_DIR, TINY_TRAINING, bundled_subset
+
+from services.encoder.checkpoint import load_checkpoint
+from services.encoder.training import TrainConfig, TrainingError, train_encoder
+from services.encoder.training_process import (
+    TRAINING_OPENMP_ENV,
+    _environment,
+    train_in_own_process,
+)
+
+
+def _config(tmp_path: Path, name: str) -> TrainConfig:
+    labels = bundled_subset(tmp_path / "data", patients=12)
+    return TrainConfig(
+        labels_csv=labels, images_dir=BUNDLED_DIR / "images", output=tmp_path / name,
+        device="cpu", **(TINY_TRAINING | {"epochs": 2, "batch_size": 8}),
+    )  # fmt: skip
+
+
+def test_the_child_trains_the_same_checkpoint_and_passes_its_lines_back(tmp_path: Path) -> None:
+    lines: list[str] = []
+    child = train_in_own_process(_config(tmp_path, "child.pt"), echo=lines.append)
+    here = train_encoder(_config(tmp_path, "here.pt"), progress=False, echo=lambda _: None)
+    assert child.checkpoint_path == tmp_path / "child.pt"
+    assert [entry["val_loss"] for entry in child.history] == [
+        entry["val_loss"] for entry in here.history
+    ]
+    # Same seed, same data: the wait policy changes the speed, never the arithmetic.
+    theirs, ours = (load_checkpoint(r.checkpoint_path).state_dict for r in (child, here))
+    assert all(torch.equal(theirs[name], ours[name]) for name in ours)
+    assert any(line.startswith("epoch 1/2: train loss") for line in lines)
+    assert any(line.startswith("keeping epoch") for line in lines)
+    assert multiprocessing.active_children() == []
+
+
+def test_bad_input_in_the_child_comes_back_as_a_training_error(tmp_path: Path) -> None:
+    bad = tmp_path / "labels.csv"
+    bad.write_text("Image Index,Finding Labels,Patient ID\nmissing.png,Mass,1\n")
+    config = TrainConfig(labels_csv=bad, output=tmp_path / "x.pt", device="cpu")
+    with pytest.raises(TrainingError, match="1 rows point to missing image files"):
+        train_in_own_process(config)
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_a_child_that_dies_is_reported_with_its_exit_code(tmp_path: Path) -> None:
+    def kill_the_child(line: str) -> None:
+        for child in multiprocessing.active_children():
+            if child.name == "medgraph-train":
+                child.kill()
+
+    with pytest.raises(TrainingError, match="exited with code -9 without a result"):
+        train_in_own_process(_config(tmp_path, "x.pt"), echo=kill_the_child)
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_the_spinning_policy_is_only_lent_to_the_child() -> None:
+    before = {key: os.environ.get(key) for key in TRAINING_OPENMP_ENV}
+    with _environment(TRAINING_OPENMP_ENV):
+        assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert {key: os.environ.get(key) for key in TRAINING_OPENMP_ENV} == before
