@@ -180,6 +180,16 @@ def _held_out(
             }
             for name, entry in result.auroc.items()
         },
+        "auroc_by_source": {
+            source: {
+                name: {
+                    key: asdict(value) if value is not None else None
+                    for key, value in entry.items()
+                }
+                for name, entry in entries.items()
+            }
+            for source, entries in result.auroc_by_source.items()
+        },
         "seconds": round(result.seconds, 1),
     } | result.report.as_dict()
     json_path.write_text(json.dumps(payload, indent=2) + "\n")

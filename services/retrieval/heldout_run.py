@@ -47,6 +47,10 @@ class HeldOutResult:
     checkpoint: str
     compared: str | None
     auroc: dict[str, Any]
+    # Per source set: {source: {checkpoint name: {"mean", "difference"}}}. The pooled AUROC
+    # also rewards telling the sets apart (they differ in resolution and prevalence); within
+    # one set it cannot.
+    auroc_by_source: dict[str, dict[str, Any]]
     images: int
     query_images: int
     query_patients: int
@@ -65,6 +69,13 @@ class HeldOutResult:
                 gain = _negated(entry["difference"])
                 line += f"; {self.checkpoint} minus {name}, paired: {_interval(gain, signed=True)}"
             lines.append(line)
+        for source, entries in self.auroc_by_source.items():
+            shown = [f"{name} {_interval(entry['mean'])}" for name, entry in entries.items()]
+            for name, entry in entries.items():
+                if entry.get("difference") is not None:
+                    gain = _interval(_negated(entry["difference"]), signed=True)
+                    shown.append(f"{self.checkpoint} minus {name}, paired: {gain}")
+            lines.append(f"  within {source}: " + "; ".join(shown))
         return "\n".join(lines)
 
 
@@ -135,22 +146,31 @@ def held_out_evaluation(
     progress("retrieval and bootstrap")
     report = evaluate_held_out(data, code_sets, k=k, resamples=resamples, seed=seed)
     targets = table.subset(np.flatnonzero(is_query)).targets()
-    intervals = mean_auroc_interval(
-        targets,
-        [probabilities[name] for name, _ in named],
-        data.patients[is_query],
-        resamples=resamples,
-        seed=seed,
-    )
-    auroc = {
-        name: {"mean": mean, "difference": difference}
-        for (name, _), (mean, difference) in zip(named, intervals, strict=True)
+    query_sources = data.sources[is_query]
+
+    def auroc_rows(rows: np.ndarray) -> dict[str, Any]:
+        intervals = mean_auroc_interval(
+            targets[rows],
+            [probabilities[name][rows] for name, _ in named],
+            data.patients[is_query][rows],
+            resamples=resamples,
+            seed=seed,
+        )
+        return {
+            name: {"mean": mean, "difference": difference}
+            for (name, _), (mean, difference) in zip(named, intervals, strict=True)
+        }
+
+    auroc = auroc_rows(np.ones(len(targets), dtype=bool))
+    auroc_by_source = {
+        str(source): auroc_rows(query_sources == source) for source in np.unique(query_sources)
     }
     return HeldOutResult(
         report=report,
         checkpoint=checkpoint_path.name,
         compared=compare.name if compare is not None else None,
         auroc=auroc,
+        auroc_by_source=auroc_by_source,
         images=len(table.records),
         query_images=int(is_query.sum()),
         query_patients=len(np.unique(data.patients[is_query])),

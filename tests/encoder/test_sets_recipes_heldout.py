@@ -312,6 +312,12 @@ def test_evaluate_held_out_prints_views_baselines_and_intervals(
     twin = next(row for row in rows if row["name"] == "other.pt (exact)")
     assert all(math.isclose(twin["difference"][m]["value"], 0.0) for m in twin["difference"])
     assert all(np.isfinite(row["metrics"]["precision"]["value"]) for row in rows)
+    # One source set here, so its within-source AUROC is the pooled one.
+    source = labels.parent.name
+    assert f"  within {source}: encoder.pt " in out
+    by_source = saved["auroc_by_source"][source]
+    assert by_source["encoder.pt"]["mean"] == saved["auroc"]["encoder.pt"]["mean"]
+    assert math.isclose(by_source["other.pt"]["difference"]["value"], 0.0, abs_tol=1e-12)
 
 
 def test_evaluate_held_out_refuses_a_checkpoint_without_validation_record(
