@@ -746,10 +746,10 @@ class _InputSizes:
             per_base_epoch = (current_estimate or 0.0) / self.cost(self.current)
         total = 0.0
         for epoch in range(next_epoch, planned_epochs + 1):
-            final = self.final is not None and (
-                self.switched_at is not None or epoch > planned_epochs - self.final_epochs
-            )
-            total += per_base_epoch * self.cost(self.final if final else self.current)  # type: ignore[arg-type]
+            size = self.current
+            if self.final is not None and epoch > planned_epochs - self.final_epochs:
+                size = self.final
+            total += per_base_epoch * self.cost(size)
         return total
 
 
