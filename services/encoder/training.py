@@ -455,9 +455,13 @@ def train_encoder(
         )
     else:
         optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=PLATEAU_FACTOR, patience=config.plateau_patience
-    )
+
+    def new_plateau() -> torch.optim.lr_scheduler.ReduceLROnPlateau:
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=PLATEAU_FACTOR, patience=config.plateau_patience
+        )
+
+    plateau = new_plateau()
     scaler = torch.amp.GradScaler(device.type, enabled=mixed_precision)
     averaged = _WeightAverage(model, config.weight_averaging) if config.weight_averaging else None
     # The network that is validated, selected and kept: the running average when there is one.
@@ -483,8 +487,8 @@ def train_encoder(
         return train_loader, val_loader
 
     sizes = _InputSizes(config)
-    loaders = {sizes.current: loaders_at(sizes.current)}
-    schedule = _CosineSchedule(config, len(loaders[sizes.current][0]))
+    train_loader, val_loader = loaders_at(sizes.current)
+    schedule = _CosineSchedule(config, len(train_loader))
 
     history: list[dict[str, float | None]] = []
     best = _BestEpoch()
@@ -492,21 +496,18 @@ def train_encoder(
     epoch_seconds: list[float] = []
     for epoch in range(1, config.epochs + 1):
         if sizes.switch_now(epoch, epoch_seconds, time.monotonic() - started):
-            loaders[sizes.current] = loaders_at(sizes.current)
+            train_loader, val_loader = loaders_at(sizes.current)
             if config.schedule == "plateau":
                 # A tenth of the peak, even when the rule had cut deeper: the network has to
                 # adapt to the larger input, and the rule starts afresh at this size.
                 for group in optimizer.param_groups:
                     group["lr"] = config.learning_rate * PLATEAU_FACTOR
-                plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                    optimizer, mode="min", factor=PLATEAU_FACTOR, patience=config.plateau_patience
-                )
+                plateau = new_plateau()
             echo(
                 f"epoch {epoch}: {sizes.current} px from here on (the last "
                 f"{config.epochs - epoch + 1} epochs at most), rate "
                 f"{optimizer.param_groups[0]['lr']:.0e}"
             )
-        train_loader, val_loader = loaders[sizes.current]
         epoch_started = time.monotonic()
         model.train()
         train_loss = 0.0
