@@ -89,6 +89,18 @@ def _user_errors() -> tuple[type[Exception], ...]:
     type=click.IntRange(min=0),
     help="How many epochs run at --final-image-size (0 = none). Default: the recipe's.",
 )
+@click.option(
+    "--no-finding-output/--findings-only",
+    default=None,
+    help="Also train a No Finding output (training only; the checkpoint keeps the findings). "
+    "Default: the recipe's.",
+)
+@click.option(
+    "--label-contrast",
+    type=click.FloatRange(min=0),
+    help="Weight of a supervised contrastive loss on the codes, with label sets (No Finding "
+    "included) for classes (0 = off). Default: the recipe's.",
+)
 @click.option("--batch-size", type=click.IntRange(min=2), help="Default: train_batch_size.")
 @click.option("--seed", type=int, help="Default: train_seed setting.")
 @click.option(
@@ -142,6 +154,8 @@ def train(
     weight_averaging: float | None,
     final_image_size: int | None,
     final_epochs: int | None,
+    no_finding_output: bool | None,
+    label_contrast: float | None,
     batch_size: int | None,
     seed: int | None,
     val_fraction: float | None,
@@ -174,6 +188,8 @@ def train(
             weight_averaging=weight_averaging,
             final_image_size=final_image_size,
             final_epochs=final_epochs,
+            no_finding_output=no_finding_output,
+            label_contrast=label_contrast,
             batch_size=batch_size,
             seed=seed,
             val_fraction=val_fraction,

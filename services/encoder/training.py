@@ -35,7 +35,7 @@ from services.encoder.checkpoint import (
 )
 from services.encoder.imaging import read_image
 from services.encoder.labels import LabelTable, bundled_label_files, read_label_sets
-from services.encoder.network import ARCHITECTURE, build_densenet121
+from services.encoder.network import ARCHITECTURE, build_densenet121, classify, pooled_features
 from services.encoder.preprocessing import (
     AUGMENTATIONS,
     Normalisation,
@@ -62,6 +62,8 @@ SCHEDULES = ("plateau", "cosine")
 COSINE_FLOOR = 0.01
 # The plateau rule's cut, also applied when progressive resizing switches to the final size.
 PLATEAU_FACTOR = 0.1
+# SupCon's temperature (Khosla et al. 2020) for the label-set contrastive loss.
+CONTRAST_TEMPERATURE = 0.1
 # How often (in batches) a run without a progress bar reports within an epoch.
 PROGRESS_LINES_PER_EPOCH = 4
 
@@ -79,6 +81,8 @@ RECIPES: dict[str, dict[str, Any]] = {
         "weight_averaging": 0.0,
         "final_image_size": None,
         "final_epochs": 0,
+        "no_finding_output": False,
+        "label_contrast": 0.0,
     },
     "regularised": {
         "epochs": 15,
@@ -89,6 +93,8 @@ RECIPES: dict[str, dict[str, Any]] = {
         "weight_averaging": 0.0,
         "final_image_size": None,
         "final_epochs": 0,
+        "no_finding_output": False,
+        "label_contrast": 0.0,
     },
 }
 
@@ -131,6 +137,14 @@ class TrainConfig:
     # and its rule starts afresh. With a time limit the switch comes earlier, so they fit.
     final_image_size: int | None = None
     final_epochs: int = 0
+    # Train one more output, "No Finding" (every finding a known negative), with the same
+    # weighted BCE. The checkpoint keeps the findings' outputs only; the extra one shapes the
+    # code, whose retrieval precision rests mostly on telling normal films from abnormal ones.
+    no_finding_output: bool = False
+    # > 0: add this times a supervised contrastive loss on the codes (label_set_contrast), so
+    # images with overlapping label sets (No Finding included) lie close in cosine, the way
+    # retrieval compares them; 0 = the weighted BCE alone, as the paper.
+    label_contrast: float = 0.0
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -150,6 +164,8 @@ class TrainConfig:
                 f"final_image_size must exceed image_size ({self.image_size}) when final_epochs "
                 f"is set, got {self.final_image_size}"
             )
+        if self.label_contrast < 0:
+            raise TrainingError(f"label_contrast cannot be negative, got {self.label_contrast!r}")
         if not 0 <= self.weight_averaging < 1:
             raise TrainingError(
                 f"weight_averaging is a decay in [0, 1), got {self.weight_averaging!r}"
@@ -191,6 +207,8 @@ class TrainConfig:
             "weight_averaging": recipe["weight_averaging"],
             "final_image_size": recipe["final_image_size"],
             "final_epochs": recipe["final_epochs"],
+            "no_finding_output": recipe["no_finding_output"],
+            "label_contrast": recipe["label_contrast"],
             "recipe": recipe_name,
             "plateau_patience": settings.train_plateau_patience,
             "val_fraction": settings.train_val_fraction,
@@ -304,6 +322,49 @@ def finding_loss_weights(targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         positive_weight = np.where(total > 0, negatives / total, 0.0)
         negative_weight = np.where(total > 0, positives / total, 0.0)
     return positive_weight.astype(np.float32), negative_weight.astype(np.float32)
+
+
+def with_no_finding(targets: torch.Tensor) -> torch.Tensor:
+    """(n, F) finding targets -> (n, F + 1): No Finding is 1 when every finding is a known
+    negative, 0 when any is positive, and unknown (NaN) when the rest are only uncertain."""
+    any_positive = (targets == 1).any(dim=1, keepdim=True)
+    all_negative = (targets == 0).all(dim=1, keepdim=True)
+    unknown = torch.full_like(targets[:, :1], math.nan)
+    no_finding = torch.where(
+        any_positive,
+        torch.zeros_like(unknown),
+        torch.where(all_negative, torch.ones_like(unknown), unknown),
+    )
+    return torch.cat([targets, no_finding], dim=1)
+
+
+def label_set_contrast(
+    codes: torch.Tensor, targets: torch.Tensor, temperature: float = CONTRAST_TEMPERATURE
+) -> torch.Tensor:
+    """Supervised contrastive loss over a batch, with label sets for classes.
+
+    ``codes`` (n, d) are the pooled features, ``targets`` (n, F) the finding targets (NaN =
+    uncertain, counted positive as retrieval relevance counts it). Each image's batch-mates are
+    its positives in proportion to the Jaccard overlap of their label sets, No Finding included:
+    -sum_j J_ij log softmax_j(cos_ij / temperature) / sum_j J_ij, averaged over the images that
+    share a label with any batch-mate.
+    """
+    positive = targets != 0  # NaN != 0: uncertain counts as positive
+    label_sets = torch.cat([positive, ~positive.any(dim=1, keepdim=True)], dim=1).float()
+    common = label_sets @ label_sets.T
+    sizes = label_sets.sum(dim=1)
+    jaccard = common / (sizes[:, None] + sizes[None, :] - common).clamp(min=1)
+    itself = torch.eye(len(codes), dtype=torch.bool, device=codes.device)
+    jaccard = jaccard.masked_fill(itself, 0.0)
+    unit = functional.normalize(codes.float(), dim=1)
+    similarity = (unit @ unit.T / temperature).masked_fill(itself, -math.inf)
+    log_probability = functional.log_softmax(similarity, dim=1).masked_fill(itself, 0.0)
+    overlap = jaccard.sum(dim=1)
+    anchors = overlap > 0
+    if not anchors.any():
+        return codes.sum() * 0.0
+    per_anchor = -(jaccard * log_probability).sum(dim=1)[anchors] / overlap[anchors]
+    return per_anchor.mean()
 
 
 class WeightedBCELoss(nn.Module):
@@ -445,9 +506,14 @@ def train_encoder(
     cache = device.type == "cpu" or config.workers == 0
     augmentation = XrayAugmentation(config.augmentation)
     normalisation = compute_normalisation(train_table, config.image_size, config.seed)
-    positive_weight, negative_weight = finding_loss_weights(train_table.targets())
+    finding_count = len(table.findings)
+    targets_of = with_no_finding if config.no_finding_output else _unchanged
+    positive_weight, negative_weight = finding_loss_weights(
+        targets_of(torch.from_numpy(train_table.targets())).numpy()
+    )
 
-    model = build_densenet121(len(table.findings), config.initial_weights).to(device)
+    outputs = finding_count + 1 if config.no_finding_output else finding_count
+    model = build_densenet121(outputs, config.initial_weights).to(device)
     loss_function = WeightedBCELoss(positive_weight, negative_weight).to(device)
     if config.weight_decay > 0:
         optimizer: torch.optim.Optimizer = torch.optim.AdamW(
@@ -525,9 +591,12 @@ def train_encoder(
                 for group in optimizer.param_groups:
                     group["lr"] = schedule.rate()
             inputs = to_network_input(images.to(device, non_blocking=True), normalisation)
-            targets = targets.to(device, non_blocking=True)
+            targets = targets_of(targets.to(device, non_blocking=True))
             with torch.autocast(device.type, dtype=torch.float16, enabled=mixed_precision):
-                loss = loss_function(model(inputs), targets)
+                codes = pooled_features(model, inputs)
+                loss = loss_function(classify(model, codes), targets)
+                if config.label_contrast:
+                    loss = loss + config.label_contrast * label_set_contrast(codes, targets)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -552,11 +621,19 @@ def train_encoder(
                     f"about {_duration(left)} left"
                 )
         val_loss, val_targets, val_probabilities = _evaluate(
-            kept_model, val_loader, loss_function, normalisation, device, mixed_precision
+            kept_model,
+            val_loader,
+            loss_function,
+            normalisation,
+            device,
+            mixed_precision,
+            targets_of,
         )
         if config.schedule == "plateau":
             plateau.step(val_loss)
-        report = validation_auroc(table.findings, val_targets, val_probabilities)
+        report = validation_auroc(
+            table.findings, val_targets[:, :finding_count], val_probabilities[:, :finding_count]
+        )
         best.consider(epoch, val_loss, report, kept_model, sizes.current)
         epoch_seconds.append(time.monotonic() - epoch_started)
         sizes.record()
@@ -596,7 +673,7 @@ def train_encoder(
         findings=table.findings,
         image_size=best.image_size,
         normalisation=normalisation,
-        state_dict=best.state_dict,
+        state_dict=_finding_outputs_only(best.state_dict, finding_count),
         training=_training_record(
             config, table, split, device, mixed_precision, duration, augmentation
         )
@@ -804,6 +881,20 @@ class _BestEpoch:
             }
 
 
+def _unchanged(targets: torch.Tensor) -> torch.Tensor:
+    return targets
+
+
+def _finding_outputs_only(
+    state_dict: dict[str, torch.Tensor], finding_count: int
+) -> dict[str, torch.Tensor]:
+    """The kept weights with the classifier cut to the findings (drops a No Finding output)."""
+    return {
+        key: value[:finding_count] if key.startswith("classifier.") else value
+        for key, value in state_dict.items()
+    }
+
+
 def _evaluate(
     model: nn.Module,
     loader: DataLoader,
@@ -811,6 +902,7 @@ def _evaluate(
     normalisation: Normalisation,
     device: torch.device,
     mixed_precision: bool,
+    targets_of: Callable[[torch.Tensor], torch.Tensor] = _unchanged,
 ) -> tuple[float, np.ndarray, np.ndarray]:
     model.eval()
     total_loss = 0.0
@@ -819,7 +911,7 @@ def _evaluate(
     with torch.inference_mode():
         for images, targets in loader:
             inputs = to_network_input(images.to(device), normalisation)
-            targets = targets.to(device)
+            targets = targets_of(targets.to(device))
             with torch.autocast(device.type, dtype=torch.float16, enabled=mixed_precision):
                 logits = model(inputs).float()
             total_loss += float(loss_function(logits, targets)) * len(images)
@@ -854,7 +946,14 @@ def _training_record(
             else f"linear warm-up {config.warmup_epochs:g} epochs, cosine decay per step to "
             f"{COSINE_FLOOR:g} x, planned over the epochs that fit the time limit"
         ),
-        "loss": "weighted BCE, w+ = N-/N, w- = N+/N per finding; uncertain labels ignored",
+        "loss": "weighted BCE, w+ = N-/N, w- = N+/N per finding; uncertain labels ignored"
+        + ("; plus a No Finding output (training only)" if config.no_finding_output else "")
+        + (
+            f"; plus {config.label_contrast:g} x label-set contrastive loss on the codes "
+            f"(temperature {CONTRAST_TEMPERATURE:g})"
+            if config.label_contrast
+            else ""
+        ),
         "augmentation": getattr(augmentation, "description", "none"),
         "weights_kept": (
             f"exponential moving average, decay {config.weight_averaging:g} per step"

@@ -17,6 +17,7 @@ from services.cli import main
 from services.config import REPO_ROOT, Settings
 from services.demo import demo_plan
 from services.encoder.checkpoint import file_sha256, load_checkpoint, save_checkpoint
+from services.encoder.extractor import FeatureExtractor
 from services.encoder.labels import LabelFileError, bundled_label_files, read_label_sets
 from services.encoder.shipping import ShippingError, ship_checkpoint, shipped_checkpoint
 from services.encoder.training import (
@@ -28,8 +29,10 @@ from services.encoder.training import (
     _CosineSchedule,
     _InputSizes,
     _WeightAverage,
+    label_set_contrast,
     patient_disjoint_split,
     train_encoder,
+    with_no_finding,
 )
 
 EXTRA_DIR = REPO_ROOT / "data" / "nih-cxr14-extra-128px"
@@ -218,6 +221,83 @@ def test_training_with_progressive_resizing_ends_at_the_final_size(tmp_path: Pat
     # The checkpoint's input size is that of the epoch it kept.
     assert kept.image_size == history[kept.metrics["selected_epoch"] - 1]["image_size"]
     assert kept.training["final_image_size"] == 48 and kept.training["final_epochs"] == 1
+
+
+def test_the_no_finding_target_is_known_only_when_every_finding_is() -> None:
+    nan = math.nan
+    targets = torch.tensor(
+        [[0.0, 0.0, 0.0], [1.0, 0.0, nan], [0.0, nan, 0.0], [nan, 1.0, nan], [nan, nan, nan]]
+    )
+    extended = with_no_finding(targets)
+    assert extended.shape == (5, 4) and torch.equal(extended[:, :3].nan_to_num(-1),
+                                                    targets.nan_to_num(-1))  # fmt: skip
+    # all negative -> 1; any positive -> 0 (even beside uncertain ones); otherwise unknown.
+    assert extended[:2, 3].tolist() == [1.0, 0.0] and extended[3, 3].item() == 0.0
+    assert torch.isnan(extended[2, 3]) and torch.isnan(extended[4, 3])
+
+
+def test_a_no_finding_output_is_trained_but_the_checkpoint_keeps_the_findings(
+    tmp_path: Path,
+) -> None:
+    labels = bundled_subset(tmp_path / "data", patients=14)
+    common = dict(labels_csv=labels, images_dir=BUNDLED_DIR / "images", device="cpu",
+                  **(TINY_TRAINING | {"epochs": 1, "batch_size": 4}))  # fmt: skip
+    plain = train_encoder(TrainConfig(output=tmp_path / "plain.pt", **common), progress=False,
+                          echo=lambda line: None)  # fmt: skip
+    extra = train_encoder(
+        TrainConfig(output=tmp_path / "extra.pt", no_finding_output=True, **common),
+        progress=False, echo=lambda line: None,
+    )  # fmt: skip
+    kept = load_checkpoint(extra.checkpoint_path)
+    assert kept.state_dict["classifier.weight"].shape == (14, 1024)
+    assert kept.state_dict["classifier.bias"].shape == (14,)
+    assert len(kept.training["loss_weights"]["positive"]) == 15
+    assert kept.training["no_finding_output"] is True and "No Finding" in kept.training["loss"]
+    assert set(kept.metrics["val_auroc"]) == set(kept.findings) and len(kept.findings) == 14
+    # Same seed and batches: the extra output's loss reached the features, not only its head.
+    plain_weights = load_checkpoint(plain.checkpoint_path).state_dict
+    assert not torch.equal(
+        plain_weights["features.norm5.weight"], kept.state_dict["features.norm5.weight"]
+    )
+    extractor = FeatureExtractor(extra.checkpoint_path, "cpu").load()
+    pixels = [np.random.default_rng(0).random((40, 40), dtype=np.float32)]
+    codes, predicted = extractor.embed_and_predict(pixels)
+    assert codes.shape == (1, 1024) and predicted.shape == (1, 14)
+    assert RECIPES["paper"]["no_finding_output"] is False
+
+
+def test_the_label_set_contrast_pulls_together_images_that_share_labels() -> None:
+    nan = math.nan
+    # Two normal films, one with finding 0, one with finding 0 and an uncertain finding 1.
+    targets = torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 0.0], [1.0, nan]])
+    grouped = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 1.0, 0.0]])
+    mixed = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    assert label_set_contrast(grouped, targets).item() < 1e-3
+    # Each anchor's only positive is orthogonal, its negative identical: cos 0 against 1, /0.1.
+    assert label_set_contrast(mixed, targets).item() == pytest.approx(10.0, abs=1e-3)
+    # Jaccard weights: [1, nan] shares half its labels with [1, 0], and the normal films none.
+    images = torch.randn(4, 8, requires_grad=True)
+    label_set_contrast(images, targets).backward()
+    assert images.grad is not None and torch.isfinite(images.grad).all()
+    # No image shares a label with a batch-mate: nothing to pull, a zero loss with a graph.
+    alone = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    assert label_set_contrast(torch.randn(3, 8, requires_grad=True), alone).item() == 0.0
+    with pytest.raises(TrainingError, match="label_contrast"):
+        TrainConfig(labels_csv=Path("x.csv"), output=Path("x.pt"), label_contrast=-1.0)
+
+
+def test_training_with_the_label_set_contrast_records_it(tmp_path: Path) -> None:
+    labels = bundled_subset(tmp_path / "data", patients=14)
+    config = TrainConfig(
+        labels_csv=labels, images_dir=BUNDLED_DIR / "images", output=tmp_path / "m.pt",
+        device="cpu", label_contrast=0.1, **(TINY_TRAINING | {"epochs": 1, "batch_size": 4}),
+    )  # fmt: skip
+    kept = load_checkpoint(
+        train_encoder(config, progress=False, echo=lambda _: None).checkpoint_path
+    )
+    assert kept.training["label_contrast"] == 0.1
+    assert "0.1 x label-set contrastive loss" in kept.training["loss"]
+    assert RECIPES["paper"]["label_contrast"] == 0.0
 
 
 def test_progress_lines_say_epoch_loss_auroc_and_time_left(tmp_path: Path) -> None:
