@@ -35,16 +35,29 @@ QUERY_BLOCK = 256
 
 
 @dataclass(frozen=True)
+class FindingRerank:
+    """Re-rank the cosine's first ``candidates`` results by how likely each one's findings are
+    to match the query's: sum over findings of log(p_q p_d + (1 - p_q)(1 - p_d)), the log
+    probability that the two images agree on every finding if the predicted probabilities
+    (n, F), calibrated, held and the findings were independent."""
+
+    probabilities: np.ndarray
+    candidates: int
+
+
+@dataclass(frozen=True)
 class CodeSet:
     """One row's image codes, (n, d), in the order of the held-out set's images.
 
     ``centre``: subtract the view's mean code before the cosine (the raw-pixel baseline: a
-    pixel vector's cosine is otherwise dominated by overall brightness).
+    pixel vector's cosine is otherwise dominated by overall brightness). ``rerank``: re-rank
+    the cosine's first results by predicted findings (``FindingRerank``).
     """
 
     name: str
     codes: np.ndarray
     centre: bool = False
+    rerank: FindingRerank | None = None
 
 
 @dataclass(frozen=True)
@@ -201,6 +214,8 @@ def retrieval_metrics(
         # The query itself and its patient's other images are never results.
         own = data.patients[block][:, None] == data.patients[database_rows][None, :]
         similarity[own] = -np.inf
+        if code_set.rerank is not None:
+            similarity = _finding_agreement(similarity, code_set.rerank, block, database_rows, k)
         top_k = min(k, len(database_rows))
         top = np.argpartition(-similarity, top_k - 1, axis=1)[:, :top_k]
         top_similarity = np.take_along_axis(similarity, top, axis=1)
@@ -213,6 +228,27 @@ def retrieval_metrics(
             for metric in METRICS:
                 results[metric][start + offset] = values[metric].mean() if len(hits) else 0.0
     return results
+
+
+def _finding_agreement(
+    similarity: np.ndarray,
+    rerank: FindingRerank,
+    query_rows: np.ndarray,
+    database_rows: np.ndarray,
+    k: int,
+) -> np.ndarray:
+    """The scores to rank by: the finding agreement within each query's first candidates by
+    cosine, -inf elsewhere (and wherever the cosine was -inf: own patient)."""
+    count = min(max(rerank.candidates, k), similarity.shape[1])
+    candidates = np.argpartition(-similarity, count - 1, axis=1)[:, :count]
+    eligible = np.isfinite(np.take_along_axis(similarity, candidates, axis=1))
+    # Clipped so a probability of exactly 0 or 1 cannot give log(0).
+    query = np.clip(rerank.probabilities[query_rows], 1e-6, 1 - 1e-6)[:, None, :]
+    found = np.clip(rerank.probabilities[database_rows[candidates]], 1e-6, 1 - 1e-6)
+    agreement = np.log(query * found + (1 - query) * (1 - found)).sum(axis=2)
+    scores = np.full(similarity.shape, -np.inf)
+    np.put_along_axis(scores, candidates, np.where(eligible, agreement, -np.inf), axis=1)
+    return scores
 
 
 def random_expectation(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,7 @@ from services.encoder.training import (
     train_encoder,
     with_no_finding,
 )
+from services.retrieval.heldout_run import calibrated_probabilities
 
 EXTRA_DIR = REPO_ROOT / "data" / "nih-cxr14-extra-128px"
 SHARED_PATIENT = "211"
@@ -383,6 +385,8 @@ def test_evaluate_held_out_prints_views_baselines_and_intervals(
     for row in ("(exact)", "raw pixels", "random-init DenseNet-121", "random (expected)"):
         assert row in out
     assert "mean validation AUROC, encoder.pt:" in out and "encoder.pt minus other.pt" in out
+    assert "encoder.pt (exact, re-ranked by findings)" in out
+    assert "vs other.pt (exact, re-ranked" not in out  # only the checkpoint's codes
     saved = json.loads((tmp_path / "out" / "heldout.json").read_text())
     views = [view["view"] for view in saved["views"]]
     assert views == ["pooled", labels.parent.name]
@@ -398,6 +402,22 @@ def test_evaluate_held_out_prints_views_baselines_and_intervals(
     by_source = saved["auroc_by_source"][source]
     assert by_source["encoder.pt"]["mean"] == saved["auroc"]["encoder.pt"]["mean"]
     assert math.isclose(by_source["other.pt"]["difference"]["value"], 0.0, abs_tol=1e-12)
+
+
+def test_calibration_undoes_the_weighted_loss_prior_shift(tiny_training: TrainResult) -> None:
+    checkpoint = load_checkpoint(tiny_training.checkpoint_path)
+    # A finding in 10% of the training images: positives weigh 0.9, negatives 0.1, so the
+    # trained odds are 9 times the true ones.
+    weights = {"positive": [0.9] * 14, "negative": [0.1] * 14}
+    weighted = replace(checkpoint, training=checkpoint.training | {"loss_weights": weights})
+    predicted = np.full((2, 14), 0.5)
+    predicted[1] = 0.9
+    calibrated = calibrated_probabilities(predicted, weighted)
+    np.testing.assert_allclose(calibrated[0], 0.1, rtol=1e-6)
+    np.testing.assert_allclose(calibrated[1], 0.5, rtol=1e-6)
+    unweighted = replace(checkpoint, training={k: v for k, v in checkpoint.training.items()
+                                               if k != "loss_weights"})  # fmt: skip
+    np.testing.assert_array_equal(calibrated_probabilities(predicted, unweighted), predicted)
 
 
 def test_evaluate_held_out_refuses_a_checkpoint_without_validation_record(

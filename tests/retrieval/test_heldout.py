@@ -11,7 +11,9 @@ from services.retrieval.heldout import (
     RANDOM_ROW,
     SAME_SOURCE_ROW,
     CodeSet,
+    FindingRerank,
     HeldOutSet,
+    _finding_agreement,
     bootstrap_interval,
     evaluate_held_out,
     mean_auroc_interval,
@@ -132,6 +134,39 @@ def test_raw_pixel_centring_uses_the_view_mean() -> None:
     expected = retrieval_metrics(data, CodeSet("h", by_hand), queries, members, 3)
     for metric, values in centred.items():
         np.testing.assert_allclose(values, expected[metric])
+
+
+def test_finding_rerank_orders_the_cosine_candidates_by_predicted_agreement() -> None:
+    data, findings = _planted()
+    queries = np.flatnonzero(data.is_query)
+    everyone = np.ones(len(findings), dtype=bool)
+    noise = CodeSet("noise", np.random.default_rng(4).standard_normal((len(findings), 8)))
+    # Predicted findings that are right (confident): re-ranking every image finds exact matches.
+    predicted = np.where(data.labels[:, :-1], 0.95, 0.05)
+    k = 5
+    every = FindingRerank(predicted, candidates=len(findings))
+    reranked = retrieval_metrics(
+        data, CodeSet("r", noise.codes, rerank=every), queries, everyone, k
+    )
+    np.testing.assert_allclose(reranked["precision"], 1.0)
+    # With only K candidates the re-ranking can reorder, not replace, the cosine's results.
+    same = FindingRerank(predicted, candidates=k)
+    assert (
+        retrieval_metrics(data, CodeSet("s", noise.codes, rerank=same), queries, everyone, k)[
+            "precision"
+        ].tolist()
+        == retrieval_metrics(data, noise, queries, everyone, k)["precision"].tolist()
+    )
+    # The score is the log probability of agreeing on every finding; excluded stays excluded.
+    similarity = np.array([[0.9, -np.inf, 0.5, 0.1]])
+    probabilities = np.array([[0.9, 0.2], [0.9, 0.2], [0.1, 0.2], [0.9, 0.8], [0.5, 0.5]])
+    scores = _finding_agreement(
+        similarity, FindingRerank(probabilities, 2), np.array([0]), np.array([1, 2, 3, 4]), 1
+    )
+    agree = lambda a, b: np.log(a * b + (1 - a) * (1 - b))  # noqa: E731
+    assert scores[0, 1] == -np.inf and scores[0, 3] == -np.inf  # own patient; not a candidate
+    assert scores[0, 0] == pytest.approx(agree(0.9, 0.9) + agree(0.2, 0.2))
+    assert scores[0, 2] == pytest.approx(agree(0.9, 0.9) + agree(0.2, 0.8))
 
 
 def test_bootstrap_resamples_whole_patients() -> None:
