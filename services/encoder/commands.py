@@ -101,6 +101,12 @@ def _user_errors() -> tuple[type[Exception], ...]:
     help="Weight of a supervised contrastive loss on the codes, with label sets (No Finding "
     "included) for classes (0 = off). Default: the recipe's.",
 )
+@click.option(
+    "--unit-code-scale",
+    type=click.FloatRange(min=0),
+    help="Feed the classifier the L2-normalised code times this (0 = the raw code). "
+    "Default: the recipe's.",
+)
 @click.option("--batch-size", type=click.IntRange(min=2), help="Default: train_batch_size.")
 @click.option("--seed", type=int, help="Default: train_seed setting.")
 @click.option(
@@ -156,6 +162,7 @@ def train(
     final_epochs: int | None,
     no_finding_output: bool | None,
     label_contrast: float | None,
+    unit_code_scale: float | None,
     batch_size: int | None,
     seed: int | None,
     val_fraction: float | None,
@@ -190,6 +197,7 @@ def train(
             final_epochs=final_epochs,
             no_finding_output=no_finding_output,
             label_contrast=label_contrast,
+            unit_code_scale=unit_code_scale,
             batch_size=batch_size,
             seed=seed,
             val_fraction=val_fraction,

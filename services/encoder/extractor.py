@@ -52,7 +52,10 @@ class FeatureExtractor:
 
     def load(self) -> FeatureExtractor:
         checkpoint = load_checkpoint(self.checkpoint_path)
-        model = build_densenet121(len(checkpoint.findings))
+        model = build_densenet121(
+            len(checkpoint.findings),
+            unit_code_scale=float(checkpoint.training.get("unit_code_scale") or 0.0),
+        )
         model.load_state_dict(checkpoint.state_dict)
         if self.device.type == "cuda":
             # Fixed convolution algorithms, so the same image always gives the same code.

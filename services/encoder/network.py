@@ -31,9 +31,30 @@ class InitialWeightsError(ValueError):
         super().__init__(f"{path}: {reason}")
 
 
-def build_densenet121(num_findings: int, initial_weights: Path | None = None) -> DenseNet:
-    """DenseNet-121 with ``num_findings`` logits; ``initial_weights``: a local .pth or None."""
+class UnitCodeLinear(nn.Linear):
+    """The finding classifier fed the L2-normalised code times ``scale``: the logits can use only
+    the code's direction, which is all that cosine retrieval compares (the plain head can also
+    read the code's length, which retrieval throws away)."""
+
+    def __init__(self, in_features: int, out_features: int, scale: float) -> None:
+        super().__init__(in_features, out_features)
+        self.scale = scale
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return super().forward(functional.normalize(features, dim=1) * self.scale)
+
+
+def build_densenet121(
+    num_findings: int, initial_weights: Path | None = None, unit_code_scale: float = 0.0
+) -> DenseNet:
+    """DenseNet-121 with ``num_findings`` logits; ``initial_weights``: a local .pth or None;
+    ``unit_code_scale`` > 0: the classifier sees the unit code times it (``UnitCodeLinear``)."""
     model = densenet121(weights=None, num_classes=num_findings)
+    if unit_code_scale > 0:
+        head = UnitCodeLinear(FEATURE_DIM, num_findings, unit_code_scale)
+        # The same initial weights as the plain head, so the two differ only in what they see.
+        head.load_state_dict(model.classifier.state_dict())
+        model.classifier = head
     if initial_weights is not None:
         load_initial_weights(model, Path(initial_weights))
     # NHWC lets oneDNN pick faster convolution kernels: one training step of batch 32 on the

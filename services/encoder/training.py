@@ -83,6 +83,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "final_epochs": 0,
         "no_finding_output": False,
         "label_contrast": 0.0,
+        "unit_code_scale": 0.0,
     },
     "regularised": {
         "epochs": 15,
@@ -95,6 +96,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "final_epochs": 0,
         "no_finding_output": False,
         "label_contrast": 0.0,
+        "unit_code_scale": 0.0,
     },
 }
 
@@ -145,6 +147,10 @@ class TrainConfig:
     # images with overlapping label sets (No Finding included) lie close in cosine, the way
     # retrieval compares them; 0 = the weighted BCE alone, as the paper.
     label_contrast: float = 0.0
+    # > 0: the classifier sees the L2-normalised code times this (network.UnitCodeLinear), so
+    # what it learns lies in the code's direction, the part retrieval's cosine compares; 0 = the
+    # plain linear head on the raw code, as the paper. The extractor rebuilds the same head.
+    unit_code_scale: float = 0.0
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -164,8 +170,11 @@ class TrainConfig:
                 f"final_image_size must exceed image_size ({self.image_size}) when final_epochs "
                 f"is set, got {self.final_image_size}"
             )
-        if self.label_contrast < 0:
-            raise TrainingError(f"label_contrast cannot be negative, got {self.label_contrast!r}")
+        if self.label_contrast < 0 or self.unit_code_scale < 0:
+            raise TrainingError(
+                "label_contrast and unit_code_scale cannot be negative, got "
+                f"{self.label_contrast!r} and {self.unit_code_scale!r}"
+            )
         if not 0 <= self.weight_averaging < 1:
             raise TrainingError(
                 f"weight_averaging is a decay in [0, 1), got {self.weight_averaging!r}"
@@ -209,6 +218,7 @@ class TrainConfig:
             "final_epochs": recipe["final_epochs"],
             "no_finding_output": recipe["no_finding_output"],
             "label_contrast": recipe["label_contrast"],
+            "unit_code_scale": recipe["unit_code_scale"],
             "recipe": recipe_name,
             "plateau_patience": settings.train_plateau_patience,
             "val_fraction": settings.train_val_fraction,
@@ -513,7 +523,7 @@ def train_encoder(
     )
 
     outputs = finding_count + 1 if config.no_finding_output else finding_count
-    model = build_densenet121(outputs, config.initial_weights).to(device)
+    model = build_densenet121(outputs, config.initial_weights, config.unit_code_scale).to(device)
     loss_function = WeightedBCELoss(positive_weight, negative_weight).to(device)
     if config.weight_decay > 0:
         optimizer: torch.optim.Optimizer = torch.optim.AdamW(

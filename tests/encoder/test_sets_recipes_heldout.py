@@ -13,6 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from encoder_testkit import BUNDLED_DIR, TINY_TRAINING, bundled_subset, write_labels
+from torch.nn import functional
 
 from services.cli import main
 from services.config import REPO_ROOT, Settings
@@ -20,6 +21,8 @@ from services.demo import demo_plan
 from services.encoder.checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from services.encoder.extractor import FeatureExtractor
 from services.encoder.labels import LabelFileError, bundled_label_files, read_label_sets
+from services.encoder.network import UnitCodeLinear, build_densenet121, classify, pooled_features
+from services.encoder.preprocessing import prepare_batch
 from services.encoder.shipping import ShippingError, ship_checkpoint, shipped_checkpoint
 from services.encoder.training import (
     COSINE_FLOOR,
@@ -300,6 +303,47 @@ def test_training_with_the_label_set_contrast_records_it(tmp_path: Path) -> None
     assert kept.training["label_contrast"] == 0.1
     assert "0.1 x label-set contrastive loss" in kept.training["loss"]
     assert RECIPES["paper"]["label_contrast"] == 0.0
+
+
+def test_a_unit_code_head_reads_only_the_codes_direction() -> None:
+    torch.manual_seed(0)
+    plain = build_densenet121(14)
+    torch.manual_seed(0)
+    unit = build_densenet121(14, unit_code_scale=12.0)
+    assert isinstance(unit.classifier, UnitCodeLinear) and unit.classifier.scale == 12.0
+    assert torch.equal(plain.classifier.weight, unit.classifier.weight)  # same start
+    codes = torch.rand(3, 1024) + 0.1
+    assert torch.allclose(classify(unit, codes), classify(unit, 5.0 * codes), atol=1e-5)
+    assert not torch.allclose(classify(plain, codes), classify(plain, 5.0 * codes), atol=1e-3)
+    assert torch.allclose(
+        classify(unit, codes), classify(plain, 12.0 * functional.normalize(codes, dim=1))
+    )
+
+
+def test_the_extractor_rebuilds_a_unit_code_head(tmp_path: Path) -> None:
+    labels = bundled_subset(tmp_path / "data", patients=14)
+    config = TrainConfig(
+        labels_csv=labels, images_dir=BUNDLED_DIR / "images", output=tmp_path / "m.pt",
+        device="cpu", unit_code_scale=12.0, **(TINY_TRAINING | {"epochs": 1, "batch_size": 4}),
+    )  # fmt: skip
+    path = train_encoder(config, progress=False, echo=lambda _: None).checkpoint_path
+    kept = load_checkpoint(path)
+    assert kept.training["unit_code_scale"] == 12.0 and RECIPES["paper"]["unit_code_scale"] == 0
+    pixels = [np.random.default_rng(seed).random((40, 40), dtype=np.float32) for seed in (1, 2)]
+    codes, predicted = FeatureExtractor(path, "cpu").load().embed_and_predict(pixels)
+    # The same weights behind a plain head give other probabilities: the head was rebuilt.
+    plain = build_densenet121(14)
+    plain.load_state_dict(kept.state_dict)
+    plain.eval()
+    with torch.inference_mode():
+        batch = prepare_batch(pixels, kept.image_size, kept.normalisation, torch.device("cpu"))
+        features = pooled_features(plain, batch)
+        by_plain_head = torch.sigmoid(classify(plain, features)).numpy()
+        by_unit_head = torch.sigmoid(
+            classify(plain, 12.0 * functional.normalize(features, dim=1))
+        ).numpy()
+    np.testing.assert_allclose(predicted, by_unit_head, atol=1e-4)
+    assert not np.allclose(predicted, by_plain_head, atol=1e-3)
 
 
 def test_progress_lines_say_epoch_loss_auroc_and_time_left(tmp_path: Path) -> None:
