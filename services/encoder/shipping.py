@@ -5,7 +5,9 @@ it: its sha256, its training record and the CPU checkpoint it was compared with.
 while the checksum matches; otherwise (or when absent) the demo trains its own on the CPU.
 
 A checkpoint is shipped only when it beats the CPU-trained one on the same validation patients
-(the same validation images, by content hash) on mean validation AUROC.
+(the same validation images, by content hash) on mean validation AUROC, pooled and within every
+source set: a network that sees more pixels can raise the pooled figure by telling the bundled
+sets apart (they differ in resolution and prevalence) without knowing more findings.
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ def ship_checkpoint(
     """Copy ``candidate`` to ``destination`` with its record, if it beats ``reference``.
 
     Both must have been validated on the same images (``val_image_sha256``), and the candidate's
-    mean validation AUROC must be higher.
+    mean validation AUROC must be higher, pooled and within every source set.
     """
     # defers torch: `medgraph` commands import this module and must start quickly
     from services.encoder.checkpoint import CheckpointError, file_sha256, load_checkpoint
@@ -114,6 +116,21 @@ def ship_checkpoint(
         raise ShippingError(
             f"{candidate} (mean validation AUROC {mine}) does not beat {reference} ({theirs})"
         )
+    mine_by_source = trained.metrics.get("val_mean_auroc_by_source")
+    theirs_by_source = cpu.metrics.get("val_mean_auroc_by_source")
+    if not mine_by_source or not theirs_by_source:
+        raise ShippingError(
+            f"{candidate if not mine_by_source else reference} does not record its AUROC within "
+            "each source set (trained before it was recorded): retrain it with `medgraph train`"
+        )
+    for source in sorted(set(mine_by_source) | set(theirs_by_source)):
+        own, other = mine_by_source.get(source), theirs_by_source.get(source)
+        if other is not None and (own is None or not own > other):
+            raise ShippingError(
+                f"{candidate} does not beat {reference} within source set {source} (mean "
+                f"validation AUROC {own} against {other}): its pooled gain may only be telling "
+                "the sets apart"
+            )
     destination.parent.mkdir(parents=True, exist_ok=True)
     partial = destination.with_name(f".{destination.name}.{os.getpid()}.partial")
     shutil.copyfile(candidate, partial)
@@ -129,6 +146,7 @@ def ship_checkpoint(
             if key != "val_image_sha256"
         },
         "val_mean_auroc": mine,
+        "val_mean_auroc_by_source": mine_by_source,
         "val_auroc": trained.metrics.get("val_auroc"),
         "selected_epoch": trained.metrics.get("selected_epoch"),
         "compared_with": {
@@ -136,6 +154,7 @@ def ship_checkpoint(
             "image_size": cpu.image_size,
             "device": cpu.training.get("device"),
             "val_mean_auroc": theirs,
+            "val_mean_auroc_by_source": theirs_by_source,
         },
     }
     record_path(destination).write_text(json.dumps(record, indent=2) + "\n")
