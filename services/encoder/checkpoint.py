@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from services.encoder.network import ARCHITECTURE
@@ -38,6 +39,24 @@ class EncoderCheckpoint:
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     architecture: str = ARCHITECTURE
+
+    def calibrated(self, predicted: np.ndarray) -> np.ndarray:
+        """Predicted probabilities (n, F) with the weighted BCE's prior shift undone.
+
+        The loss weighs positives N-/N and negatives N+/N, so the trained odds are the true odds
+        times N-/N+ (each finding looks as common as its absence); dividing the odds by w+/w-
+        gives back probabilities at the training prevalence, which comparing two images'
+        findings needs (``services.retrieval.rerank``). Unchanged without recorded weights."""
+        weights = self.training.get("loss_weights")
+        if not weights:
+            return np.asarray(predicted)
+        positive = np.asarray(weights["positive"], dtype=np.float64)[: predicted.shape[1]]
+        negative = np.asarray(weights["negative"], dtype=np.float64)[: predicted.shape[1]]
+        clipped = np.clip(np.asarray(predicted, dtype=np.float64), 1e-6, 1 - 1e-6)
+        with np.errstate(divide="ignore"):
+            shift = np.where((positive > 0) & (negative > 0), np.log(positive / negative), 0.0)
+        logits = np.log(clipped / (1 - clipped)) - shift
+        return 1.0 / (1.0 + np.exp(-logits))
 
     def to_payload(self) -> dict[str, Any]:
         return {

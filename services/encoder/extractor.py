@@ -103,6 +103,16 @@ class FeatureExtractor:
         """Codes and finding probabilities from one forward pass."""
         return self._run(images, with_findings=True)
 
+    def embed_with_findings(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Codes (n, 1024) and *calibrated* finding probabilities (n, n_findings) float32, from
+        one forward pass: the probabilities at the training prevalence
+        (``EncoderCheckpoint.calibrated``), which the search's re-ranking by findings compares
+        between images (the raw ones of ``predict`` rank images within one finding, not
+        across images)."""
+        codes, probabilities = self._run(images, with_findings=True)
+        checkpoint = self._require_loaded()[1]
+        return codes, checkpoint.calibrated(probabilities).astype(np.float32)
+
     def _run(
         self, images: Sequence[np.ndarray], *, with_findings: bool
     ) -> tuple[np.ndarray, np.ndarray]:

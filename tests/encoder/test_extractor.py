@@ -16,7 +16,7 @@ from encoder_testkit import (
     png_bytes,
 )
 
-from services.encoder.checkpoint import CheckpointError
+from services.encoder.checkpoint import CheckpointError, load_checkpoint
 from services.encoder.extractor import FEATURE_DIM, FeatureExtractor
 from services.encoder.imaging import ReadLimits, read_image
 from services.encoder.labels import FINDINGS_NIH
@@ -109,6 +109,25 @@ def test_predict_returns_probabilities_per_finding(
     codes, both = extractor.embed_and_predict(bundled_images)
     np.testing.assert_allclose(both, probabilities, atol=1e-6)
     np.testing.assert_allclose(codes, extractor.embed(bundled_images), atol=1e-6)
+
+
+def test_embed_with_findings_gives_the_codes_and_calibrated_probabilities(
+    extractor: FeatureExtractor, bundled_images: list[np.ndarray], tiny_training: TrainResult
+) -> None:
+    codes, calibrated = extractor.embed_with_findings(bundled_images)
+    np.testing.assert_allclose(codes, extractor.embed(bundled_images), atol=1e-6)
+    assert calibrated.shape == (6, len(FINDINGS_NIH)) and calibrated.dtype == np.float32
+    checkpoint = load_checkpoint(tiny_training.checkpoint_path)
+    assert checkpoint.training["loss_weights"], "the tiny training records its loss weights"
+    raw = extractor.predict(bundled_images)
+    np.testing.assert_allclose(calibrated, checkpoint.calibrated(raw), atol=1e-6)
+    # Rare findings (positives weigh more than negatives) come out less likely than trained;
+    # a finding without training positives (negative weight 0) keeps its output.
+    positive = np.asarray(checkpoint.training["loss_weights"]["positive"])
+    negative = np.asarray(checkpoint.training["loss_weights"]["negative"])
+    rare = (positive > negative) & (negative > 0)
+    np.testing.assert_array_equal(calibrated[:, negative == 0], raw[:, negative == 0])
+    assert rare.any() and (calibrated[:, rare] < raw[:, rare]).all()
 
 
 def test_model_version_is_stable_and_names_the_file(

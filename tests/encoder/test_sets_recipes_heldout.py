@@ -38,7 +38,6 @@ from services.encoder.training import (
     train_encoder,
     with_no_finding,
 )
-from services.retrieval.heldout_run import calibrated_probabilities
 
 EXTRA_DIR = REPO_ROOT / "data" / "nih-cxr14-extra-128px"
 SHARED_PATIENT = "211"
@@ -476,12 +475,12 @@ def test_calibration_undoes_the_weighted_loss_prior_shift(tiny_training: TrainRe
     weighted = replace(checkpoint, training=checkpoint.training | {"loss_weights": weights})
     predicted = np.full((2, 14), 0.5)
     predicted[1] = 0.9
-    calibrated = calibrated_probabilities(predicted, weighted)
+    calibrated = weighted.calibrated(predicted)
     np.testing.assert_allclose(calibrated[0], 0.1, rtol=1e-6)
     np.testing.assert_allclose(calibrated[1], 0.5, rtol=1e-6)
     unweighted = replace(checkpoint, training={k: v for k, v in checkpoint.training.items()
                                                if k != "loss_weights"})  # fmt: skip
-    np.testing.assert_array_equal(calibrated_probabilities(predicted, unweighted), predicted)
+    np.testing.assert_array_equal(unweighted.calibrated(predicted), predicted)
 
 
 def test_evaluate_held_out_refuses_a_checkpoint_without_validation_record(
