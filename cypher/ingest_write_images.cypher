@@ -1,17 +1,26 @@
 // One :Image per distinct file content (key = SHA-256 of the bytes), with its patient link.
 // Idempotent: writing the same rows again changes no counts.
 // $rows: [{key, source, findings, patient_key, modality, width, height, file_bytes,
-//          model_version, embedding}]
+//          model_version, embedding, finding_probabilities}]
 //   findings / patient_key null = not known from this ingest (stored values are kept);
-//   modality, width, height, embedding null = the file's content is already stored.
+//   modality, width, height, embedding, finding_probabilities null = the file's content is
+//   already stored. finding_probabilities: the encoder's calibrated predicted findings, in its
+//   checkpoint's finding order, computed with the embedding (so they share model_version).
 // A new model_version clears knn_floor, so the image's neighbours are computed again.
+// A stored image whose embedding or predicted findings change bumps the graph generation, so
+// the search side's read model reloads (a count of images and the latest ingested_at alone
+// would not show it).
 UNWIND $rows AS row
+OPTIONAL MATCH (stored:Image {key: row.key})
+WITH row, stored IS NOT NULL AS existed
 MERGE (image:Image {key: row.key})
   ON CREATE SET image.ingested_at = datetime()
-WITH image, row,
+WITH image, row, existed,
      row.embedding IS NOT NULL
        AND (image.model_version IS NULL OR image.model_version <> row.model_version
-            OR image.embedding IS NULL) AS new_embedding
+            OR image.embedding IS NULL) AS new_embedding,
+     row.embedding IS NOT NULL AND row.finding_probabilities IS NOT NULL
+       AND image.finding_probabilities IS NULL AS new_probabilities
 SET image.source = row.source,
     image.findings = coalesce(row.findings, image.findings),
     image.patient_key = coalesce(row.patient_key, image.patient_key),
@@ -21,8 +30,11 @@ SET image.source = row.source,
     image.file_bytes = row.file_bytes,
     image.model_version = CASE WHEN new_embedding THEN row.model_version
                                ELSE image.model_version END,
+    image.finding_probabilities = CASE WHEN row.embedding IS NOT NULL
+                                       THEN row.finding_probabilities
+                                       ELSE image.finding_probabilities END,
     image.knn_floor = CASE WHEN new_embedding THEN null ELSE image.knn_floor END
-WITH image, row, new_embedding
+WITH image, row, new_embedding, existed AND (new_embedding OR new_probabilities) AS refreshed
 CALL (image, row, new_embedding) {
   WITH image, row WHERE new_embedding
   // Stored as a float32 array: half the size of a Cypher float list, as the vector index wants.
@@ -36,4 +48,11 @@ CALL (image, row) {
   MATCH (other:Patient)-[stale:HAS_IMAGE]->(image)
   WHERE other.key <> row.patient_key
   DELETE stale
+}
+WITH count(CASE WHEN refreshed THEN 1 END) AS refreshed
+CALL (refreshed) {
+  WITH refreshed WHERE refreshed > 0
+  MERGE (state:GraphState {id: 'graph'})
+  SET state.generation = coalesce(state.generation, 0) + 1,
+      state.changed_at = datetime()
 }

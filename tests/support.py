@@ -36,18 +36,30 @@ def authorise(
 
 class PixelProjection:
     """Image codes without a trained network: mean-centred pixels times a fixed Gaussian matrix,
-    L2-normalised (training the DenseNet first would take the tests ~12 minutes)."""
+    L2-normalised (training the DenseNet first would take the tests ~12 minutes). Its "finding
+    probabilities" are the sigmoid of 14 more fixed projections: deterministic, varied, in
+    [0, 1], with no medical meaning."""
 
     model_version = "test-pixel-projection"
+    findings = 14
 
     def __init__(self, mean_pixels: np.ndarray, dimensions: int = 1024) -> None:
         self.mean = mean_pixels.ravel().astype(np.float64)
-        self.projection = np.random.default_rng(0).standard_normal((self.mean.size, dimensions))
+        generator = np.random.default_rng(0)
+        self.projection = generator.standard_normal((self.mean.size, dimensions))
+        self.finding_projection = generator.standard_normal((self.mean.size, self.findings))
 
     def embed(self, images: list[np.ndarray]) -> np.ndarray:
+        return self.embed_with_findings(images)[0]
+
+    def embed_with_findings(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         centred = np.stack([image.ravel().astype(np.float64) for image in images]) - self.mean
         codes = centred @ self.projection
-        return (codes / np.linalg.norm(codes, axis=1, keepdims=True)).astype(np.float32)
+        logits = centred @ self.finding_projection / np.sqrt(self.mean.size)
+        return (
+            (codes / np.linalg.norm(codes, axis=1, keepdims=True)).astype(np.float32),
+            (1.0 / (1.0 + np.exp(-logits))).astype(np.float32),
+        )
 
 
 def ingest_bundled(

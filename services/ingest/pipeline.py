@@ -37,7 +37,9 @@ class Embedder(Protocol):
     @property
     def model_version(self) -> str: ...
 
-    def embed(self, images: list[np.ndarray]) -> np.ndarray: ...
+    def embed_with_findings(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Codes float32 (n, 1024) and calibrated finding probabilities float32 (n, F)."""
+        ...
 
 
 class FileEntry(TypedDict):
@@ -151,6 +153,7 @@ def embed_files(
             "file_bytes": size,
             "model_version": extractor.model_version,
             "modality": None, "width": None, "height": None, "embedding": None,
+            "finding_probabilities": None,
         }  # fmt: skip
         if key in known:
             # Same bytes as a stored node: it keeps its size, modality, embedding and DICOM
@@ -187,23 +190,25 @@ def _embed_pending(
 ) -> int:
     """Embeds a chunk; if the chunk fails, each image alone, so one bad image fails alone."""
     try:
-        codes = extractor.embed([pixels for _, pixels in pending])
+        codes, probabilities = extractor.embed_with_findings([pixels for _, pixels in pending])
     except (ValueError, RuntimeError):
-        codes = None
+        codes = probabilities = None
     embedded = 0
     for position, (row, pixels) in enumerate(pending):
-        if codes is not None:
-            code = codes[position]
+        if codes is not None and probabilities is not None:
+            code, predicted = codes[position], probabilities[position]
         else:
             try:
-                code = extractor.embed([pixels])[0]
+                one_code, one_prediction = extractor.embed_with_findings([pixels])
             except (ValueError, RuntimeError) as exc:
                 failures.append((row["source"], f"cannot compute the image code ({exc})"))
                 continue
-        if not np.all(np.isfinite(code)):
+            code, predicted = one_code[0], one_prediction[0]
+        if not (np.all(np.isfinite(code)) and np.all(np.isfinite(predicted))):
             failures.append((row["source"], "the image code is not finite (NaN/inf)"))
             continue
         row["embedding"] = encode_embedding(code)
+        row["finding_probabilities"] = [float(value) for value in predicted]
         rows.append(row)
         embedded += 1
     return embedded

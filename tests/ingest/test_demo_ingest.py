@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from services.config import Settings
-from services.encoder.labels import read_labels
+from services.encoder.extractor import FeatureExtractor
+from services.encoder.imaging import read_image
+from services.encoder.labels import FINDINGS_NIH, read_labels
 from services.graph.store import GraphStore
 from services.secrets import patient_key_secret
 from tests.ingest.conftest import (
@@ -156,3 +158,46 @@ def test_edges_are_the_exact_symmetric_knn_graph(
 
     floors = image_property(graph_store, "knn_floor")
     assert np.allclose([floors[key] for key in keys], kth, atol=1e-5)
+
+
+def test_predicted_findings_are_stored_and_backfilled(
+    demo_ingest, graph_store: GraphStore, ingest_checkpoint: Path, medgraph_cli, tmp_path: Path
+) -> None:
+    """Every image keeps the encoder's calibrated predicted findings (for the search's
+    re-ranking); an image stored before they were kept gets them on the next ingest, and the
+    search side's read model sees the change."""
+    records = graph_store.run_text(
+        "MATCH (i:Image) RETURN i.key AS key, i.source AS source, "
+        "i.finding_probabilities AS probabilities ORDER BY i.key"
+    )
+    assert all(len(record["probabilities"] or []) == len(FINDINGS_NIH) for record in records)
+    sample = records[:6]
+    extractor = FeatureExtractor(ingest_checkpoint).load()
+    _, expected = extractor.embed_with_findings(
+        [read_image(Path(record["source"])).pixels for record in sample]
+    )
+    np.testing.assert_allclose([record["probabilities"] for record in sample], expected, atol=1e-5)
+
+    stripped = [record["key"] for record in records[:5]]
+    graph_store.run_text(
+        "UNWIND $keys AS key MATCH (i:Image {key: key}) REMOVE i.finding_probabilities",
+        keys=stripped,
+    )
+    # The counter's node exists from here on, so the counts below compare like with like.
+    generation = graph_store.query("graph_generation_bump")[0]["generation"]
+    counts = graph_counts(graph_store)
+    edges = {edge["id"]: edge for edge in stored_edges(graph_store)}
+    result = medgraph_cli(
+        "ingest", BUNDLED_DIR, "--labels", BUNDLED_LABELS, "--report", tmp_path / "fill.csv",
+        "--job-id", "demo-backfill", "--no-local-worker", "--no-progress",
+    )  # fmt: skip
+    assert result.returncode == 0, result.output
+
+    refilled = image_property(graph_store, "finding_probabilities")
+    for record in records[:5]:
+        np.testing.assert_allclose(refilled[record["key"]], record["probabilities"], atol=1e-5)
+    assert graph_store.query("search_graph_version")[0]["generation"] > generation
+    assert graph_counts(graph_store) == counts
+    assert {edge["id"]: edge for edge in stored_edges(graph_store)} == edges, (
+        "same model version: the edges stay"
+    )

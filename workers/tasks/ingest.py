@@ -115,7 +115,7 @@ class LazyExtractor:
     def model_version(self) -> str:
         return self.extractor.model_version
 
-    def embed(self, images: list[Any]) -> Any:
+    def embed_with_findings(self, images: list[Any]) -> tuple[Any, Any]:
         with self._lock:
             if not self.extractor.loaded:
                 import torch
@@ -124,7 +124,7 @@ class LazyExtractor:
                                       torch.get_num_threads())  # fmt: skip
                 logger.info("loading encoder checkpoint %s", self.extractor.checkpoint_path)
                 self.extractor.load()
-        return self.extractor.embed(images)
+        return self.extractor.embed_with_findings(images)
 
 
 _extractor: LazyExtractor | None = None
