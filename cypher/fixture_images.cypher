@@ -1,7 +1,7 @@
 // Writes prepared :Image nodes (and their :Patient) as cypher/README.md models them; used by
 // services/retrieval/fixtures.py for tests and benchmarks that build a graph without ingestion.
 // Parameters: $rows [{key, source, findings, patient_key, modality, width, height, file_bytes,
-// embedding, model_version, community}].
+// embedding, model_version, community, finding_probabilities}].
 UNWIND $rows AS row
 MERGE (i:Image {key: row.key})
 SET i.source = row.source,
@@ -13,6 +13,7 @@ SET i.source = row.source,
     i.file_bytes = row.file_bytes,
     i.model_version = row.model_version,
     i.community = row.community,
+    i.finding_probabilities = row.finding_probabilities,
     i.ingested_at = coalesce(i.ingested_at, datetime())
 WITH i, row
 // Stored as a float32 array, as ingestion stores it.

@@ -13,7 +13,9 @@ Rank order is the strategy's own: ``exact`` and ``vector`` rank by cosine (``vec
 index's approximate score), ``region`` by the order in which Algorithm 1 added the image to the
 region, so its cosines need not decrease. Fewer than k hits come back only when fewer images pass
 the filters (or, for ``region``, when the communities it may visit run out).
-``community_ranked`` ranks by cosine, like ``exact``.
+``community_ranked`` ranks by cosine, like ``exact``. Any in-memory strategy's results may be
+re-ranked by the images' predicted findings (``services.retrieval.rerank``): then the rank is
+``agreement``'s, and ``cosines`` stay each hit's cosine.
 """
 
 from __future__ import annotations
@@ -53,6 +55,11 @@ class GraphNotReady(RuntimeError):
     """The stored graph lacks what a strategy needs (no images, no clustering yet)."""
 
 
+class FindingsUnavailable(LookupError):
+    """Re-ranking by findings was asked for, but the query or the stored images have no
+    predicted findings to compare (or the strategy cannot re-rank)."""
+
+
 @dataclass(frozen=True)
 class SearchFilters:
     """Which stored images may be returned (and, for ``region``, join the query's edges).
@@ -90,6 +97,8 @@ class SearchDiagnostics:
     community_size: int | None = None
     communities_visited: list[int] = field(default_factory=list)
     stage_ms: dict[str, float] = field(default_factory=dict)
+    # Re-ranked by findings (services.retrieval.rerank): how many of the strategy's results.
+    rerank_candidates: int | None = None
 
     @property
     def fraction_examined(self) -> float:
@@ -113,6 +122,9 @@ class SearchHits:
     communities: tuple[int | None, ...]
     findings: tuple[tuple[str, ...], ...]
     diagnostics: SearchDiagnostics
+    # Re-ranked by findings only: float32 (k',), each hit's finding agreement with the query
+    # (the rank's score; -inf = stored without predicted findings).
+    agreement: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.keys)
@@ -120,6 +132,10 @@ class SearchHits:
             raise ValueError(
                 f"cosines must be float32 ({n},), got {self.cosines.dtype} {self.cosines.shape}"
             )
+        if self.agreement is not None and (
+            self.agreement.dtype != np.float32 or self.agreement.shape != (n,)
+        ):
+            raise ValueError(f"agreement must be float32 ({n},) or None")
         if len(self.communities) != n or len(self.findings) != n:
             raise ValueError("communities and findings must have one entry per key")
 

@@ -32,6 +32,7 @@ class PreparedImage:
     height: int = 64
     file_bytes: int = 0
     model_version: str = "fixture"
+    finding_probabilities: tuple[float, ...] | None = None  # calibrated; None = not stored
 
 
 @dataclass
@@ -165,4 +166,9 @@ def _image_row(image: PreparedImage) -> dict[str, object]:
         "embedding": np.asarray(image.embedding, dtype=np.float32).astype(float).tolist(),
         "model_version": image.model_version,
         "community": image.community,
+        "finding_probabilities": (
+            None
+            if image.finding_probabilities is None
+            else [float(value) for value in image.finding_probabilities]
+        ),
     }

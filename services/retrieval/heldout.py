@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from services.retrieval.rerank import finding_agreement
+
 METRICS = ("precision", "acg", "acg_positive")
 METRIC_TITLES = {"precision": "P@{k}", "acg": "ACG@{k}", "acg_positive": "ACG_p@{k}"}
 RANDOM_ROW = "random (expected)"
@@ -37,9 +39,8 @@ QUERY_BLOCK = 256
 @dataclass(frozen=True)
 class FindingRerank:
     """Re-rank the cosine's first ``candidates`` results by how likely each one's findings are
-    to match the query's: sum over findings of log(p_q p_d + (1 - p_q)(1 - p_d)), the log
-    probability that the two images agree on every finding if the predicted probabilities
-    (n, F), calibrated, held and the findings were independent."""
+    to match the query's (``services.retrieval.rerank.finding_agreement``, the search API's
+    re-ranking), from the predicted probabilities (n, F), calibrated."""
 
     probabilities: np.ndarray
     candidates: int
@@ -242,10 +243,10 @@ def _finding_agreement(
     count = min(max(rerank.candidates, k), similarity.shape[1])
     candidates = np.argpartition(-similarity, count - 1, axis=1)[:, :count]
     eligible = np.isfinite(np.take_along_axis(similarity, candidates, axis=1))
-    # Clipped so a probability of exactly 0 or 1 cannot give log(0).
-    query = np.clip(rerank.probabilities[query_rows], 1e-6, 1 - 1e-6)[:, None, :]
-    found = np.clip(rerank.probabilities[database_rows[candidates]], 1e-6, 1 - 1e-6)
-    agreement = np.log(query * found + (1 - query) * (1 - found)).sum(axis=2)
+    agreement = finding_agreement(
+        rerank.probabilities[query_rows][:, None, :],
+        rerank.probabilities[database_rows[candidates]],
+    )
     scores = np.full(similarity.shape, -np.inf)
     np.put_along_axis(scores, candidates, np.where(eligible, agreement, -np.inf), axis=1)
     return scores

@@ -35,14 +35,12 @@ from services.retrieval.heldout import (
     mean_auroc_interval,
 )
 from services.retrieval.metrics import LabelSpace
+from services.retrieval.rerank import RERANK_CANDIDATES_PER_K
 
 RAW_PIXEL_SIZE = 64
 RAW_PIXELS_ROW = "raw pixels (64 px, centred)"
 RANDOM_INIT_ROW = "random-init DenseNet-121"
 RANDOM_INIT_SEED = 0
-# The re-ranked row looks at this many times K cosine results (2, 4 and 8 x K were tried on
-# the bundled sets' validation queries; 8 x K kept most of the gain of re-ranking everything).
-RERANK_CANDIDATES_PER_K = 8
 
 
 @dataclass
@@ -140,9 +138,7 @@ def held_out_evaluation(
         code_sets.append(CodeSet(f"{name} (exact)", codes))
         probabilities[name] = predicted[is_query]
         if path == checkpoint_path:
-            rerank = FindingRerank(
-                calibrated_probabilities(predicted, checkpoint), RERANK_CANDIDATES_PER_K * k
-            )
+            rerank = FindingRerank(checkpoint.calibrated(predicted), RERANK_CANDIDATES_PER_K * k)
             rows_after.append(
                 CodeSet(f"{name} (exact, re-ranked by findings)", codes, rerank=rerank)
             )
@@ -212,24 +208,6 @@ def _held_out_set(table: LabelTable, is_query: np.ndarray) -> HeldOutSet:
         patients=patients.astype(np.int64),
         is_query=is_query,
     )
-
-
-def calibrated_probabilities(predicted: np.ndarray, checkpoint: EncoderCheckpoint) -> np.ndarray:
-    """The predicted probabilities with the weighted BCE's prior shift undone.
-
-    The loss weighs positives N-/N and negatives N+/N, so the trained odds are the true odds
-    times N-/N+ (each finding looks as common as its absence); dividing the odds by w+/w- gives
-    back probabilities at the training prevalence, which the finding agreement needs."""
-    weights = checkpoint.training.get("loss_weights")
-    if not weights:
-        return predicted
-    positive = np.asarray(weights["positive"], dtype=np.float64)[: predicted.shape[1]]
-    negative = np.asarray(weights["negative"], dtype=np.float64)[: predicted.shape[1]]
-    clipped = np.clip(predicted.astype(np.float64), 1e-6, 1 - 1e-6)
-    with np.errstate(divide="ignore"):
-        shift = np.where((positive > 0) & (negative > 0), np.log(positive / negative), 0.0)
-    logits = np.log(clipped / (1 - clipped)) - shift
-    return 1.0 / (1.0 + np.exp(-logits))
 
 
 def raw_pixel_codes(pixels: Sequence[np.ndarray], size: int = RAW_PIXEL_SIZE) -> np.ndarray:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import threading
 import time
 from array import array
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -73,8 +74,15 @@ class GraphSnapshot:
     unassigned_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     patient_of_code: list[str] = field(default_factory=list)
     _finding_columns: dict[str, np.ndarray] = field(default_factory=dict)
+    # float32 (N, F): each image's calibrated predicted findings (Image.finding_probabilities),
+    # NaN rows where none are stored; F = 0 when no image has them.
+    finding_probabilities: np.ndarray = field(
+        default_factory=lambda: np.zeros((0, 0), dtype=np.float32)
+    )
 
     def __post_init__(self) -> None:
+        if self.finding_probabilities.shape[0] != len(self.keys):
+            self.finding_probabilities = np.zeros((len(self.keys), 0), dtype=np.float32)
         self.key_index = {str(key): i for i, key in enumerate(self.keys)}
         self.position_of_community = {int(c): i for i, c in enumerate(self.community_ids)}
         # Each row's community as a position in community_ids (-1: none, or no stored sums).
@@ -93,7 +101,7 @@ class GraphSnapshot:
     def nbytes(self) -> int:
         arrays = (self.matrix, self.indptr, self.neighbours, self.weights, self.degree,
                   self.community, self.centroids, self.patient_codes, self.modality_codes,
-                  self.keys)  # fmt: skip
+                  self.keys, self.finding_probabilities)  # fmt: skip
         return int(sum(a.nbytes for a in arrays))
 
     def patient_of(self, row: int) -> str | None:
@@ -255,6 +263,7 @@ def load_snapshot(store: GraphStore, version: GraphVersion) -> GraphSnapshot:
     patient_codes = np.full(capacity, -1, dtype=np.int32)
     modality_codes = np.full(capacity, -1, dtype=np.int32)
     findings: list[tuple[str, ...]] = [()] * capacity
+    probabilities: list[list[float] | None] = [None] * capacity
     patient_code_of: dict[str, int] = {}
     modality_code_of: dict[str, int] = {}
     overflow = total
@@ -272,6 +281,7 @@ def load_snapshot(store: GraphStore, version: GraphVersion) -> GraphSnapshot:
                     matrix = np.resize(matrix, (grown, EMBEDDING_DIM))
                     keys.extend([None] * (grown - len(keys)))
                     findings.extend([()] * (grown - len(findings)))
+                    probabilities.extend([None] * (grown - len(probabilities)))
                     communities = _grow(communities, grown, NO_COMMUNITY)
                     patient_codes = _grow(patient_codes, grown, -1)
                     modality_codes = _grow(modality_codes, grown, -1)
@@ -286,6 +296,7 @@ def load_snapshot(store: GraphStore, version: GraphVersion) -> GraphSnapshot:
             if modality is not None:
                 modality_codes[row] = modality_code_of.setdefault(modality, len(modality_code_of))
             findings[row] = tuple(record["findings"] or ())
+            probabilities[row] = record["finding_probabilities"]
     used = np.array([key is not None for key in keys[: max(overflow, total)]], dtype=bool)
     rows = np.flatnonzero(used)
     communities = communities[rows]
@@ -302,6 +313,8 @@ def load_snapshot(store: GraphStore, version: GraphVersion) -> GraphSnapshot:
         matrix = matrix[rows]
     key_array = np.array([keys[i] for i in rows], dtype=str)
     findings = [findings[i] for i in rows]
+    finding_probabilities = _probability_matrix([probabilities[i] for i in rows])
+    del probabilities
     patient_codes = patient_codes[rows]
     modality_codes = modality_codes[rows]
     del keys
@@ -349,7 +362,22 @@ def load_snapshot(store: GraphStore, version: GraphVersion) -> GraphSnapshot:
         m=None if m is None else float(m),
         run=None if sums["run"] is None else str(sums["run"]),
         load_s=time.perf_counter() - started,
+        finding_probabilities=finding_probabilities,
     )
+
+
+def _probability_matrix(rows: list[list[float] | None]) -> np.ndarray:
+    """float32 (N, F), F the most common stored length; other rows (none stored, or another
+    checkpoint's findings) are NaN, so re-ranking puts them last."""
+    lengths = Counter(len(row) for row in rows if row)
+    if not lengths:
+        return np.zeros((len(rows), 0), dtype=np.float32)
+    width = lengths.most_common(1)[0][0]
+    matrix = np.full((len(rows), width), np.nan, dtype=np.float32)
+    for position, row in enumerate(rows):
+        if row and len(row) == width:
+            matrix[position] = row
+    return matrix
 
 
 def _load_adjacency(

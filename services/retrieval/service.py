@@ -10,6 +10,7 @@ import numpy as np
 from services.config import Settings
 from services.graph.store import GraphStore
 from services.retrieval.contract import (
+    FindingsUnavailable,
     SearchFilters,
     SearchHits,
     SearchStrategy,
@@ -22,6 +23,11 @@ from services.retrieval.exact import ExactSearch
 from services.retrieval.ranked import CommunityRankedSearch
 from services.retrieval.readmodel import GraphSnapshot, ReadModelCache
 from services.retrieval.region import RegionGrowingSearch
+from services.retrieval.rerank import (
+    RERANK_CANDIDATES_PER_K,
+    check_query_probabilities,
+    rerank_by_findings,
+)
 from services.retrieval.vector import VectorIndexSearch
 
 IN_MEMORY = frozenset({Strategy.EXACT, Strategy.REGION, Strategy.COMMUNITY_RANKED})
@@ -33,6 +39,8 @@ class StoredQuery:
     embedding: np.ndarray  # float32 (1024,)
     patient_key: str | None
     snapshot: GraphSnapshot | None = None  # the read model it was read from, version checked
+    # Its stored calibrated predicted findings (F,), None when not stored or not read (vector).
+    finding_probabilities: np.ndarray | None = None
 
 
 class RetrievalService:
@@ -80,13 +88,28 @@ class RetrievalService:
         strategy: Strategy | str,
         filters: SearchFilters,
         snapshot: GraphSnapshot | None = None,
+        findings: np.ndarray | None = None,
     ) -> SearchHits:
         """``snapshot``: a read model this request has already version-checked (saves the
-        round trip); None = check now."""
+        round trip); None = check now. ``findings``: the query's calibrated predicted findings
+        (F,); given, the strategy's first ``RERANK_CANDIDATES_PER_K * k`` results are re-ranked
+        by them (``services.retrieval.rerank``; in-memory strategies only)."""
         vector = check_query_embedding(query)
         check_k(k, self.settings.search_max_k)
         chosen = self.strategy_of(strategy)
-        return self.strategies[chosen].search(vector, k, filters, snapshot)
+        if findings is None:
+            return self.strategies[chosen].search(vector, k, filters, snapshot)
+        if chosen not in IN_MEMORY:
+            names = ", ".join(sorted(s.value for s in IN_MEMORY))
+            raise FindingsUnavailable(
+                f"re-ranking by findings works with the in-memory strategies ({names}), not "
+                f"{chosen.value!r}"
+            )
+        snapshot = snapshot or self.read_model.get()
+        query_findings = check_query_probabilities(findings, snapshot)
+        candidates = k * RERANK_CANDIDATES_PER_K
+        hits = self.strategies[chosen].search(vector, candidates, filters, snapshot)
+        return rerank_by_findings(hits, snapshot, query_findings, k)
 
     def stored_query(self, key: str, strategy: Strategy | str | None = None) -> StoredQuery:
         """The stored image as a query. For the in-memory strategies (and when no strategy is
@@ -96,11 +119,17 @@ class RetrievalService:
             snapshot = self.read_model.get()
             row = snapshot.key_index.get(key)
             if row is not None:
+                probabilities = snapshot.finding_probabilities[row]
                 return StoredQuery(
                     key=key,
                     embedding=_unit(snapshot.matrix[row]),
                     patient_key=snapshot.patient_of(row),
                     snapshot=snapshot,
+                    finding_probabilities=(
+                        probabilities.astype(np.float64)
+                        if probabilities.size and np.isfinite(probabilities).all()
+                        else None
+                    ),
                 )
         records = self.store.query("search_query_image", key=key)
         if not records or records[0]["embedding"] is None:
@@ -119,8 +148,11 @@ class RetrievalService:
         exclude_same_patient: bool = True,
         finding: str | None = None,
         modality: str | None = None,
+        rerank_by_findings: bool = False,
     ) -> SearchHits:
-        """Leave-one-out: the stored image is the query and never among its own results."""
+        """Leave-one-out: the stored image is the query and never among its own results.
+        ``rerank_by_findings``: re-rank by the stored predicted findings (FindingsUnavailable
+        when the query image has none stored)."""
         stored = self.stored_query(key, strategy)
         filters = SearchFilters(
             exclude_keys=frozenset({key}),
@@ -128,7 +160,20 @@ class RetrievalService:
             finding=finding,
             modality=modality,
         )
-        return self.search(stored.embedding, k, strategy, filters, stored.snapshot)
+        findings = None
+        if rerank_by_findings:
+            findings = self.stored_findings(stored)
+        return self.search(stored.embedding, k, strategy, filters, stored.snapshot, findings)
+
+    @staticmethod
+    def stored_findings(stored: StoredQuery) -> np.ndarray:
+        """The stored query's predicted findings, or FindingsUnavailable saying why not."""
+        if stored.finding_probabilities is None:
+            raise FindingsUnavailable(
+                f"the image {stored.key!r} has no stored predicted findings (ingested before "
+                "they were stored): ingest it again to re-rank by findings"
+            )
+        return stored.finding_probabilities
 
 
 def _unit(embedding: object) -> np.ndarray:

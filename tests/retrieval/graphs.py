@@ -23,6 +23,8 @@ class SmallGraph:
     findings: dict[str, tuple[str, ...]]
     patient_of: dict[str, str]
     extra: dict[str, object] = field(default_factory=dict)
+    # key -> calibrated predicted findings to store (none stored for keys not in it)
+    finding_probabilities: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def graph(self) -> nx.Graph:
@@ -39,6 +41,11 @@ class SmallGraph:
                 community=self.community_of.get(key),
                 findings=self.findings.get(key, ()),
                 patient_key=self.patient_of.get(key),
+                finding_probabilities=(
+                    tuple(self.finding_probabilities[key].tolist())
+                    if key in self.finding_probabilities
+                    else None
+                ),
             )
             for key in sorted(self.embeddings)
         ]
