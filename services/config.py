@@ -11,6 +11,7 @@ import re
 import secrets
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 from urllib.parse import quote, urlsplit
 
 from pydantic import Field, ValidationError, field_validator
@@ -294,6 +295,11 @@ class Settings(BaseSettings):
         "its centroid's cosine to the query is within this margin of the best centroid's.",
     )  # fmt: skip
     search_max_k: int = Field(1000, ge=1, le=100_000, description="Largest k a search accepts.")
+    search_rerank: Literal["none", "findings"] = Field(
+        "none",
+        description="The API's default `rerank`: `findings` re-ranks each search's first 8 x k "
+        "results by the images' stored predicted findings (services/retrieval/rerank.py).",
+    )
     search_max_index_candidates: int = Field(
         10_000, ge=10,
         description="Most vector-index candidates one query asks for while filters thin them.",

@@ -59,11 +59,13 @@ class ApiContext:
                     self._retrieval = RetrievalService(store, self.settings)
         return self._retrieval
 
-    def embed(self, pixels: np.ndarray) -> np.ndarray:
-        """The float32 (1024,) unit code of one decoded image."""
+    def embed_with_findings(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The float32 (1024,) unit code of one decoded image and its calibrated predicted
+        findings (F,), from one forward pass."""
         extractor = self.extractor()
         with self._embed_lock:
-            return extractor.embed([pixels])[0]
+            codes, probabilities = extractor.embed_with_findings([pixels])
+        return codes[0], probabilities[0]
 
     def extractor(self) -> FeatureExtractor:
         """The encoder, loaded once per process (the first upload pays for it; without a

@@ -19,7 +19,12 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from services.encoder.imaging import DecodeBusy
 from services.graph.store import TRANSIENT_NEO4J_ERRORS
-from services.retrieval.contract import GraphNotReady, QueryEmbeddingError, UnknownImage
+from services.retrieval.contract import (
+    FindingsUnavailable,
+    GraphNotReady,
+    QueryEmbeddingError,
+    UnknownImage,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +84,10 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(GraphNotReady)
     def _not_ready(error: GraphNotReady) -> Response:
+        return error_response(409, str(error))
+
+    @app.errorhandler(FindingsUnavailable)
+    def _no_findings(error: FindingsUnavailable) -> Response:
         return error_response(409, str(error))
 
     @app.errorhandler(DecodeBusy)

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from services.retrieval.contract import NO_FINDING
 
 StrategyName = Literal["region", "community_ranked", "exact", "vector"]
+RerankName = Literal["none", "findings"]
 
 
 # Bounds of every integer the API takes: values go to Neo4j and Celery as 64-bit integers, and
@@ -70,6 +71,14 @@ class SearchParameters(Model):
         max_length=64,
     )
     modality: str | None = Field(None, description="Only images of this modality.", max_length=16)
+    # The default is the search_rerank setting, filled in by the view.
+    rerank: RerankName = Field(
+        "none",
+        description="`findings`: re-rank the strategy's first 8 x k results by how likely each "
+        "image's predicted findings agree with the query's (the encoder's calibrated "
+        "probabilities, stored at ingestion), and return the best k; `none`: the strategy's own "
+        "order. Not with `vector`. Default: the server's `search_rerank` setting.",
+    )
     add: bool = Field(
         False,
         description="Keep the uploaded image in the graph (starts an ingest job); the query is "
@@ -83,6 +92,11 @@ class SearchResult(Model):
     cosine: float = Field(description="Cosine similarity of the image's code to the query's.")
     community: int | None
     findings: list[str] = Field(description="Positive findings; empty = No Finding.")
+    finding_agreement: float | None = Field(
+        None,
+        description="With rerank=findings: log probability that the image's predicted findings "
+        "all agree with the query's (the rank's score; null when the image has none stored).",
+    )
     thumbnail_url: str
 
 
@@ -99,6 +113,10 @@ class SearchDiagnostics(Model):
     community: int | None = Field(description="The closest community (region only).")
     community_size: int | None
     communities_visited: list[int]
+    rerank: RerankName = "none"
+    rerank_candidates: int | None = Field(
+        None, description="With rerank=findings: how many of the strategy's results it re-ranked."
+    )
     stage_ms: dict[str, float] = Field(description="Milliseconds per stage, in order.")
     total_ms: float
 

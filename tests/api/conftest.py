@@ -55,6 +55,7 @@ class ApiGraph:
     raw_patient_of: dict[str, str]  # key -> the NIH patient id (only the test knows it)
     path_of: dict[str, Path]
     held_out: list[Path]  # bundled files not in the graph, for uploads
+    probabilities: dict[str, np.ndarray]  # key -> the encoder's calibrated predicted findings
 
     @property
     def graph(self) -> nx.Graph:
@@ -115,12 +116,16 @@ def api_graph_data(api_settings: Settings) -> ApiGraph:
         target = images_dir / row["Image Index"]
         shutil.copyfile(BUNDLED / "images" / row["Image Index"], target)
         paths.append(target)
-    codes = extractor.embed([read_image(path).pixels for path in paths[:STORED_IMAGES]])
+    codes, predicted = extractor.embed_with_findings(
+        [read_image(path).pixels for path in paths[:STORED_IMAGES]]
+    )
     keys, embeddings, findings, patient_of, raw_patient_of, path_of = [], {}, {}, {}, {}, {}
-    for row, path, code in zip(rows, paths, codes, strict=False):
+    probabilities = {}
+    for row, path, code, prediction in zip(rows, paths, codes, predicted, strict=False):
         key = hashlib.sha256(path.read_bytes()).hexdigest()
         keys.append(key)
         embeddings[key] = code
+        probabilities[key] = prediction
         labels = [] if row["Finding Labels"] == "No Finding" else row["Finding Labels"].split("|")
         findings[key] = tuple(labels)
         raw_patient_of[key] = row["Patient ID"]
@@ -143,6 +148,7 @@ def api_graph_data(api_settings: Settings) -> ApiGraph:
         raw_patient_of=raw_patient_of,
         path_of=path_of,
         held_out=paths[STORED_IMAGES:],
+        probabilities=probabilities,
     )
 
 
@@ -174,6 +180,7 @@ def write_api_graph(store: GraphStore, data: ApiGraph) -> None:
                 patient_key=patient_of[key],
                 source=str(path_of[key]),
                 file_bytes=path_of[key].stat().st_size,
+                finding_probabilities=tuple(data.probabilities[key].tolist()),
             )
             for key in keys
         ],

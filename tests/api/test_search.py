@@ -12,6 +12,7 @@ from pydicom.uid import SecondaryCaptureImageStorage
 from services.config import Settings
 from services.encoder.extractor import FeatureExtractor
 from services.encoder.imaging import read_image
+from services.graph.store import GraphStore
 from tests.api.conftest import MAX_UPLOAD, QUERY_EDGES, ApiGraph, exact_top
 from tests.retrieval.reference import reference_region_search
 from tests.support import dicom_bytes, dicom_dataset
@@ -269,3 +270,120 @@ def test_malformed_bodies(client: FlaskClient, api_graph: ApiGraph) -> None:
     response = client.post("/api/v1/search", json={"key": api_graph.keys[0], "add": True})
     assert response.status_code == 422
     assert "uploaded images only" in response.get_json()["error"]["message"]
+
+
+# --- rerank=findings ---------------------------------------------------------------------------
+def agreement(query: np.ndarray, found: np.ndarray) -> float:
+    """log P(all findings agree), written here independently of services.retrieval."""
+    q = np.clip(query.astype(np.float64), 1e-6, 1 - 1e-6)
+    d = np.clip(found.astype(np.float64), 1e-6, 1 - 1e-6)
+    return float(np.log(q * d + (1 - q) * (1 - d)).sum())
+
+
+def reranked(
+    graph: ApiGraph, query_findings: np.ndarray, candidates: list[str], k: int
+) -> list[str]:
+    scores = {key: agreement(query_findings, graph.probabilities[key]) for key in candidates}
+    position = {key: index for index, key in enumerate(candidates)}
+    return sorted(candidates, key=lambda key: (-scores[key], position[key]))[:k]
+
+
+def test_rerank_by_findings_reorders_the_strategys_first_8k_results(
+    client: FlaskClient, api_graph: ApiGraph
+) -> None:
+    k = 6
+    for query_key in api_graph.keys[5:60:18]:
+        same_patient = {
+            key for key, p in api_graph.patient_of.items() if p == api_graph.patient_of[query_key]
+        }
+        query = api_graph.embeddings[query_key].astype(np.float64)
+        query_findings = api_graph.probabilities[query_key]
+
+        body = search(client, key=query_key, k=k, strategy="exact", rerank="findings")
+        candidates = exact_top(api_graph, query, 8 * k, same_patient)
+        expected = reranked(api_graph, query_findings, candidates, k)
+        assert result_keys(body) == expected
+        assert expected != candidates[:k], "the re-ranking changed nothing: a weak test"
+        scores = [result["finding_agreement"] for result in body["results"]]
+        assert scores == sorted(scores, reverse=True)
+        for result in body["results"]:
+            found = api_graph.probabilities[result["key"]]
+            assert result["finding_agreement"] == pytest.approx(agreement(query_findings, found))
+            cosine = float(np.dot(api_graph.embeddings[result["key"]], query))
+            assert result["cosine"] == pytest.approx(cosine, abs=1e-5)
+        diagnostics = body["diagnostics"]
+        assert diagnostics["rerank"] == "findings"
+        assert diagnostics["rerank_candidates"] == len(candidates) == 8 * k
+        assert "rerank" in diagnostics["stage_ms"]
+
+        # region: Algorithm 1 grows a region of 8 k images, which are then re-ranked.
+        body = search(client, key=query_key, k=k, strategy="region", rerank="findings")
+        region = reference_region_search(
+            api_graph.graph, api_graph.community_of, api_graph.embeddings, query,
+            query_edges=QUERY_EDGES, k=8 * k, excluded=same_patient,
+        )  # fmt: skip
+        assert result_keys(body) == reranked(api_graph, query_findings, region, k)
+
+    plain = search(client, key=api_graph.keys[5], k=k, strategy="exact")
+    assert plain["diagnostics"]["rerank"] == "none"
+    assert plain["diagnostics"]["rerank_candidates"] is None
+    assert all(result["finding_agreement"] is None for result in plain["results"])
+
+
+def test_rerank_by_findings_of_an_uploaded_query(
+    client: FlaskClient, api_graph: ApiGraph, api_settings: Settings
+) -> None:
+    path = api_graph.held_out[1]
+    data = path.read_bytes()
+    extractor = FeatureExtractor(api_settings.encoder_checkpoint).load()  # type: ignore[arg-type]
+    codes, predicted = extractor.embed_with_findings([read_image(data, name=path.name).pixels])
+    response = client.post(
+        "/api/v1/search",
+        data={"file": (io.BytesIO(data), path.name), "k": "5", "strategy": "exact",
+              "rerank": "findings"},
+        content_type="multipart/form-data",
+    )  # fmt: skip
+    assert response.status_code == 200, response.get_json()
+    candidates = exact_top(api_graph, codes[0].astype(np.float64), 40, set())
+    assert result_keys(response.get_json()) == reranked(api_graph, predicted[0], candidates, 5)
+
+
+def test_rerank_refusals(client: FlaskClient, api_graph: ApiGraph, graph_store: GraphStore) -> None:
+    response = client.post(
+        "/api/v1/search",
+        json={"key": api_graph.keys[0], "strategy": "vector", "rerank": "findings"},
+    )
+    assert response.status_code == 422
+    assert "not vector" in response.get_json()["error"]["message"]
+    response = client.post("/api/v1/search", json={"key": api_graph.keys[0], "rerank": "cosine"})
+    assert response.status_code == 422
+
+    # A stored image without predicted findings (ingested before they were stored): a clear
+    # 409, and its neighbours still re-rank when they are the query.
+    query_key = api_graph.keys[0]
+    other_key = next(
+        key
+        for key in api_graph.keys
+        if api_graph.patient_of[key] != api_graph.patient_of[query_key]
+    )
+    graph_store.run_text(
+        "MATCH (i:Image {key: $key}) REMOVE i.finding_probabilities", key=query_key
+    )
+    graph_store.query("graph_generation_bump")
+    try:
+        response = client.post("/api/v1/search", json={"key": query_key, "rerank": "findings"})
+        assert response.status_code == 409
+        message = response.get_json()["error"]["message"]
+        assert query_key in message and "ingest it again" in message
+        body = search(
+            client, key=other_key, k=len(api_graph.keys), strategy="exact", rerank="findings"
+        )
+        assert result_keys(body)[-1] == query_key, "the image without findings comes last"
+        assert body["results"][-1]["finding_agreement"] is None
+    finally:
+        graph_store.run_text(
+            "MATCH (i:Image {key: $key}) SET i.finding_probabilities = $probabilities",
+            key=query_key,
+            probabilities=api_graph.probabilities[query_key].astype(float).tolist(),
+        )
+        graph_store.query("graph_generation_bump")

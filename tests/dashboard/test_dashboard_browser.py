@@ -202,6 +202,46 @@ def test_the_search_form_puts_its_state_in_the_url(
     assert other.input_value("#search-strategy") == "exact"
 
 
+def test_the_order_control_re_ranks_by_predicted_findings(
+    keyed_page: Any, dashboard_url: str, seeded_graph: SeededGraph
+) -> None:
+    page = keyed_page
+    query = seeded_graph.images[5]
+    page.goto(f"{dashboard_url}#/search?key={query.key}&k=8&strategy=exact")
+    wait_for_view(page)
+    page.select_option("#search-order", "findings")
+    page.click("#search-submit")
+    page.wait_for_function(
+        "() => document.getElementById('view').dataset.status === 'ready' && "
+        "document.querySelectorAll('[data-testid=result-card] .agreement').length === 8"
+    )
+    fragment = page.evaluate("window.location.hash")
+    assert "rerank=findings" in fragment
+    assert "re-ranked by predicted findings (first 64)" in page.inner_text("#results-area")
+    cards = page.locator("[data-testid=result-card]")
+    agreements = [
+        float(cards.nth(i).locator(".agreement").inner_text().split()[-1]) for i in range(8)
+    ]
+    assert agreements == sorted(agreements, reverse=True)
+    reranked = cards.evaluate_all("cards => cards.map(card => card.dataset.key)")
+    # Back to the strategy's own order: no agreement shown, and another order of images.
+    page.select_option("#search-order", "none")
+    page.click("#search-submit")
+    page.wait_for_function(
+        "() => document.getElementById('view').dataset.status === 'ready' && "
+        "!window.location.hash.includes('rerank') && "
+        "document.querySelectorAll('[data-testid=result-card]').length === 8 && "
+        "document.querySelectorAll('[data-testid=result-card] .agreement').length === 0"
+    )
+    plain = cards.evaluate_all("cards => cards.map(card => card.dataset.key)")
+    assert plain != reranked
+    other = page.context.new_page()
+    other.goto(f"{dashboard_url}{fragment}")
+    wait_for_view(other)
+    assert other.input_value("#search-order") == "findings"
+    assert unexpected_console_errors(page) == []
+
+
 def unexpected_console_errors(page: Any) -> list[str]:
     # Chromium logs every non-2xx response ("Failed to load resource"); the 401s are expected.
     return [text for text in page.console_errors if "Failed to load resource" not in text]

@@ -44,6 +44,7 @@ class PreparedQuery:
     filters: SearchFilters
     stage_ms: dict[str, float]
     snapshot: GraphSnapshot | None = None  # the read model version-checked for this request
+    findings: np.ndarray | None = None  # the query's predicted findings, when re-ranking
 
 
 @operation(
@@ -72,7 +73,12 @@ def search() -> SearchResponse:
     else:
         prepared = prepare_stored(context, parameters)
     hits = context.retrieval.search(
-        prepared.embedding, parameters.k, parameters.strategy, prepared.filters, prepared.snapshot
+        prepared.embedding,
+        parameters.k,
+        parameters.strategy,
+        prepared.filters,
+        prepared.snapshot,
+        prepared.findings,
     )
     total_ms = (time.perf_counter() - started) * 1000.0
     return search_response(parameters, prepared, hits, total_ms)
@@ -105,7 +111,14 @@ def read_search_request(context: ApiContext) -> tuple[SearchParameters, FileStor
         )
     values = {name: value for name, value in values.items() if value not in (None, "")}
     values.setdefault("k", context.settings.default_k)
+    values.setdefault("rerank", context.settings.search_rerank)
     parameters = SearchParameters.model_validate(values)
+    if parameters.rerank == "findings" and parameters.strategy == "vector":
+        raise ApiError(
+            422,
+            "rerank=findings works with the in-memory strategies (region, community_ranked, "
+            "exact), not vector",
+        )
     max_k = context.settings.search_max_k
     if parameters.k > max_k:
         raise ApiError(422, f"k must be between 1 and {max_k}, got {parameters.k}")
@@ -136,6 +149,9 @@ def prepare_stored(context: ApiContext, parameters: SearchParameters) -> Prepare
         raise ApiError(404, f"no stored image has the key {parameters.key!r}") from None
     stage_ms["load_query"] = (time.perf_counter() - start) * 1000.0
     exclude_patient = stored.patient_key if parameters.exclude_same_patient else None
+    findings = None
+    if parameters.rerank == "findings":
+        findings = context.retrieval.stored_findings(stored)
     return PreparedQuery(
         embedding=stored.embedding,
         description=QueryDescription(
@@ -153,6 +169,7 @@ def prepare_stored(context: ApiContext, parameters: SearchParameters) -> Prepare
         ),
         stage_ms=stage_ms,
         snapshot=stored.snapshot,
+        findings=findings,
     )
 
 
@@ -177,7 +194,7 @@ def prepare_upload(
             raise ApiError(422, f"cannot read the uploaded image: {problem}") from None
         stage_ms["decode"] = (time.perf_counter() - start) * 1000.0
         start = time.perf_counter()
-        embedding = context.embed(decoded.pixels)
+        embedding, predicted = context.embed_with_findings(decoded.pixels)
         stage_ms["embed"] = (time.perf_counter() - start) * 1000.0
         decoded = replace(decoded, pixels=EMPTY_PIXELS)
     key = hashlib.sha256(data).hexdigest()
@@ -215,6 +232,7 @@ def prepare_upload(
         ),
         stage_ms=stage_ms,
         snapshot=None if stored is None else stored.snapshot,
+        findings=predicted if parameters.rerank == "findings" else None,
     )
 
 
@@ -223,6 +241,9 @@ def search_response(
 ) -> SearchResponse:
     diagnostics = hits.diagnostics
     stage_ms = {**prepared.stage_ms, **{name: ms for name, ms in diagnostics.stage_ms.items()}}
+    agreement: list[float | None] = [None] * len(hits.keys)
+    if hits.agreement is not None:
+        agreement = [float(a) if np.isfinite(a) else None for a in hits.agreement]
     return SearchResponse(
         query=prepared.description,
         results=[
@@ -232,10 +253,14 @@ def search_response(
                 cosine=float(cosine),
                 community=community,
                 findings=list(findings),
+                finding_agreement=score,
                 thumbnail_url=thumbnail_url(key),
             )
-            for rank, (key, cosine, community, findings) in enumerate(
-                zip(hits.keys, hits.cosines, hits.communities, hits.findings, strict=True), 1
+            for rank, (key, cosine, community, findings, score) in enumerate(
+                zip(
+                    hits.keys, hits.cosines, hits.communities, hits.findings, agreement, strict=True
+                ),
+                1,
             )
         ],
         diagnostics=SearchDiagnostics(
@@ -248,6 +273,8 @@ def search_response(
             community=diagnostics.community,
             community_size=diagnostics.community_size,
             communities_visited=diagnostics.communities_visited,
+            rerank=parameters.rerank,
+            rerank_candidates=diagnostics.rerank_candidates,
             stage_ms={name: round(ms, 3) for name, ms in stage_ms.items()},
             total_ms=round(total_ms, 3),
         ),

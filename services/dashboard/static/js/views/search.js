@@ -11,6 +11,12 @@ const STRATEGIES = [
   ['exact', 'exact cosine (all images)'],
   ['vector', 'vector index (approximate)'],
 ];
+// rerank=findings: the strategy's first 8 x K results re-ordered by the images' predicted
+// findings (services/retrieval/rerank.py).
+const ORDERS = [
+  ['none', "the strategy's own"],
+  ['findings', 're-ranked by predicted findings'],
+];
 // The multipart field the API reads the uploaded image from.
 const UPLOAD_FIELD = 'file';
 
@@ -32,6 +38,7 @@ function readParams(params) {
       ? params.get('strategy') : 'region',
     // The API's default: leave out the query patient's other images.
     excludeSamePatient: params.get('exclude_same_patient') !== '0',
+    rerank: params.get('rerank') === 'findings' ? 'findings' : 'none',
   };
 }
 
@@ -50,6 +57,10 @@ function buildForm(state) {
     STRATEGIES.map(([name, label]) => h('option', {
       value: name, selected: name === state.strategy,
     }, label)));
+  const orderSelect = h('select', { name: 'rerank', id: 'search-order' },
+    ORDERS.map(([name, label]) => h('option', {
+      value: name, selected: name === state.rerank,
+    }, label)));
   const excludeBox = h('input', {
     name: 'exclude_same_patient', id: 'search-exclude', type: 'checkbox',
     checked: state.excludeSamePatient,
@@ -58,6 +69,7 @@ function buildForm(state) {
     h('div', { class: 'field field-wide' }, h('label', { for: 'search-key' }, 'Image key'), keyInput),
     h('div', { class: 'field' }, h('label', { for: 'search-file' }, 'or upload'), fileInput),
     h('div', { class: 'field' }, h('label', { for: 'search-strategy' }, 'Strategy'), strategySelect),
+    h('div', { class: 'field' }, h('label', { for: 'search-order' }, 'Order'), orderSelect),
     h('div', { class: 'field field-narrow' }, h('label', { for: 'search-k' }, 'K'), kInput),
     h('div', { class: 'field field-check' }, excludeBox,
       h('label', { for: 'search-exclude' }, 'exclude same patient')),
@@ -74,6 +86,7 @@ function buildForm(state) {
       k: Math.max(1, Math.min(Number.parseInt(kInput.value, 10) || pageConfig.defaultK,
         pageConfig.maxK)),
       strategy: strategySelect.value,
+      rerank: orderSelect.value === 'findings' ? 'findings' : '',
       exclude_same_patient: excludeBox.checked ? '' : '0',
     };
     if (fileInput.files.length) {
@@ -95,6 +108,7 @@ function syncForm(state) {
   form.querySelector('#search-key').value = state.key;
   form.querySelector('#search-k').value = state.k;
   form.querySelector('#search-strategy').value = state.strategy;
+  form.querySelector('#search-order').value = state.rerank;
   form.querySelector('#search-exclude').checked = state.excludeSamePatient;
 }
 
@@ -111,6 +125,7 @@ function runKeySearch(state) {
   body.set('key', state.key);
   body.set('k', String(state.k));
   body.set('strategy', state.strategy);
+  body.set('rerank', state.rerank);
   body.set('exclude_same_patient', state.excludeSamePatient ? 'true' : 'false');
   showQueryByKey(state.key, signal);
   return runSearch(body, signal, state);
@@ -124,6 +139,7 @@ function runUpload(file, params) {
   body.set(UPLOAD_FIELD, file, file.name);
   body.set('k', String(params.k));
   body.set('strategy', params.strategy);
+  body.set('rerank', params.rerank === 'findings' ? 'findings' : 'none');
   body.set('exclude_same_patient', params.exclude_same_patient === '0' ? 'false' : 'true');
   const preview = h('img', { class: 'thumb thumb-lg', alt: 'uploaded image' });
   preview.src = URL.createObjectURL(file);
@@ -221,6 +237,9 @@ function highlightSharedFindings(grid, details) {
 function diagnosticsLine(diagnostics, response) {
   const parts = [];
   if (diagnostics.strategy) parts.push(diagnostics.strategy);
+  if (diagnostics.rerank === 'findings') {
+    parts.push(`re-ranked by predicted findings (first ${diagnostics.rerank_candidates})`);
+  }
   if (diagnostics.images_examined !== undefined && diagnostics.database_size) {
     parts.push(`examined ${diagnostics.images_examined} of ${diagnostics.database_size} images`);
   }
@@ -247,6 +266,11 @@ function resultCard(result, index) {
     h('div', { class: 'card-row' },
       h('span', { class: 'cosine', title: 'cosine similarity to the query' },
         `cos ${formatNumber(result.cosine)}`),
+      result.finding_agreement === null || result.finding_agreement === undefined ? null
+        : h('span', {
+          class: 'agreement',
+          title: 'log probability that every predicted finding agrees with the query\'s',
+        }, `agree ${formatNumber(result.finding_agreement)}`),
       communityChip(result.community)),
     findingList(result.findings),
     h('div', { class: 'card-row card-links' },
