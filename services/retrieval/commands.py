@@ -13,7 +13,7 @@ from services.config import Settings, get_settings
 from services.encoder.imaging import ImageReadError
 from services.encoder.labels import LabelFileError, bundled_label_files
 from services.graph.store import GraphStore
-from services.retrieval.contract import Strategy
+from services.retrieval.contract import FindingsUnavailable, Strategy
 from services.retrieval.evaluation import evaluate as run_evaluation
 from services.retrieval.evaluation import plot_curves
 from services.retrieval.service import RetrievalService
@@ -59,6 +59,18 @@ STRATEGY_NAMES = [strategy.value for strategy in Strategy]
     help="Where evaluation.json and evaluation.png (heldout.json) go. Default: <home>/evaluation.",
 )
 @click.option(
+    "--rerank",
+    is_flag=True,
+    help="Also run each in-memory strategy re-ranked by the stored predicted findings (rows "
+    "'<strategy> + findings').",
+)
+@click.option(
+    "--validation-queries",
+    is_flag=True,
+    help="Only the encoder checkpoint's validation images (patients it never trained on) are "
+    "queries; the database stays every stored image. Uses --checkpoint, else the platform's.",
+)
+@click.option(
     "--held-out",
     is_flag=True,
     help="Held-out mode: the queries are the encoder's validation patients' images (never "
@@ -93,9 +105,9 @@ STRATEGY_NAMES = [strategy.value for strategy in Strategy]
 )
 def evaluate(
     k: int, ks: str, sample: int | None, seed: int, strategies: str,
-    include_same_patient: bool, output_dir: Path | None, held_out: bool,
-    checkpoint: Path | None, compare: Path | None, label_files: tuple[Path, ...],
-    resamples: int,
+    include_same_patient: bool, output_dir: Path | None, rerank: bool,
+    validation_queries: bool, held_out: bool, checkpoint: Path | None, compare: Path | None,
+    label_files: tuple[Path, ...], resamples: int,
 ) -> None:  # fmt: skip
     """Leave-one-out retrieval metrics (ACG, ACG_p, precision@K, recall@K vs exact, fraction of
     the database examined, latency) for each strategy, as a table, JSON and a PNG plot; with
@@ -110,6 +122,7 @@ def evaluate(
         raise click.BadParameter(str(problem)) from None
     settings = get_settings()
     service = RetrievalService(GraphStore.from_settings(settings), settings)
+    query_keys = _validation_keys(settings, checkpoint) if validation_queries else None
 
     def progress(done: int, total: int) -> None:
         if done == total or done % 25 == 0:
@@ -118,9 +131,10 @@ def evaluate(
     try:
         report = run_evaluation(
             service, strategies=chosen, k=k, ks=k_values, sample=sample, seed=seed,
-            exclude_same_patient=not include_same_patient, progress=progress,
+            exclude_same_patient=not include_same_patient, progress=progress, rerank=rerank,
+            query_keys=query_keys,
         )  # fmt: skip
-    except ValueError as problem:
+    except (ValueError, FindingsUnavailable) as problem:
         click.secho(f"error: {problem}", fg="red", err=True)
         sys.exit(1)
     click.echo(
@@ -141,6 +155,27 @@ def evaluate(
     plot_path = folder / "evaluation.png"
     plot_curves(report, str(plot_path))
     click.echo(f"wrote {json_path} and {plot_path}")
+
+
+def _validation_keys(settings: Settings, checkpoint: Path | None) -> frozenset[str]:
+    """The checkpoint's validation images as graph keys (both are the files' SHA-256)."""
+    # defers torch: other `medgraph` commands stay quick to start
+    from services.encoder.checkpoint import CheckpointError, load_checkpoint
+    from services.encoder.training import default_checkpoint_path
+
+    path = checkpoint or default_checkpoint_path(settings)
+    try:
+        recorded = load_checkpoint(path).training.get("split", {}).get("val_image_sha256")
+    except CheckpointError as problem:
+        click.secho(f"error: {problem}", fg="red", err=True)
+        sys.exit(1)
+    if not recorded:
+        click.secho(
+            f"error: {path} does not record its validation images: retrain it with "
+            "`medgraph train`", fg="red", err=True,
+        )  # fmt: skip
+        sys.exit(1)
+    return frozenset(recorded)
 
 
 def _held_out(

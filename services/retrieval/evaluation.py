@@ -11,7 +11,7 @@ strategy (which also loads the ``exact`` matrix cache).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -28,7 +28,7 @@ from services.retrieval.metrics import (
     random_retrieval_expectation,
     recall_at_k,
 )
-from services.retrieval.service import RetrievalService
+from services.retrieval.service import IN_MEMORY, RetrievalService
 
 RANDOM_ROW = "random (expected)"
 BOOTSTRAP_RESAMPLES = 2000
@@ -53,6 +53,9 @@ class StrategyReport:
     intervals: dict[str, list[float]] = field(default_factory=dict)
     # metric -> [value, low, high]: this row minus the random expectation, paired per query.
     minus_random: dict[str, list[float]] = field(default_factory=dict)
+    # Re-ranked rows: metric -> [value, low, high], this row minus the same strategy's own
+    # order, paired per query.
+    minus_strategy: dict[str, list[float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -73,15 +76,16 @@ class EvaluationReport:
 
     def table(self) -> str:
         k = self.k
+        width = max(18, *(len(row.strategy) for row in self.strategies))
         header = (
-            f"{'strategy':<18} {'ACG@' + str(k):>8} {'ACG_p@' + str(k):>9} {'P@' + str(k):>7} "
+            f"{'strategy':<{width}} {'ACG@' + str(k):>8} {'ACG_p@' + str(k):>9} {'P@' + str(k):>7} "
             f"{'R@' + str(k) + ' vs exact':>14} {'examined':>9} {'mean ms':>8} {'p50 ms':>8} "
             f"{'p99 ms':>8}"
         )
         lines = [header, "-" * len(header)]
         for row in self.strategies:
             lines.append(
-                f"{row.strategy:<18} {row.acg:>8.3f} {row.acg_positive:>9.3f} "
+                f"{row.strategy:<{width}} {row.acg:>8.3f} {row.acg_positive:>9.3f} "
                 f"{row.precision:>6.1%} {_opt(row.recall_vs_exact, '{:>14.3f}', 14)} "
                 f"{_opt(row.fraction_examined, '{:>9.2%}', 9)} "
                 f"{_opt(row.latency and row.latency.mean_ms, '{:>8.1f}', 8)} "
@@ -89,7 +93,8 @@ class EvaluationReport:
                 f"{_opt(row.latency and row.latency.p99_ms, '{:>8.1f}', 8)}"
             )
         lines.append(
-            "95% intervals (bootstrap over query patients); minus random, paired per query:"
+            "95% intervals (bootstrap over query patients); minus random, paired per query "
+            "(re-ranked rows: then minus the strategy's own order, paired):"
         )
         for row in self.strategies:
             if not row.intervals:
@@ -107,8 +112,14 @@ class EvaluationReport:
                         f" {value * scale:+.{digits}f} [{d_low * scale:+.{digits}f}, "
                         f"{d_high * scale:+.{digits}f}]"
                     )
+                if row.minus_strategy:
+                    value, d_low, d_high = row.minus_strategy[metric]
+                    text += (
+                        f", {value * scale:+.{digits}f} [{d_low * scale:+.{digits}f}, "
+                        f"{d_high * scale:+.{digits}f}]"
+                    )
                 shown.append(text)
-            lines.append(f"  {row.strategy:<18} " + "; ".join(shown))
+            lines.append(f"  {row.strategy:<{width}} " + "; ".join(shown))
         return "\n".join(lines)
 
 
@@ -145,13 +156,23 @@ def evaluate(
     seed: int = 0,
     exclude_same_patient: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    rerank: bool = False,
+    query_keys: Collection[str] | None = None,
 ) -> EvaluationReport:
+    """``rerank``: each in-memory strategy also runs re-ranked by the stored predicted
+    findings (a row "<strategy> + findings"). ``query_keys``: only these stored images are
+    queries (e.g. the encoder's validation images: patients it never trained on)."""
     started = time.perf_counter()
     labelled = load_labelled_set(service)
     if not labelled.keys:
         raise ValueError("no labelled images are stored: ingest a set with a label CSV first")
     ks = tuple(sorted({value for value in ks if value <= k} | {k}))
     order = list(range(len(labelled.keys)))
+    if query_keys is not None:
+        wanted = frozenset(query_keys)
+        order = [row for row in order if labelled.keys[row] in wanted]
+        if not order:
+            raise ValueError("none of the query images is a stored labelled image")
     if sample is not None and sample < len(order):
         order = sorted(np.random.default_rng(seed).choice(order, size=sample, replace=False))
     space = LabelSpace.from_findings(labelled.findings)
@@ -161,6 +182,9 @@ def evaluate(
     runs = list(dict.fromkeys([Strategy.EXACT, *strategies]))
     answers: dict[Strategy, list[SearchHits]] = {strategy: [] for strategy in runs}
     latencies: dict[Strategy, list[float]] = {strategy: [] for strategy in runs}
+    reranked_runs = [s for s in dict.fromkeys(strategies) if rerank and s in IN_MEMORY]
+    reranked: dict[Strategy, list[SearchHits]] = {strategy: [] for strategy in reranked_runs}
+    reranked_latencies: dict[Strategy, list[float]] = {s: [] for s in reranked_runs}
     random_expectations = []
     for position, row in enumerate(order):
         stored = service.stored_query(labelled.keys[row])
@@ -175,6 +199,12 @@ def evaluate(
             hits = service.search(stored.embedding, k, strategy, filters)
             latencies[strategy].append((time.perf_counter() - clock) * 1000.0)
             answers[strategy].append(hits)
+        for strategy in reranked_runs:
+            findings = service.stored_findings(stored)
+            clock = time.perf_counter()
+            hits = service.search(stored.embedding, k, strategy, filters, findings=findings)
+            reranked_latencies[strategy].append((time.perf_counter() - clock) * 1000.0)
+            reranked[strategy].append(hits)
         eligible = np.ones(len(labelled.keys), dtype=bool)
         eligible[row] = False
         if exclude_same_patient and patient_codes[row] >= 0:
@@ -204,6 +234,22 @@ def evaluate(
         )  # fmt: skip
         for strategy in dict.fromkeys(strategies)
     ]
+    reports.extend(
+        _strategy_report(
+            f"{strategy.value} + findings",
+            reranked[strategy],
+            answers[Strategy.EXACT],
+            query_findings,
+            reranked_latencies[strategy],
+            space,
+            k,
+            ks,
+            weights,
+            random_values,
+            own_order=answers[strategy],
+        )  # fmt: skip
+        for strategy in reranked_runs
+    )
     expectation = np.mean(random_values, axis=0)
     reports.append(
         StrategyReport(
@@ -256,7 +302,10 @@ def _strategy_report(
     ks: tuple[int, ...],
     weights: np.ndarray,
     random_values: np.ndarray,
+    own_order: list[SearchHits] | None = None,
 ) -> StrategyReport:
+    """``own_order``: for a re-ranked row, the same strategy's answers in its own order (the
+    paired difference to them is reported)."""
     pairs = list(zip(query_findings, answers, strict=True))
     against_exact = list(zip(answers, exact_answers, strict=True))
     curves: dict[int, dict[str, float]] = {}
@@ -270,15 +319,17 @@ def _strategy_report(
             ),
         }
     top = curves[k]
-    per_query = {
-        "precision": np.array([precision_at_k(q, hits.findings, k) for q, hits in pairs]),
-        "acg": np.array([acg_at_k(space, q, hits.findings, k) for q, hits in pairs]),
-        "acg_positive": np.array([acg_positive_at_k(q, hits.findings, k) for q, hits in pairs]),
-    }
+    per_query = _per_query_metrics(space, query_findings, answers, k)
     minus_random = {}
     for metric, column in RANDOM_COLUMNS.items():
         difference = bootstrap_interval(per_query[metric] - random_values[:, column], weights)
         minus_random[metric] = [difference.value, difference.low, difference.high]
+    minus_strategy = {}
+    if own_order is not None:
+        own = _per_query_metrics(space, query_findings, own_order, k)
+        for metric in RANDOM_COLUMNS:
+            difference = bootstrap_interval(per_query[metric] - own[metric], weights)
+            minus_strategy[metric] = [difference.value, difference.low, difference.high]
     return StrategyReport(
         strategy=name,
         k=k,
@@ -293,7 +344,19 @@ def _strategy_report(
         curves=curves,
         intervals={metric: _interval(values, weights) for metric, values in per_query.items()},
         minus_random=minus_random,
+        minus_strategy=minus_strategy,
     )
+
+
+def _per_query_metrics(
+    space: LabelSpace, query_findings: list[tuple[str, ...]], answers: list[SearchHits], k: int
+) -> dict[str, np.ndarray]:
+    pairs = list(zip(query_findings, answers, strict=True))
+    return {
+        "precision": np.array([precision_at_k(q, hits.findings, k) for q, hits in pairs]),
+        "acg": np.array([acg_at_k(space, q, hits.findings, k) for q, hits in pairs]),
+        "acg_positive": np.array([acg_positive_at_k(q, hits.findings, k) for q, hits in pairs]),
+    }
 
 
 def _interval(values: np.ndarray, weights: np.ndarray) -> list[float]:

@@ -10,6 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from services.cli import main
+from services.encoder.checkpoint import EncoderCheckpoint, save_checkpoint
+from services.encoder.preprocessing import Normalisation
 from services.graph.store import GraphStore
 from tests.retrieval.graphs import clustered_graph
 
@@ -89,3 +91,72 @@ def test_evaluate_without_labelled_images_fails_clearly(clean_graph: GraphStore)
     result = CliRunner().invoke(main, ["evaluate"])
     assert result.exit_code == 1
     assert "no labelled images" in result.output
+
+
+def test_evaluate_rerank_rows_on_the_validation_queries(
+    clean_graph: GraphStore, tmp_path: Path
+) -> None:
+    graph = clustered_graph(120, clusters=4, seed=7, patients=40)
+    keys = sorted(graph.embeddings)
+    generator = np.random.default_rng(1)
+    graph.finding_probabilities = {key: generator.uniform(0.01, 0.99, 3) for key in keys}
+    graph.write(clean_graph)
+    queries = keys[::4]
+    checkpoint = save_checkpoint(
+        tmp_path / "encoder.pt",
+        EncoderCheckpoint(
+            findings=("a", "b", "c"),
+            image_size=64,
+            normalisation=Normalisation(0.5, 0.25),
+            state_dict={},
+            training={"split": {"val_image_sha256": queries}},
+        ),
+    )
+    result = CliRunner().invoke(
+        main,
+        ["evaluate", "--rerank", "--validation-queries", "--checkpoint", str(checkpoint),
+         "--strategies", "exact,vector", "--k", "5", "--ks", "5", "--output-dir", str(tmp_path)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "evaluation.json").read_text())
+    assert report["query_keys"] == queries
+    rows = {row["strategy"]: row for row in report["strategies"]}
+    # vector cannot be re-ranked in memory: no row for it.
+    assert set(rows) == {"exact", "vector", "exact + findings", "random (expected)"}
+
+    def agreement(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.log(a * b + (1 - a) * (1 - b)).sum())
+
+    precisions = []
+    for key in queries:
+        query = graph.embeddings[key]
+        allowed = [
+            other for other in keys
+            if other != key and graph.patient_of[other] != graph.patient_of[key]
+        ]  # fmt: skip
+        ranked = sorted(allowed, key=lambda o: (-float(np.dot(graph.embeddings[o], query)), o))
+        candidates = ranked[:40]
+        probabilities = graph.finding_probabilities
+        reranked = sorted(
+            candidates, key=lambda o: -agreement(probabilities[key], probabilities[o])
+        )[:5]
+        wanted = set(graph.findings[key]) or {"No Finding"}
+        precisions.append(
+            np.mean([(set(graph.findings[o]) or {"No Finding"}) == wanted for o in reranked])
+        )
+    assert rows["exact + findings"]["precision"] == pytest.approx(float(np.mean(precisions)))
+    assert rows["exact + findings"]["precision"] != rows["exact"]["precision"]
+    gain = rows["exact + findings"]["minus_strategy"]["precision"]
+    assert gain[0] == pytest.approx(
+        rows["exact + findings"]["precision"] - rows["exact"]["precision"]
+    )
+    assert gain[1] <= gain[0] <= gain[2]
+    assert rows["exact"]["minus_strategy"] == {}
+    assert "exact + findings " in result.output
+
+
+def test_evaluate_rerank_without_stored_findings_fails_clearly(clean_graph: GraphStore) -> None:
+    clustered_graph(30, clusters=2, seed=3).write(clean_graph)
+    result = CliRunner().invoke(main, ["evaluate", "--rerank", "--strategies", "exact"])
+    assert result.exit_code == 1
+    assert "no stored predicted findings" in result.output
