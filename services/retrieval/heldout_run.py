@@ -105,7 +105,7 @@ def held_out_evaluation(
 ) -> HeldOutResult:
     started = time.monotonic()
     checkpoint = load_checkpoint(checkpoint_path)
-    validation = _validation_hashes(checkpoint, checkpoint_path)
+    validation = validation_hashes(checkpoint, checkpoint_path)
     table = read_label_sets(label_files)
     progress(f"reading {len(table.records)} images")
     pixels = [read_image(record.image_path).pixels for record in table.records]
@@ -116,7 +116,7 @@ def held_out_evaluation(
             f"none of the images is one of {checkpoint_path}'s validation images: evaluate on "
             "the label files it was trained on"
         )
-    data = _held_out_set(table, is_query)
+    data = held_out_set(table, is_query)
 
     code_sets: list[CodeSet] = []
     # After the checkpoints' own rows: the first row stays the reference of every difference.
@@ -125,7 +125,7 @@ def held_out_evaluation(
     named = [(checkpoint_path.name, checkpoint_path)]
     if compare is not None:
         other = load_checkpoint(compare)
-        if _validation_hashes(other, compare) != validation:
+        if validation_hashes(other, compare) != validation:
             raise TrainingError(
                 f"{compare} was validated on other images than {checkpoint_path}: paired "
                 "comparisons need the same validation patients"
@@ -188,7 +188,7 @@ def held_out_evaluation(
     )
 
 
-def _validation_hashes(checkpoint: EncoderCheckpoint, path: Path) -> frozenset[str]:
+def validation_hashes(checkpoint: EncoderCheckpoint, path: Path) -> frozenset[str]:
     hashes = checkpoint.training.get("split", {}).get("val_image_sha256")
     if not hashes:
         raise TrainingError(
@@ -198,7 +198,7 @@ def _validation_hashes(checkpoint: EncoderCheckpoint, path: Path) -> frozenset[s
     return frozenset(hashes)
 
 
-def _held_out_set(table: LabelTable, is_query: np.ndarray) -> HeldOutSet:
+def held_out_set(table: LabelTable, is_query: np.ndarray) -> HeldOutSet:
     findings = [record.findings for record in table.records]
     space = LabelSpace.from_findings(findings)
     _, patients = np.unique([record.patient_id for record in table.records], return_inverse=True)
