@@ -125,11 +125,7 @@ class RetrievalService:
                     embedding=_unit(snapshot.matrix[row]),
                     patient_key=snapshot.patient_of(row),
                     snapshot=snapshot,
-                    finding_probabilities=(
-                        probabilities.astype(np.float64)
-                        if probabilities.size and np.isfinite(probabilities).all()
-                        else None
-                    ),
+                    finding_probabilities=_usable_probabilities(probabilities),
                 )
         records = self.store.query("search_query_image", key=key)
         if not records or records[0]["embedding"] is None:
@@ -148,11 +144,11 @@ class RetrievalService:
         exclude_same_patient: bool = True,
         finding: str | None = None,
         modality: str | None = None,
-        rerank_by_findings: bool = False,
+        rerank: bool = False,
     ) -> SearchHits:
         """Leave-one-out: the stored image is the query and never among its own results.
-        ``rerank_by_findings``: re-rank by the stored predicted findings (FindingsUnavailable
-        when the query image has none stored)."""
+        ``rerank``: re-rank by the stored predicted findings (FindingsUnavailable when the
+        query image has none stored)."""
         stored = self.stored_query(key, strategy)
         filters = SearchFilters(
             exclude_keys=frozenset({key}),
@@ -161,7 +157,7 @@ class RetrievalService:
             modality=modality,
         )
         findings = None
-        if rerank_by_findings:
+        if rerank:
             findings = self.stored_findings(stored)
         return self.search(stored.embedding, k, strategy, filters, stored.snapshot, findings)
 
@@ -174,6 +170,15 @@ class RetrievalService:
                 "they were stored): ingest it again to re-rank by findings"
             )
         return stored.finding_probabilities
+
+
+def _usable_probabilities(probabilities: np.ndarray) -> np.ndarray | None:
+    """A stored row of predicted findings, or None when there is none or it is not a set of
+    probabilities (a hand-edited graph): the caller then says the findings are missing."""
+    values = probabilities.astype(np.float64)
+    if values.size == 0 or not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
+        return None
+    return values
 
 
 def _unit(embedding: object) -> np.ndarray:

@@ -380,6 +380,16 @@ def test_rerank_refusals(client: FlaskClient, api_graph: ApiGraph, graph_store: 
         )
         assert result_keys(body)[-1] == query_key, "the image without findings comes last"
         assert body["results"][-1]["finding_agreement"] is None
+        # Values that are not probabilities (a hand-edited graph) count as missing: no 500.
+        tampered = [1.5, -2.0] + [0.5] * (len(api_graph.probabilities[query_key]) - 2)
+        graph_store.run_text(
+            "MATCH (i:Image {key: $key}) SET i.finding_probabilities = $values",
+            key=query_key,
+            values=tampered,
+        )
+        graph_store.query("graph_generation_bump")
+        response = client.post("/api/v1/search", json={"key": query_key, "rerank": "findings"})
+        assert response.status_code == 409
     finally:
         graph_store.run_text(
             "MATCH (i:Image {key: $key}) SET i.finding_probabilities = $probabilities",

@@ -13,6 +13,7 @@ from services.cli import main
 from services.encoder.checkpoint import EncoderCheckpoint, save_checkpoint
 from services.encoder.preprocessing import Normalisation
 from services.graph.store import GraphStore
+from services.retrieval.service import RetrievalService
 from tests.retrieval.graphs import clustered_graph
 
 pytestmark = pytest.mark.neo4j
@@ -94,7 +95,7 @@ def test_evaluate_without_labelled_images_fails_clearly(clean_graph: GraphStore)
 
 
 def test_evaluate_rerank_rows_on_the_validation_queries(
-    clean_graph: GraphStore, tmp_path: Path
+    clean_graph: GraphStore, retrieval: RetrievalService, tmp_path: Path
 ) -> None:
     graph = clustered_graph(120, clusters=4, seed=7, patients=40)
     keys = sorted(graph.embeddings)
@@ -140,6 +141,8 @@ def test_evaluate_rerank_rows_on_the_validation_queries(
         reranked = sorted(
             candidates, key=lambda o: -agreement(probabilities[key], probabilities[o])
         )[:5]
+        hits = retrieval.search_by_key(key, k=5, strategy="exact", rerank=True)
+        assert list(hits.keys) == reranked
         wanted = set(graph.findings[key]) or {"No Finding"}
         precisions.append(
             np.mean([(set(graph.findings[o]) or {"No Finding"}) == wanted for o in reranked])
