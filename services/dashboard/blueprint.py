@@ -54,6 +54,8 @@ def index() -> str:
         "neo4jBrowserUrl": neo4j_browser_url(settings),
         "defaultK": settings.default_k,
         "maxK": settings.search_max_k,
+        # The search view's default order follows the API's (the search_rerank setting).
+        "defaultRerank": settings.search_rerank,
     }
     return render_template("dashboard/index.html", page_config=page_config)
 

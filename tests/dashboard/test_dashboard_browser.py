@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import urllib.error
 import urllib.parse
@@ -12,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from services.api import create_app
+from services.config import Settings
 from services.dashboard.screenshot import (
     LARGE_VIEWPORT,
     wait_for_graph,
@@ -525,3 +528,13 @@ def test_unknown_image_shows_an_error_state(keyed_page: Any, dashboard_url: str)
     page.goto(f"{dashboard_url}#/image/{'0' * 64}")
     assert wait_for_view(page) == "error"
     assert page.locator(".state-error button").count() == 1  # retry
+
+
+def test_the_page_config_carries_the_servers_default_order(settings: Settings) -> None:
+    """The search view's Order starts at the API's default (the search_rerank setting)."""
+    for order in ("none", "findings"):
+        app = create_app(settings.model_copy(update={"search_rerank": order}))
+        body = app.test_client().get("/dashboard/").get_data(as_text=True)
+        found = re.search(r'id="medgraph-config">(.*?)</script>', body, re.S)
+        assert found is not None
+        assert json.loads(found.group(1))["defaultRerank"] == order

@@ -29,6 +29,10 @@ let lastSearch = '';
 // The query image's own details, loaded beside the search.
 let queryDetails = Promise.resolve();
 
+function defaultOrder() {
+  return pageConfig.defaultRerank === 'findings' ? 'findings' : 'none';
+}
+
 function readParams(params) {
   const k = Number.parseInt(params.get('k') || '', 10);
   return {
@@ -38,7 +42,8 @@ function readParams(params) {
       ? params.get('strategy') : 'region',
     // The API's default: leave out the query patient's other images.
     excludeSamePatient: params.get('exclude_same_patient') !== '0',
-    rerank: params.get('rerank') === 'findings' ? 'findings' : 'none',
+    rerank: ORDERS.some(([name]) => name === params.get('rerank'))
+      ? params.get('rerank') : defaultOrder(),
   };
 }
 
@@ -86,7 +91,8 @@ function buildForm(state) {
       k: Math.max(1, Math.min(Number.parseInt(kInput.value, 10) || pageConfig.defaultK,
         pageConfig.maxK)),
       strategy: strategySelect.value,
-      rerank: orderSelect.value === 'findings' ? 'findings' : '',
+      // The server's default order stays out of the URL.
+      rerank: orderSelect.value === defaultOrder() ? '' : orderSelect.value,
       exclude_same_patient: excludeBox.checked ? '' : '0',
     };
     if (fileInput.files.length) {
@@ -139,7 +145,7 @@ function runUpload(file, params) {
   body.set(UPLOAD_FIELD, file, file.name);
   body.set('k', String(params.k));
   body.set('strategy', params.strategy);
-  body.set('rerank', params.rerank === 'findings' ? 'findings' : 'none');
+  body.set('rerank', params.rerank || defaultOrder());
   body.set('exclude_same_patient', params.exclude_same_patient === '0' ? 'false' : 'true');
   const preview = h('img', { class: 'thumb thumb-lg', alt: 'uploaded image' });
   preview.src = URL.createObjectURL(file);
