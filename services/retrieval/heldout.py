@@ -91,6 +91,10 @@ class Interval:
             f"[{self.low * scale:{sign}.{digits}f}, {self.high * scale:{sign}.{digits}f}]"
         )
 
+    def negated(self) -> Interval:
+        """The same difference taken the other way round (b - a from a - b)."""
+        return Interval(-self.value, -self.high, -self.low)
+
 
 @dataclass
 class RowReport:
@@ -152,15 +156,11 @@ class HeldOutReport:
                 lines.append(
                     f"{'  vs ' + row.name:<{width}}"
                     + "".join(
-                        f"{_negated(row.difference[metric]).shown(metric == 'precision', True):>24}"
+                        f"{row.difference[metric].negated().shown(metric == 'precision', True):>24}"
                         for metric in METRICS
                     )
                 )
         return "\n".join(lines)
-
-
-def _negated(interval: Interval) -> Interval:
-    return Interval(-interval.value, -interval.high, -interval.low)
 
 
 def evaluate_held_out(

@@ -68,21 +68,17 @@ class HeldOutResult:
         for name, entry in self.auroc.items():
             line = f"mean validation AUROC, {name}: {_interval(entry['mean'])}"
             if entry.get("difference") is not None:
-                gain = _negated(entry["difference"])
+                gain = entry["difference"].negated()
                 line += f"; {self.checkpoint} minus {name}, paired: {_interval(gain, signed=True)}"
             lines.append(line)
         for source, entries in self.auroc_by_source.items():
             shown = [f"{name} {_interval(entry['mean'])}" for name, entry in entries.items()]
             for name, entry in entries.items():
                 if entry.get("difference") is not None:
-                    gain = _interval(_negated(entry["difference"]), signed=True)
+                    gain = _interval(entry["difference"].negated(), signed=True)
                     shown.append(f"{self.checkpoint} minus {name}, paired: {gain}")
             lines.append(f"  within {source}: " + "; ".join(shown))
         return "\n".join(lines)
-
-
-def _negated(interval: Interval) -> Interval:
-    return Interval(-interval.value, -interval.high, -interval.low)
 
 
 def _interval(interval: Interval | dict[str, float], signed: bool = False) -> str:
