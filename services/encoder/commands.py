@@ -107,6 +107,12 @@ def _user_errors() -> tuple[type[Exception], ...]:
     help="Feed the classifier the L2-normalised code times this (0 = the raw code). "
     "Default: the recipe's.",
 )
+@click.option(
+    "--code-batchnorm/--no-code-batchnorm",
+    default=None,
+    help="Put a batch-norm neck between the pooled features and the classifier; the code is "
+    "its output. Default: the recipe's.",
+)
 @click.option("--batch-size", type=click.IntRange(min=2), help="Default: train_batch_size.")
 @click.option("--seed", type=int, help="Default: train_seed setting.")
 @click.option(
@@ -163,6 +169,7 @@ def train(
     no_finding_output: bool | None,
     label_contrast: float | None,
     unit_code_scale: float | None,
+    code_batchnorm: bool | None,
     batch_size: int | None,
     seed: int | None,
     val_fraction: float | None,
@@ -198,6 +205,7 @@ def train(
             no_finding_output=no_finding_output,
             label_contrast=label_contrast,
             unit_code_scale=unit_code_scale,
+            code_batchnorm=code_batchnorm,
             batch_size=batch_size,
             seed=seed,
             val_fraction=val_fraction,

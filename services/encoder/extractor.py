@@ -55,6 +55,7 @@ class FeatureExtractor:
         model = build_densenet121(
             len(checkpoint.findings),
             unit_code_scale=float(checkpoint.training.get("unit_code_scale") or 0.0),
+            code_batchnorm=bool(checkpoint.training.get("code_batchnorm")),
         )
         model.load_state_dict(checkpoint.state_dict)
         if self.device.type == "cuda":

@@ -44,17 +44,40 @@ class UnitCodeLinear(nn.Linear):
         return super().forward(functional.normalize(features, dim=1) * self.scale)
 
 
+class CodeNeckHead(nn.Module):
+    """A batch-norm "neck" between the pooled features and the finding classifier (BNNeck, Luo
+    et al. 2019, from person re-identification): the code is the neck's output. Pooled ReLU
+    features all lie in one orthant, so every pair's cosine is high and dominated by their shared
+    mean; the neck centres and scales each dimension (its shift is fixed at zero), and the
+    classifier learns on those centred codes, which cosine retrieval then compares."""
+
+    def __init__(self, head: nn.Linear) -> None:
+        super().__init__()
+        self.neck = nn.BatchNorm1d(head.in_features)
+        self.neck.bias.requires_grad_(False)
+        self.head = head
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(self.neck(features))
+
+
 def build_densenet121(
-    num_findings: int, initial_weights: Path | None = None, unit_code_scale: float = 0.0
+    num_findings: int,
+    initial_weights: Path | None = None,
+    unit_code_scale: float = 0.0,
+    code_batchnorm: bool = False,
 ) -> DenseNet:
     """DenseNet-121 with ``num_findings`` logits; ``initial_weights``: a local .pth or None;
-    ``unit_code_scale`` > 0: the classifier sees the unit code times it (``UnitCodeLinear``)."""
+    ``unit_code_scale`` > 0: the classifier sees the unit code times it (``UnitCodeLinear``);
+    ``code_batchnorm``: the code passes a batch-norm neck first (``CodeNeckHead``)."""
     model = densenet121(weights=None, num_classes=num_findings)
     if unit_code_scale > 0:
         head = UnitCodeLinear(FEATURE_DIM, num_findings, unit_code_scale)
         # The same initial weights as the plain head, so the two differ only in what they see.
         head.load_state_dict(model.classifier.state_dict())
         model.classifier = head
+    if code_batchnorm:
+        model.classifier = CodeNeckHead(model.classifier)
     if initial_weights is not None:
         load_initial_weights(model, Path(initial_weights))
     # NHWC lets oneDNN pick faster convolution kernels: one training step of batch 32 on the
@@ -107,12 +130,17 @@ def load_initial_weights(model: DenseNet, path: Path) -> None:
 
 
 def pooled_features(model: DenseNet, batch: torch.Tensor) -> torch.Tensor:
-    """The (n, 1024) output of the last pooling layer, the paper's image code before L2."""
+    """The (n, 1024) image code before L2: the last pooling layer's output, the paper's code
+    (after the batch-norm neck when the network has one)."""
     features = functional.relu(model.features(batch))
-    return torch.flatten(functional.adaptive_avg_pool2d(features, 1), 1)
+    pooled = torch.flatten(functional.adaptive_avg_pool2d(features, 1), 1)
+    classifier: nn.Module = model.classifier
+    return classifier.neck(pooled) if isinstance(classifier, CodeNeckHead) else pooled
 
 
 def classify(model: DenseNet, features: torch.Tensor) -> torch.Tensor:
-    """Finding logits from pooled features (the same path as ``model(batch)``)."""
+    """Finding logits from ``pooled_features`` (the same path as ``model(batch)``)."""
     classifier: nn.Module = model.classifier
+    if isinstance(classifier, CodeNeckHead):
+        return classifier.head(features)
     return classifier(features)

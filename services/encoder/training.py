@@ -84,6 +84,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "no_finding_output": False,
         "label_contrast": 0.0,
         "unit_code_scale": 0.0,
+        "code_batchnorm": False,
     },
     "regularised": {
         "epochs": 15,
@@ -97,6 +98,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "no_finding_output": False,
         "label_contrast": 0.0,
         "unit_code_scale": 0.0,
+        "code_batchnorm": False,
     },
 }
 
@@ -151,6 +153,10 @@ class TrainConfig:
     # what it learns lies in the code's direction, the part retrieval's cosine compares; 0 = the
     # plain linear head on the raw code, as the paper. The extractor rebuilds the same head.
     unit_code_scale: float = 0.0
+    # A batch-norm neck (shift fixed at zero) between the pooled features and the classifier,
+    # whose output is the code (network.CodeNeckHead): the classifier learns on centred codes,
+    # the space cosine retrieval compares. False = the paper's code, the pooled features.
+    code_batchnorm: bool = False
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -219,6 +225,7 @@ class TrainConfig:
             "no_finding_output": recipe["no_finding_output"],
             "label_contrast": recipe["label_contrast"],
             "unit_code_scale": recipe["unit_code_scale"],
+            "code_batchnorm": recipe["code_batchnorm"],
             "recipe": recipe_name,
             "plateau_patience": settings.train_plateau_patience,
             "val_fraction": settings.train_val_fraction,
@@ -523,7 +530,9 @@ def train_encoder(
     )
 
     outputs = finding_count + 1 if config.no_finding_output else finding_count
-    model = build_densenet121(outputs, config.initial_weights, config.unit_code_scale).to(device)
+    model = build_densenet121(
+        outputs, config.initial_weights, config.unit_code_scale, config.code_batchnorm
+    ).to(device)
     loss_function = WeightedBCELoss(positive_weight, negative_weight).to(device)
     if config.weight_decay > 0:
         optimizer: torch.optim.Optimizer = torch.optim.AdamW(
@@ -922,12 +931,18 @@ def _unchanged(targets: torch.Tensor) -> torch.Tensor:
     return targets
 
 
+# The per-output tensors of the finding classifier, behind a batch-norm neck or not.
+_CLASSIFIER_OUTPUT_KEYS = frozenset(
+    f"classifier.{head}{name}" for head in ("", "head.") for name in ("weight", "bias")
+)
+
+
 def _finding_outputs_only(
     state_dict: dict[str, torch.Tensor], finding_count: int
 ) -> dict[str, torch.Tensor]:
     """The kept weights with the classifier cut to the findings (drops a No Finding output)."""
     return {
-        key: value[:finding_count] if key.startswith("classifier.") else value
+        key: value[:finding_count] if key in _CLASSIFIER_OUTPUT_KEYS else value
         for key, value in state_dict.items()
     }
 

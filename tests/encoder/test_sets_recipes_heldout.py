@@ -21,7 +21,13 @@ from services.demo import demo_plan
 from services.encoder.checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from services.encoder.extractor import FeatureExtractor
 from services.encoder.labels import LabelFileError, bundled_label_files, read_label_sets
-from services.encoder.network import UnitCodeLinear, build_densenet121, classify, pooled_features
+from services.encoder.network import (
+    CodeNeckHead,
+    UnitCodeLinear,
+    build_densenet121,
+    classify,
+    pooled_features,
+)
 from services.encoder.preprocessing import prepare_batch
 from services.encoder.shipping import ShippingError, ship_checkpoint, shipped_checkpoint
 from services.encoder.training import (
@@ -343,6 +349,60 @@ def test_the_extractor_rebuilds_a_unit_code_head(tmp_path: Path) -> None:
         ).numpy()
     np.testing.assert_allclose(predicted, by_unit_head, atol=1e-4)
     assert not np.allclose(predicted, by_plain_head, atol=1e-3)
+
+
+def test_a_code_neck_centres_the_code_the_classifier_and_retrieval_see() -> None:
+    torch.manual_seed(0)
+    necked = build_densenet121(14, unit_code_scale=12.0, code_batchnorm=True)
+    assert isinstance(necked.classifier, CodeNeckHead)
+    assert isinstance(necked.classifier.head, UnitCodeLinear)
+    neck = necked.classifier.neck
+    assert not neck.bias.requires_grad and torch.count_nonzero(neck.bias) == 0
+    batch = torch.rand(6, 3, 32, 32)
+    necked.train()
+    codes = pooled_features(necked, batch)
+    # In training the neck standardises each dimension over the batch: the codes are centred,
+    # where pooled ReLU features are all positive.
+    assert torch.allclose(codes.mean(0), torch.zeros(1024), atol=1e-4)
+    assert (codes < 0).any()
+    necked.eval()
+    with torch.inference_mode():
+        codes = pooled_features(necked, batch)
+        raw = torch.flatten(
+            functional.adaptive_avg_pool2d(functional.relu(necked.features(batch)), 1), 1
+        )
+        assert torch.allclose(codes, neck(raw), atol=1e-6)
+        # The network's own forward pass and classify(pooled_features) agree.
+        assert torch.allclose(necked(batch), classify(necked, codes), atol=1e-5)
+
+
+def test_the_extractor_rebuilds_a_code_neck_and_a_no_finding_output_is_cut(
+    tmp_path: Path,
+) -> None:
+    labels = bundled_subset(tmp_path / "data", patients=14)
+    config = TrainConfig(
+        labels_csv=labels, images_dir=BUNDLED_DIR / "images", output=tmp_path / "m.pt",
+        device="cpu", code_batchnorm=True, no_finding_output=True,
+        **(TINY_TRAINING | {"epochs": 1, "batch_size": 4}),
+    )  # fmt: skip
+    path = train_encoder(config, progress=False, echo=lambda _: None).checkpoint_path
+    kept = load_checkpoint(path)
+    assert kept.training["code_batchnorm"] is True and RECIPES["paper"]["code_batchnorm"] is False
+    assert kept.state_dict["classifier.head.weight"].shape == (14, 1024)
+    assert kept.state_dict["classifier.neck.weight"].shape == (1024,)  # not cut to the findings
+    pixels = [np.random.default_rng(seed).random((40, 40), dtype=np.float32) for seed in (1, 2)]
+    codes, _ = FeatureExtractor(path, "cpu").load().embed_and_predict(pixels)
+    rebuilt = build_densenet121(14, code_batchnorm=True)
+    rebuilt.load_state_dict(kept.state_dict)
+    rebuilt.eval()
+    with torch.inference_mode():
+        batch = prepare_batch(pixels, kept.image_size, kept.normalisation, torch.device("cpu"))
+        necked = functional.normalize(pooled_features(rebuilt, batch), dim=1).numpy()
+        pooled = torch.flatten(
+            functional.adaptive_avg_pool2d(functional.relu(rebuilt.features(batch)), 1), 1
+        )
+    np.testing.assert_allclose(codes, necked, atol=1e-5)
+    assert not np.allclose(codes, functional.normalize(pooled, dim=1).numpy(), atol=1e-3)
 
 
 def test_progress_lines_say_epoch_loss_auroc_and_time_left(tmp_path: Path) -> None:
