@@ -76,10 +76,11 @@ def build_densenet121(
         # The same initial weights as the plain head, so the two differ only in what they see.
         head.load_state_dict(model.classifier.state_dict())
         model.classifier = head
-    if code_batchnorm:
-        model.classifier = CodeNeckHead(model.classifier)
     if initial_weights is not None:
         load_initial_weights(model, Path(initial_weights))
+    if code_batchnorm:
+        # After the initial weights: their file names the head 'classifier.*', as the plain one.
+        model.classifier = CodeNeckHead(model.classifier)
     # NHWC lets oneDNN pick faster convolution kernels: one training step of batch 32 on the
     # 2-core CPU took 540 ms instead of 622 at 64 px, 1,773 instead of 1,992 at 128 px
     # (bench/train_step.py).

@@ -209,6 +209,15 @@ def test_training_starts_from_a_local_initial_weights_file(tmp_path: Path) -> No
     key = "features.denseblock1.denselayer1.norm1.weight"
     assert torch.equal(state[key], imagenet_like[key])
     assert state["classifier.weight"].shape == (14, 1024)  # a fresh head for 14 findings
+    # A network with a batch-norm neck starts from the same file; its head is a fresh one too.
+    necked = build_densenet121(14, initial_weights=weights, code_batchnorm=True).state_dict()
+    assert torch.equal(necked["features.conv0.weight"], imagenet_like["features.conv0.weight"])
+    assert necked["classifier.head.weight"].shape == (14, 1024)
+    own_head = build_densenet121(14).state_dict()
+    fitting = tmp_path / "densenet121-14.pth"
+    torch.save(own_head, fitting)
+    necked = build_densenet121(14, initial_weights=fitting, code_batchnorm=True).state_dict()
+    assert torch.equal(necked["classifier.head.weight"], own_head["classifier.weight"])
 
 
 def test_bad_initial_weights_are_refused(tmp_path: Path) -> None:
