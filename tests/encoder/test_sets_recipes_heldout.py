@@ -351,6 +351,13 @@ def test_the_extractor_rebuilds_a_unit_code_head(tmp_path: Path) -> None:
     assert not np.allclose(predicted, by_plain_head, atol=1e-3)
 
 
+def _pooled_before_neck(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """The last pooling layer's output, which a batch-norm neck then turns into the code."""
+    return torch.flatten(
+        functional.adaptive_avg_pool2d(functional.relu(model.features(batch)), 1), 1
+    )
+
+
 def test_a_code_neck_centres_the_code_the_classifier_and_retrieval_see() -> None:
     torch.manual_seed(0)
     necked = build_densenet121(14, unit_code_scale=12.0, code_batchnorm=True)
@@ -368,9 +375,7 @@ def test_a_code_neck_centres_the_code_the_classifier_and_retrieval_see() -> None
     necked.eval()
     with torch.inference_mode():
         codes = pooled_features(necked, batch)
-        raw = torch.flatten(
-            functional.adaptive_avg_pool2d(functional.relu(necked.features(batch)), 1), 1
-        )
+        raw = _pooled_before_neck(necked, batch)
         assert torch.allclose(codes, neck(raw), atol=1e-6)
         # The network's own forward pass and classify(pooled_features) agree.
         assert torch.allclose(necked(batch), classify(necked, codes), atol=1e-5)
@@ -398,9 +403,7 @@ def test_the_extractor_rebuilds_a_code_neck_and_a_no_finding_output_is_cut(
     with torch.inference_mode():
         batch = prepare_batch(pixels, kept.image_size, kept.normalisation, torch.device("cpu"))
         necked = functional.normalize(pooled_features(rebuilt, batch), dim=1).numpy()
-        pooled = torch.flatten(
-            functional.adaptive_avg_pool2d(functional.relu(rebuilt.features(batch)), 1), 1
-        )
+        pooled = _pooled_before_neck(rebuilt, batch)
     np.testing.assert_allclose(codes, necked, atol=1e-5)
     assert not np.allclose(codes, functional.normalize(pooled, dim=1).numpy(), atol=1e-3)
 
