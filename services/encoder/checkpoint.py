@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from services.encoder.code_metric import CodeMetric, CodeMetricError
 from services.encoder.network import ARCHITECTURE
 from services.encoder.preprocessing import Normalisation
 
@@ -39,6 +40,8 @@ class EncoderCheckpoint:
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     architecture: str = ARCHITECTURE
+    # The label metric the codes pass through after L2 (code_metric.py); None = the plain code.
+    code_metric: CodeMetric | None = None
 
     def calibrated(self, predicted: np.ndarray) -> np.ndarray:
         """Predicted probabilities (n, F) with the weighted BCE's prior shift undone.
@@ -69,7 +72,7 @@ class EncoderCheckpoint:
             "training": self.training,
             "metrics": self.metrics,
             "state_dict": self.state_dict,
-        }
+        } | ({"code_metric": self.code_metric.to_payload()} if self.code_metric else {})
 
 
 def save_checkpoint(path: Path, checkpoint: EncoderCheckpoint) -> Path:
@@ -98,6 +101,11 @@ def load_checkpoint(path: Path) -> EncoderCheckpoint:
         raise CheckpointError(path, f"the checkpoint lacks {missing}")
     if payload["architecture"] != ARCHITECTURE:
         raise CheckpointError(path, f"unsupported architecture {payload['architecture']!r}")
+    metric = payload.get("code_metric")
+    try:
+        code_metric = CodeMetric.from_payload(metric) if metric is not None else None
+    except (CodeMetricError, KeyError, AttributeError, TypeError) as exc:
+        raise CheckpointError(path, f"unusable label metric ({exc})") from None
     return EncoderCheckpoint(
         findings=tuple(payload["findings"]),
         image_size=int(payload["image_size"]),
@@ -108,6 +116,7 @@ def load_checkpoint(path: Path) -> EncoderCheckpoint:
         training=payload.get("training", {}),
         metrics=payload.get("metrics", {}),
         architecture=payload["architecture"],
+        code_metric=code_metric,
     )
 
 

@@ -54,8 +54,9 @@ def _user_errors() -> tuple[type[Exception], ...]:
 )
 @click.option(
     "--recipe",
-    type=click.Choice(["paper", "regularised"]),
-    help="paper (Adam, plateau, light augmentation) or regularised (AdamW, warm-up + cosine, "
+    type=click.Choice(["retrieval", "paper", "regularised"]),
+    help="retrieval (paper, plus a batch-norm neck, a unit-code classifier and a label metric), "
+    "paper (Adam, plateau, light augmentation) or regularised (AdamW, warm-up + cosine, "
     "strong augmentation). Default: train_recipe setting.",
 )
 @click.option(
@@ -112,6 +113,13 @@ def _user_errors() -> tuple[type[Exception], ...]:
     default=None,
     help="Put a batch-norm neck between the pooled features and the classifier; the code is "
     "its output. Default: the recipe's.",
+)
+@click.option(
+    "--label-metric",
+    type=click.FloatRange(0, 1, max_open=True),
+    help="After training, fit a label metric on the training images' codes giving this share "
+    "of each code's length to the directions that predict findings (0 = the plain code). "
+    "Default: the recipe's.",
 )
 @click.option("--batch-size", type=click.IntRange(min=2), help="Default: train_batch_size.")
 @click.option("--seed", type=int, help="Default: train_seed setting.")
@@ -170,6 +178,7 @@ def train(
     label_contrast: float | None,
     unit_code_scale: float | None,
     code_batchnorm: bool | None,
+    label_metric: float | None,
     batch_size: int | None,
     seed: int | None,
     val_fraction: float | None,
@@ -206,6 +215,7 @@ def train(
             label_contrast=label_contrast,
             unit_code_scale=unit_code_scale,
             code_batchnorm=code_batchnorm,
+            label_metric=label_metric,
             batch_size=batch_size,
             seed=seed,
             val_fraction=val_fraction,

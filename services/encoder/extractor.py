@@ -1,4 +1,5 @@
-"""Image codes: the paper's L2-normalised 1024-d DenseNet-121 pooling output.
+"""Image codes: the paper's L2-normalised 1024-d DenseNet-121 pooling output (passed through
+the checkpoint's label metric, ``code_metric.py``, when it has one).
 
 Load once per process, then call :meth:`FeatureExtractor.embed` as often as needed::
 
@@ -137,9 +138,11 @@ class FeatureExtractor:
                     features = network_pooled_features(model, batch)
                     if with_findings:
                         logits = classify(model, features)
-                features = features.float()
+                unit = functional.normalize(features.float(), dim=1)
+                if checkpoint.code_metric is not None:
+                    unit = checkpoint.code_metric.apply(unit)
                 stop = start + len(chunk)
-                codes[start:stop] = functional.normalize(features, dim=1).cpu().numpy()
+                codes[start:stop] = unit.cpu().numpy()
                 if with_findings:
                     probabilities[start:stop] = torch.sigmoid(logits.float()).cpu().numpy()
         return codes, probabilities
