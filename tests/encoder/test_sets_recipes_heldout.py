@@ -112,14 +112,20 @@ def test_recipes_from_settings_and_overrides(tmp_path: Path) -> None:
     tuned = TrainConfig.from_settings(settings, recipe="regularised")
     assert tuned.recipe == "regularised" and tuned.schedule == "cosine" and tuned.weight_decay > 0
     assert tuned.augmentation == "strong" and tuned.epochs == RECIPES["regularised"]["epochs"]
-    assert TrainConfig.from_settings(settings).recipe == "paper"
+    default = TrainConfig.from_settings(settings)
+    assert default.recipe == "retrieval" and default.schedule == "plateau"
+    assert (default.code_batchnorm, default.unit_code_scale, default.label_metric) == (
+        True,
+        12.0,
+        0.8,
+    )
     assert [path.parent.name for path in tuned.label_files] == [
         "nih-cxr14-64px",
         "nih-cxr14-extra-128px",
     ]
     paper = TrainConfig.from_settings(settings, recipe="paper", epochs=3)
     assert (paper.schedule, paper.weight_decay, paper.augmentation) == ("plateau", 0.0, "light")
-    assert paper.epochs == 3
+    assert paper.epochs == 3 and paper.label_metric == 0 and not paper.code_batchnorm
     with pytest.raises(TrainingError, match="unknown recipe"):
         TrainConfig.from_settings(settings, recipe="magic")
     with pytest.raises(TrainingError, match="schedule must be one of"):
