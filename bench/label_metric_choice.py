@@ -25,18 +25,16 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from services.config import REPO_ROOT, get_settings
-from services.encoder.checkpoint import file_sha256, load_checkpoint, save_checkpoint
+from services.encoder.checkpoint import file_sha256, save_checkpoint
 from services.encoder.code_metric import fit_code_metric
 from services.encoder.extractor import FeatureExtractor
-from services.encoder.imaging import read_image
-from services.encoder.labels import bundled_label_files, read_label_sets
+from services.encoder.labels import bundled_label_files
 from services.encoder.training import default_checkpoint_path, label_set_matrix
 from services.retrieval.heldout import CodeSet, evaluate_held_out
-from services.retrieval.heldout_run import held_out_set, validation_hashes
+from services.retrieval.heldout_run import read_held_out_images
 
 SHARES = (0.5, 0.8, 0.9, 0.97)
 RIDGES = (0.01, 0.1, 1.0)
@@ -52,18 +50,14 @@ def main() -> None:
     settings = get_settings()
     path = args.checkpoint or default_checkpoint_path(settings)
     started = time.monotonic()
-    checkpoint = load_checkpoint(path)
-    validation = validation_hashes(checkpoint, path)
-    table = read_label_sets(bundled_label_files(settings.data_dir))
-    pixels = [read_image(record.image_path).pixels for record in table.records]
-    is_query = np.array([file_sha256(r.image_path) in validation for r in table.records])
-    data = held_out_set(table, is_query)
+    images = read_held_out_images(bundled_label_files(settings.data_dir), path)
+    checkpoint, table, pixels, data = images.checkpoint, images.table, images.pixels, images.data
     with tempfile.TemporaryDirectory() as folder:
         without = save_checkpoint(
             Path(folder) / "without-metric.pt", replace(checkpoint, code_metric=None)
         )
         codes = FeatureExtractor(without).load().embed(pixels)
-    train = ~is_query
+    train = ~data.is_query
     label_sets = label_set_matrix(torch.from_numpy(table.targets()[train])).numpy()
     rows = [CodeSet("no label metric", codes)]
     for ridge in RIDGES:

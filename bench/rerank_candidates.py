@@ -20,16 +20,13 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
-
 from services.config import REPO_ROOT, get_settings
-from services.encoder.checkpoint import file_sha256, load_checkpoint
+from services.encoder.checkpoint import file_sha256
 from services.encoder.extractor import FeatureExtractor
-from services.encoder.imaging import read_image
-from services.encoder.labels import bundled_label_files, read_label_sets
+from services.encoder.labels import bundled_label_files
 from services.encoder.training import default_checkpoint_path
 from services.retrieval.heldout import CodeSet, FindingRerank, evaluate_held_out
-from services.retrieval.heldout_run import held_out_set, validation_hashes
+from services.retrieval.heldout_run import read_held_out_images
 
 CANDIDATES = (50, 100, 200, 400, 800, 1600, None)  # None = every database image
 K = 50
@@ -44,12 +41,8 @@ def main() -> None:
     settings = get_settings()
     path = args.checkpoint or default_checkpoint_path(settings)
     started = time.monotonic()
-    checkpoint = load_checkpoint(path)
-    validation = validation_hashes(checkpoint, path)
-    table = read_label_sets(bundled_label_files(settings.data_dir))
-    pixels = [read_image(record.image_path).pixels for record in table.records]
-    is_query = np.array([file_sha256(r.image_path) in validation for r in table.records])
-    data = held_out_set(table, is_query)
+    images = read_held_out_images(bundled_label_files(settings.data_dir), path)
+    pixels, data = images.pixels, images.data
     codes, probabilities = FeatureExtractor(path).load().embed_with_findings(pixels)
     rows = [CodeSet("cosine", codes)] + [
         CodeSet(

@@ -100,19 +100,9 @@ def held_out_evaluation(
     progress: Callable[[str], None] = lambda _: None,
 ) -> HeldOutResult:
     started = time.monotonic()
-    checkpoint = load_checkpoint(checkpoint_path)
-    validation = validation_hashes(checkpoint, checkpoint_path)
-    table = read_label_sets(label_files)
-    progress(f"reading {len(table.records)} images")
-    pixels = [read_image(record.image_path).pixels for record in table.records]
-    hashes = [file_sha256(record.image_path) for record in table.records]
-    is_query = np.array([digest in validation for digest in hashes])
-    if not is_query.any():
-        raise TrainingError(
-            f"none of the images is one of {checkpoint_path}'s validation images: evaluate on "
-            "the label files it was trained on"
-        )
-    data = held_out_set(table, is_query)
+    images = read_held_out_images(label_files, checkpoint_path, progress)
+    checkpoint, table, pixels, data = images.checkpoint, images.table, images.pixels, images.data
+    validation, is_query = images.validation, data.is_query
 
     code_sets: list[CodeSet] = []
     # After the checkpoints' own rows: the first row stays the reference of every difference.
@@ -182,6 +172,37 @@ def held_out_evaluation(
         query_patients=len(np.unique(data.patients[is_query])),
         seconds=time.monotonic() - started,
     )
+
+
+@dataclass
+class HeldOutImages:
+    """The labelled images of a held-out evaluation, split by a checkpoint's validation hashes."""
+
+    checkpoint: EncoderCheckpoint
+    validation: frozenset[str]  # sha256 of the checkpoint's validation images
+    table: LabelTable
+    pixels: list[np.ndarray]  # decoded, in the table's order
+    data: HeldOutSet  # is_query: the validation images
+
+
+def read_held_out_images(
+    label_files: Sequence[Path],
+    checkpoint_path: Path,
+    progress: Callable[[str], None] = lambda _: None,
+) -> HeldOutImages:
+    """Reads every labelled image and marks the checkpoint's validation images as queries."""
+    checkpoint = load_checkpoint(checkpoint_path)
+    validation = validation_hashes(checkpoint, checkpoint_path)
+    table = read_label_sets(label_files)
+    progress(f"reading {len(table.records)} images")
+    pixels = [read_image(record.image_path).pixels for record in table.records]
+    is_query = np.array([file_sha256(record.image_path) in validation for record in table.records])
+    if not is_query.any():
+        raise TrainingError(
+            f"none of the images is one of {checkpoint_path}'s validation images: evaluate on "
+            "the label files it was trained on"
+        )
+    return HeldOutImages(checkpoint, validation, table, pixels, held_out_set(table, is_query))
 
 
 def validation_hashes(checkpoint: EncoderCheckpoint, path: Path) -> frozenset[str]:
