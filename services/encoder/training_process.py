@@ -29,6 +29,7 @@ from services.encoder.training import TrainConfig, TrainingError, TrainResult, t
 # against 1,979 with two; bench/results/train_step*.json).
 TRAINING_OPENMP_ENV = {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": "100000"}
 _POLL_SECONDS = 1.0
+_EXIT_GRACE_SECONDS = 30.0
 _environment_lock = threading.Lock()
 
 
@@ -61,6 +62,9 @@ def train_in_own_process(
             if kind == "line":
                 echo(payload)
             elif kind == "result":
+                # Let the child finish exiting: terminated while it tears down, it leaves its
+                # semaphores behind (the resource tracker's "leaked semaphore" warnings).
+                child.join(_EXIT_GRACE_SECONDS)
                 return payload  # type: ignore[no-any-return]
             elif kind == "user_error":
                 raise TrainingError(payload)

@@ -68,3 +68,24 @@ def test_the_spinning_policy_is_only_lent_to_the_child() -> None:
     with _environment(TRAINING_OPENMP_ENV):
         assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
     assert {key: os.environ.get(key) for key in TRAINING_OPENMP_ENV} == before
+
+
+def test_the_child_exits_by_itself_after_its_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Terminated while it tears down, a child leaves its semaphores to the resource tracker,
+    # which then warns of leaks on the user's terminal.
+    terminated: list[str] = []
+    original = multiprocessing.context.SpawnProcess.terminate
+
+    def recording_terminate(process: multiprocessing.process.BaseProcess) -> None:
+        terminated.append(process.name)
+        original(process)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(multiprocessing.context.SpawnProcess, "terminate", recording_terminate)
+    config = TrainConfig(
+        **(vars(_config(tmp_path, "child.pt")) | {"code_batchnorm": True, "label_metric": 0.8})
+    )
+    train_in_own_process(config)
+    assert terminated == []
+    assert multiprocessing.active_children() == []
