@@ -17,7 +17,7 @@ Contract: ``CodeMetric.apply`` takes float32 (n, 1024) unit codes and returns fl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -45,6 +45,10 @@ class CodeMetric:
         mean = self.mean.to(unit_codes.device)
         root = self.root.to(unit_codes.device)
         return functional.normalize((unit_codes.float() - mean) @ root, dim=1)
+
+    def to(self, device: torch.device) -> CodeMetric:
+        """The same metric with its tensors on ``device`` (once, not per batch)."""
+        return replace(self, mean=self.mean.to(device), root=self.root.to(device))
 
     def to_payload(self) -> dict[str, Any]:
         return {"mean": self.mean, "root": self.root, "share": self.share, "ridge": self.ridge}

@@ -10,6 +10,7 @@ Load once per process, then call :meth:`FeatureExtractor.embed` as often as need
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,8 @@ class FeatureExtractor:
             torch.backends.cudnn.benchmark = False
             torch.backends.cudnn.deterministic = True
         self._model = model.to(self.device).eval()
+        if checkpoint.code_metric is not None:
+            checkpoint = replace(checkpoint, code_metric=checkpoint.code_metric.to(self.device))
         self._checkpoint = checkpoint
         self._model_version = f"{ARCHITECTURE}-{file_sha256(self.checkpoint_path)[:12]}"
         return self
