@@ -67,8 +67,13 @@ class EncoderCheckpoint:
             "architecture": self.architecture,
             "findings": list(self.findings),
             "image_size": self.image_size,
-            "normalisation": {"mean": self.normalisation.mean, "std": self.normalisation.std},
-            "input": "grey image replicated to 3 channels, bilinear antialiased square resize",
+            "normalisation": {
+                "mean": self.normalisation.mean,
+                "std": self.normalisation.std,
+                "equalise": self.normalisation.equalise,
+            },
+            "input": "grey image replicated to 3 channels, bilinear antialiased square resize"
+            + (", each image histogram-equalised" if self.normalisation.equalise else ""),
             "training": self.training,
             "metrics": self.metrics,
             "state_dict": self.state_dict,
@@ -110,7 +115,10 @@ def load_checkpoint(path: Path) -> EncoderCheckpoint:
         findings=tuple(payload["findings"]),
         image_size=int(payload["image_size"]),
         normalisation=Normalisation(
-            float(payload["normalisation"]["mean"]), float(payload["normalisation"]["std"])
+            float(payload["normalisation"]["mean"]),
+            float(payload["normalisation"]["std"]),
+            # Checkpoints written before equalisation existed feed the resized pixels as they are.
+            bool(payload["normalisation"].get("equalise", False)),
         ),
         state_dict=payload["state_dict"],
         training=payload.get("training", {}),

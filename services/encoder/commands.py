@@ -71,7 +71,15 @@ def _user_errors() -> tuple[type[Exception], ...]:
 @click.option("--schedule", type=click.Choice(["plateau", "cosine"]), help="Default: the recipe's.")
 @click.option("--warmup-epochs", type=click.FloatRange(min=0), help="Default: the recipe's.")
 @click.option(
-    "--augmentation", type=click.Choice(["light", "strong"]), help="Default: the recipe's."
+    "--augmentation",
+    type=click.Choice(["light", "strong", "robust"]),
+    help="robust = strong plus resolution and blur changes. Default: the recipe's.",
+)
+@click.option(
+    "--equalise/--no-equalise",
+    default=None,
+    help="Histogram-equalise each image before the network (training and codes alike). "
+    "Default: the recipe's.",
 )
 @click.option(
     "--weight-averaging",
@@ -171,6 +179,7 @@ def train(
     schedule: str | None,
     warmup_epochs: float | None,
     augmentation: str | None,
+    equalise: bool | None,
     weight_averaging: float | None,
     final_image_size: int | None,
     final_epochs: int | None,
@@ -208,6 +217,7 @@ def train(
             schedule=schedule,
             warmup_epochs=warmup_epochs,
             augmentation=augmentation,
+            equalise=equalise,
             weight_averaging=weight_averaging,
             final_image_size=final_image_size,
             final_epochs=final_epochs,

@@ -46,6 +46,7 @@ from services.encoder.preprocessing import (
     AUGMENTATIONS,
     Normalisation,
     XrayAugmentation,
+    equalise_histograms,
     resize_pixels,
     to_network_input,
 )
@@ -94,6 +95,7 @@ _PAPER_RECIPE: dict[str, Any] = {
     "unit_code_scale": 0.0,
     "code_batchnorm": False,
     "label_metric": 0.0,
+    "equalise": False,
 }
 RECIPES: dict[str, dict[str, Any]] = {
     "retrieval": _PAPER_RECIPE
@@ -167,6 +169,10 @@ class TrainConfig:
     # that gives this share of the code's squared length to the directions predicting their
     # label sets; the checkpoint keeps it and the extractor applies it. 0 = the plain code.
     label_metric: float = 0.0
+    # Histogram-equalise every image on its own before the network (preprocessing.Normalisation),
+    # in training and in the extractor alike, so that how an archive processed its films (window,
+    # gamma, look-up table) is not a cue the code can learn; False = the paper's input.
+    equalise: bool = False
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -239,6 +245,7 @@ class TrainConfig:
             "unit_code_scale": recipe["unit_code_scale"],
             "code_batchnorm": recipe["code_batchnorm"],
             "label_metric": recipe["label_metric"],
+            "equalise": recipe["equalise"],
             "recipe": recipe_name,
             "plateau_patience": settings.train_plateau_patience,
             "val_fraction": settings.train_val_fraction,
@@ -499,13 +506,20 @@ class LabelledImages(Dataset):
         return image, torch.from_numpy(record.targets)
 
 
-def compute_normalisation(table: LabelTable, image_size: int, seed: int) -> Normalisation:
-    """Mean and standard deviation of the (resized) training images, from a seeded sample."""
+def compute_normalisation(
+    table: LabelTable, image_size: int, seed: int, equalise: bool = False
+) -> Normalisation:
+    """Mean and standard deviation of the (resized, maybe equalised) training images, from a
+    seeded sample."""
     count = min(len(table.records), NORMALISATION_SAMPLE)
     chosen = np.random.default_rng(seed).choice(len(table.records), size=count, replace=False)
     images = LabelledImages(table.subset(chosen), image_size)
     stacked = torch.stack([images[i][0] for i in range(len(images))])
-    return Normalisation(mean=float(stacked.mean()), std=max(float(stacked.std()), 1e-3))
+    if equalise:
+        stacked = equalise_histograms(stacked)
+    return Normalisation(
+        mean=float(stacked.mean()), std=max(float(stacked.std()), 1e-3), equalise=equalise
+    )
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -547,7 +561,9 @@ def train_encoder(
     )
     cache = device.type == "cpu" or config.workers == 0
     augmentation = XrayAugmentation(config.augmentation)
-    normalisation = compute_normalisation(train_table, config.image_size, config.seed)
+    normalisation = compute_normalisation(
+        train_table, config.image_size, config.seed, config.equalise
+    )
     finding_count = len(table.findings)
     targets_of = with_no_finding if config.no_finding_output else _unchanged
     positive_weight, negative_weight = finding_loss_weights(
