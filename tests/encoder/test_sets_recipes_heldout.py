@@ -30,20 +30,12 @@ from services.encoder.network import (
 )
 from services.encoder.preprocessing import prepare_batch
 from services.encoder.shipping import ShippingError, ship_checkpoint, shipped_checkpoint
-from services.encoder.training import (
-    COSINE_FLOOR,
-    RECIPES,
-    TrainConfig,
-    TrainingError,
-    TrainResult,
-    _CosineSchedule,
-    _InputSizes,
-    _WeightAverage,
-    label_set_contrast,
-    patient_disjoint_split,
-    train_encoder,
-    with_no_finding,
-)
+from services.encoder.training.best_epoch import WeightAverage
+from services.encoder.training.config import RECIPES, TrainConfig, TrainingError
+from services.encoder.training.loop import TrainResult, train_encoder
+from services.encoder.training.losses import label_set_contrast, with_no_finding
+from services.encoder.training.schedules import COSINE_FLOOR, CosineSchedule, InputSizes
+from services.encoder.training.split import patient_disjoint_split
 
 EXTRA_DIR = REPO_ROOT / "data" / "nih-cxr14-extra-128px"
 SHARED_PATIENT = "211"
@@ -137,7 +129,7 @@ def test_cosine_schedule_warms_up_decays_and_replans_to_the_time_limit(tmp_path:
         labels_csv=tmp_path / "x.csv", output=tmp_path / "x.pt", epochs=10,
         learning_rate=1.0, schedule="cosine", warmup_epochs=1, time_limit_s=100.0,
     )  # fmt: skip
-    schedule = _CosineSchedule(config, steps_per_epoch=4)
+    schedule = CosineSchedule(config, steps_per_epoch=4)
     rates = []
     for _ in range(40):
         rates.append(schedule.rate())
@@ -147,14 +139,14 @@ def test_cosine_schedule_warms_up_decays_and_replans_to_the_time_limit(tmp_path:
     assert all(a >= b for a, b in zip(rates[4:-1], rates[5:], strict=True)), "then decays"
     assert rates[-1] == pytest.approx(COSINE_FLOOR, abs=0.02)
     # Epochs of 20 s with 30 s already spent: 3 more fit the 100 s limit, not 9.
-    fresh = _CosineSchedule(config, steps_per_epoch=4)
+    fresh = CosineSchedule(config, steps_per_epoch=4)
     fresh.replan(epochs_done=1, epoch_seconds=[20.0], elapsed=30.0)
     assert fresh.planned_epochs == 4
 
 
 def test_the_weight_average_follows_the_network_by_its_decay() -> None:
     network = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
-    average = _WeightAverage(network, decay=0.75)
+    average = WeightAverage(network, decay=0.75)
     start = network[0].weight.detach().clone()
     with torch.no_grad():
         network[0].weight.add_(4.0)
@@ -197,12 +189,12 @@ def test_progressive_resizing_switches_by_epoch_count_or_earlier_to_fit_the_time
 ) -> None:
     common = dict(labels_csv=tmp_path / "x.csv", output=tmp_path / "x.pt", epochs=10,
                   image_size=64, final_image_size=128, final_epochs=3)  # fmt: skip
-    untimed = _InputSizes(TrainConfig(**common))
+    untimed = InputSizes(TrainConfig(**common))
     switched = [untimed.switch_now(epoch, [10.0] * (epoch - 1), 0.0) for epoch in range(1, 11)]
     assert switched == [False] * 7 + [True, False, False] and untimed.current == 128
     # 10-s epochs at 64 px, so 40-s epochs at 128: with 200 s spent, one more small epoch and
     # three large ones (130 s) no longer fit a 300-s limit, so epoch 5 already runs at 128 px.
-    timed = _InputSizes(TrainConfig(**common, time_limit_s=300.0))
+    timed = InputSizes(TrainConfig(**common, time_limit_s=300.0))
     for epoch in range(1, 5):
         assert not timed.switch_now(epoch, [10.0] * (epoch - 1), 10.0 * (epoch - 1))
         timed.record()
@@ -214,7 +206,7 @@ def test_progressive_resizing_switches_by_epoch_count_or_earlier_to_fit_the_time
         TrainConfig(**(common | {"final_image_size": 64}))
     with pytest.raises(TrainingError, match="final_epochs must be in"):
         TrainConfig(**(common | {"final_epochs": 10}))
-    assert _InputSizes(TrainConfig(**(common | {"final_epochs": 0}))).switch_now(9, [], 0) is False
+    assert InputSizes(TrainConfig(**(common | {"final_epochs": 0}))).switch_now(9, [], 0) is False
 
 
 def test_training_with_progressive_resizing_ends_at_the_final_size(tmp_path: Path) -> None:

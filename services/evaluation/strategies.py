@@ -17,9 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from services.retrieval.contract import SearchFilters, SearchHits, Strategy
-from services.retrieval.heldout import bootstrap_interval, patient_resample_weights
-from services.retrieval.metrics import (
+from services.evaluation.intervals import bootstrap_interval, patient_resample_weights
+from services.evaluation.metrics import (
     LabelSpace,
     LatencySummary,
     acg_at_k,
@@ -28,6 +27,7 @@ from services.retrieval.metrics import (
     random_retrieval_expectation,
     recall_at_k,
 )
+from services.retrieval.contract import SearchFilters, SearchHits, Strategy
 from services.retrieval.service import IN_MEMORY, RetrievalService
 
 RANDOM_ROW = "random (expected)"

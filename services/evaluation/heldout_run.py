@@ -24,17 +24,16 @@ from services.encoder.imaging import read_image
 from services.encoder.labels import LabelTable, read_label_sets
 from services.encoder.network import build_densenet121, pooled_features
 from services.encoder.preprocessing import Normalisation, prepare_batch, resize_pixels
-from services.encoder.training import TrainingError, resolve_device
-from services.retrieval.heldout import (
+from services.encoder.training.config import TrainingError, resolve_device
+from services.evaluation.heldout import (
     CodeSet,
     FindingRerank,
     HeldOutReport,
     HeldOutSet,
-    Interval,
     evaluate_held_out,
-    mean_auroc_interval,
 )
-from services.retrieval.metrics import LabelSpace
+from services.evaluation.intervals import Interval, mean_auroc_interval
+from services.evaluation.metrics import LabelSpace
 from services.retrieval.rerank import RERANK_CANDIDATES_PER_K
 
 RAW_PIXEL_SIZE = 64

@@ -12,10 +12,10 @@ import click
 from services.config import Settings, get_settings
 from services.encoder.imaging import ImageReadError
 from services.encoder.labels import LabelFileError, bundled_label_files
+from services.evaluation.strategies import evaluate as run_evaluation
+from services.evaluation.strategies import plot_curves
 from services.graph.store import GraphStore
 from services.retrieval.contract import FindingsUnavailable, Strategy
-from services.retrieval.evaluation import evaluate as run_evaluation
-from services.retrieval.evaluation import plot_curves
 from services.retrieval.service import RetrievalService
 
 STRATEGY_NAMES = [strategy.value for strategy in Strategy]
@@ -161,7 +161,7 @@ def _validation_keys(settings: Settings, checkpoint: Path | None) -> frozenset[s
     """The checkpoint's validation images as graph keys (both are the files' SHA-256)."""
     # defers torch: other `medgraph` commands stay quick to start
     from services.encoder.checkpoint import CheckpointError, load_checkpoint
-    from services.encoder.training import default_checkpoint_path
+    from services.encoder.default_checkpoint import default_checkpoint_path
 
     path = checkpoint or default_checkpoint_path(settings)
     try:
@@ -184,8 +184,9 @@ def _held_out(
 ) -> None:  # fmt: skip
     # defers torch: other `medgraph` commands stay quick to start
     from services.encoder.checkpoint import CheckpointError
-    from services.encoder.training import TrainingError, default_checkpoint_path
-    from services.retrieval.heldout_run import held_out_evaluation
+    from services.encoder.default_checkpoint import default_checkpoint_path
+    from services.encoder.training.config import TrainingError
+    from services.evaluation.heldout_run import held_out_evaluation
 
     try:
         result = held_out_evaluation(

@@ -22,7 +22,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from services.encoder.training import TrainConfig, TrainingError, TrainResult, train_encoder
+from services.encoder.training.config import TrainConfig, TrainingError
+from services.encoder.training.loop import TrainResult, train_encoder
 
 # Spin up to this many iterations before sleeping: libgomp's idle-machine speed (540 ms a step
 # against its default's 530) without its unbounded spin beside busy processes (1,232 ms

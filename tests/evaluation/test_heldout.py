@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from services.retrieval.heldout import (
+from services.evaluation.heldout import (
     POOLED,
     RANDOM_ROW,
     SAME_SOURCE_ROW,
@@ -14,14 +14,16 @@ from services.retrieval.heldout import (
     FindingRerank,
     HeldOutSet,
     _finding_agreement,
-    bootstrap_interval,
     evaluate_held_out,
-    mean_auroc_interval,
-    patient_resample_weights,
     random_expectation,
     retrieval_metrics,
 )
-from services.retrieval.metrics import (
+from services.evaluation.intervals import (
+    bootstrap_interval,
+    mean_auroc_interval,
+    patient_resample_weights,
+)
+from services.evaluation.metrics import (
     LabelSpace,
     acg_at_k,
     acg_positive_at_k,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.retrieval.metrics import (
+from services.evaluation.metrics import (
     LabelSpace,
     LatencySummary,
     acg_at_k,

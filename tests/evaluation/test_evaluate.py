@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from services.cli import main
+from services.config import Settings
 from services.encoder.checkpoint import EncoderCheckpoint, save_checkpoint
 from services.encoder.preprocessing import Normalisation
 from services.graph.store import GraphStore
@@ -95,8 +96,9 @@ def test_evaluate_without_labelled_images_fails_clearly(clean_graph: GraphStore)
 
 
 def test_evaluate_rerank_rows_on_the_validation_queries(
-    clean_graph: GraphStore, retrieval: RetrievalService, tmp_path: Path
+    clean_graph: GraphStore, settings: Settings, tmp_path: Path
 ) -> None:
+    retrieval = RetrievalService(clean_graph, settings)
     graph = clustered_graph(120, clusters=4, seed=7, patients=40)
     keys = sorted(graph.embeddings)
     generator = np.random.default_rng(1)
