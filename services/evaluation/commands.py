@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import click
 
 from services.config import Settings, get_settings
 from services.encoder.imaging import ImageReadError
-from services.encoder.labels import LabelFileError, bundled_label_files
+from services.encoder.labels import LabelFileError, bundled_label_files, query_label_files
+from services.evaluation.image_collections import CollectionsFileError
 from services.evaluation.strategies import evaluate as run_evaluation
 from services.evaluation.strategies import plot_curves
 from services.graph.store import GraphStore
@@ -97,6 +97,22 @@ STRATEGY_NAMES = [strategy.value for strategy in Strategy]
     help="Held-out mode: label CSVs (repeatable). Default: every bundled set's labels.csv.",
 )
 @click.option(
+    "--query-set",
+    "query_files",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Held-out mode: the label CSV of an external query set (repeatable): its images, read "
+    "as uploads, are queries against the whole archive and never results. Default without "
+    "--labels: every set under <data dir>/queries/ (the bundled full-size originals).",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Held-out mode: also write the results (every view, row, paired difference and AUROC, "
+    "and with --compare the checkpoint minus the compared one per view) to this JSON file.",
+)
+@click.option(
     "--resamples",
     type=click.IntRange(100, 100_000),
     default=2000,
@@ -107,13 +123,20 @@ def evaluate(
     k: int, ks: str, sample: int | None, seed: int, strategies: str,
     include_same_patient: bool, output_dir: Path | None, rerank: bool,
     validation_queries: bool, held_out: bool, checkpoint: Path | None, compare: Path | None,
-    label_files: tuple[Path, ...], resamples: int,
+    label_files: tuple[Path, ...], query_files: tuple[Path, ...], json_path: Path | None,
+    resamples: int,
 ) -> None:  # fmt: skip
     """Leave-one-out retrieval metrics (ACG, ACG_p, precision@K, recall@K vs exact, fraction of
     the database examined, latency) for each strategy, as a table, JSON and a PNG plot; with
     --held-out, new patients' images against the rest, with baselines and intervals."""
     if held_out:
-        _held_out(get_settings(), k, seed, output_dir, checkpoint, compare, label_files, resamples)
+        settings = get_settings()
+        if not query_files and not label_files:
+            query_files = tuple(query_label_files(settings.data_dir))
+        _held_out(
+            settings, k, seed, output_dir, checkpoint, compare, label_files, query_files,
+            resamples, json_path,
+        )  # fmt: skip
         return
     try:
         chosen = [Strategy(name.strip()) for name in strategies.split(",") if name.strip()]
@@ -180,7 +203,8 @@ def _validation_keys(settings: Settings, checkpoint: Path | None) -> frozenset[s
 
 def _held_out(
     settings: Settings, k: int, seed: int, output_dir: Path | None, checkpoint: Path | None,
-    compare: Path | None, label_files: tuple[Path, ...], resamples: int,
+    compare: Path | None, label_files: tuple[Path, ...], query_files: tuple[Path, ...],
+    resamples: int, json_path: Path | None,
 ) -> None:  # fmt: skip
     # defers torch: other `medgraph` commands stay quick to start
     from services.encoder.checkpoint import CheckpointError
@@ -192,41 +216,24 @@ def _held_out(
         result = held_out_evaluation(
             list(label_files) or bundled_label_files(settings.data_dir),
             checkpoint or default_checkpoint_path(settings),
-            compare=compare, k=k, resamples=resamples, seed=seed,
+            query_files=query_files, compare=compare, k=k, resamples=resamples, seed=seed,
             device=settings.encoder_device, batch_size=settings.embed_batch_size,
             progress=lambda message: click.echo(f"  {message}", err=True),
         )  # fmt: skip
-    except (CheckpointError, LabelFileError, ImageReadError, TrainingError) as problem:
+    except (
+        CheckpointError, LabelFileError, ImageReadError, TrainingError, CollectionsFileError,
+    ) as problem:  # fmt: skip
         click.secho(f"error: {problem}", fg="red", err=True)
         sys.exit(1)
     click.echo(result.summary())
     click.echo(result.report.table())
     folder = output_dir or settings.home / "evaluation"
     folder.mkdir(parents=True, exist_ok=True)
-    json_path = folder / "heldout.json"
-    payload = {
-        "checkpoint": result.checkpoint,
-        "compared": result.compared,
-        "images": result.images,
-        "query_images": result.query_images,
-        "query_patients": result.query_patients,
-        "auroc": {
-            name: {
-                key: asdict(value) if value is not None else None for key, value in entry.items()
-            }
-            for name, entry in result.auroc.items()
-        },
-        "auroc_by_source": {
-            source: {
-                name: {
-                    key: asdict(value) if value is not None else None
-                    for key, value in entry.items()
-                }
-                for name, entry in entries.items()
-            }
-            for source, entries in result.auroc_by_source.items()
-        },
-        "seconds": round(result.seconds, 1),
-    } | result.report.as_dict()
-    json_path.write_text(json.dumps(payload, indent=2) + "\n")
-    click.echo(f"({result.seconds:.0f} s) wrote {json_path}")
+    text = json.dumps(result.as_dict(), indent=2) + "\n"
+    written = [folder / "heldout.json"]
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        written.append(json_path)
+    for path in written:
+        path.write_text(text)
+    click.echo(f"({result.seconds:.0f} s) wrote {' and '.join(str(path) for path in written)}")

@@ -9,7 +9,15 @@ Views: pooled (all queries against all other images) and one per source set (que
 database both from that set). The sets differ in resolution, reduction and prevalence, and a
 network can tell them apart from the pixels, so in the pooled view a query that retrieves its own
 set "wins" on labels without knowing any pathology: the pooled view adds a same-source random
-row, the expected figures of a random pick among the query's own set.
+row, the expected figures of a random pick among the query's own set. A set may hold several
+collections (picked differently, e.g. a No Finding / Pneumonia balanced pick beside a random
+sample): every view whose database holds a set of several collections adds a same-collection
+random row, and every row reports the share of its top K from the query's own collection (the
+collection cue; the random row's value is that collection's share of the database).
+
+External query sets (e.g. full-size films of new patients, processed like neither bundled set)
+get a view each: their images are the queries, the whole archive (every image not external) the
+database; they are never results of any view.
 
 Every figure has a 95% bootstrap interval that resamples query *patients* (a patient's images
 are not independent queries); each row's paired difference against the first row (the model)
@@ -32,11 +40,20 @@ from services.evaluation.intervals import (
 )
 from services.retrieval.rerank import finding_agreement
 
-METRICS = ("precision", "acg", "acg_positive")
-METRIC_TITLES = {"precision": "P@{k}", "acg": "ACG@{k}", "acg_positive": "ACG_p@{k}"}
+METRICS = ("precision", "acg", "acg_positive", "own_collection")
+METRIC_TITLES = {
+    "precision": "P@{k}",
+    "acg": "ACG@{k}",
+    "acg_positive": "ACG_p@{k}",
+    "own_collection": "own coll.@{k}",
+}
+PERCENT_METRICS = frozenset({"precision", "own_collection"})
 RANDOM_ROW = "random (expected)"
 SAME_SOURCE_ROW = "random, same source (expected)"
+SAME_COLLECTION_ROW = "random, same collection (expected)"
 POOLED = "pooled"
+HELD_OUT = "held-out"
+QUERY_SET = "query set"
 # Similarity blocks of this many queries keep memory flat for large databases.
 QUERY_BLOCK = 256
 
@@ -72,13 +89,34 @@ class HeldOutSet:
     sources: np.ndarray  # (n,) source set of each image
     patients: np.ndarray  # (n,) int patient codes (no identifiers)
     is_query: np.ndarray  # (n,) bool: validation images
+    # (n,) collection of each image; None: each source set is one collection.
+    collections: np.ndarray | None = None
+    # (n,) bool: images of external query sets, queries of their own view, never results;
+    # None: none.
+    external: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.labels)
-        if not (len(self.sources) == len(self.patients) == len(self.is_query) == n):
-            raise ValueError("labels, sources, patients and is_query must have one row per image")
-        if not self.is_query.any():
+        columns = [self.sources, self.patients, self.is_query]
+        columns += [column for column in (self.collections, self.external) if column is not None]
+        if any(len(column) != n for column in columns):
+            raise ValueError(
+                "labels, sources, patients, is_query, collections and external must have one "
+                "row per image"
+            )
+        if not (self.is_query & self.in_archive).any():
             raise ValueError("no query images: none of the images is a validation image")
+
+    @property
+    def collection(self) -> np.ndarray:
+        return self.sources if self.collections is None else self.collections
+
+    @property
+    def in_archive(self) -> np.ndarray:
+        """(n,) bool: the images a view's database is drawn from (every one not external)."""
+        if self.external is None:
+            return np.ones(len(self.labels), dtype=bool)
+        return ~self.external.astype(bool)
 
 
 @dataclass
@@ -92,6 +130,9 @@ class RowReport:
 @dataclass
 class ViewReport:
     view: str
+    # "held-out": the archive's validation images; "query set": an external set's images
+    # against the whole archive.
+    kind: str
     queries: int
     query_patients: int
     database: int
@@ -130,7 +171,7 @@ class HeldOutReport:
                 lines.append(
                     f"{row.name:<{width}}"
                     + "".join(
-                        f"{row.metrics[metric].shown(metric == 'precision'):>24}"
+                        f"{row.metrics[metric].shown(metric in PERCENT_METRICS):>24}"
                         for metric in METRICS
                     )
                 )
@@ -141,11 +182,16 @@ class HeldOutReport:
                 lines.append(
                     f"{'  vs ' + row.name:<{width}}"
                     + "".join(
-                        f"{row.difference[metric].negated().shown(metric == 'precision', True):>24}"
-                        for metric in METRICS
+                        f"{gain.shown(metric in PERCENT_METRICS, True):>24}"
+                        for metric, gain in _gains(row.difference)
                     )
                 )
         return "\n".join(lines)
+
+
+def _gains(difference: dict[str, Interval]) -> list[tuple[str, Interval]]:
+    """The reference row minus this row, per metric (the stored difference is the other way)."""
+    return [(metric, difference[metric].negated()) for metric in METRICS]
 
 
 def evaluate_held_out(
@@ -156,36 +202,56 @@ def evaluate_held_out(
     resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = 0,
 ) -> HeldOutReport:
-    """Pooled and per-source views; rows: each code set, then the random expectations.
+    """Pooled, per-source and per-query-set views; rows: each code set, then the random
+    expectations.
 
     The first code set is the reference: every other row gets its paired difference to it.
     """
     if not code_sets:
         raise ValueError("at least one code set is needed")
     views: list[ViewReport] = []
-    all_images = np.ones(len(data.labels), dtype=bool)
-    sources = list(dict.fromkeys(data.sources.tolist()))
-    plans = [(POOLED, all_images)] + [(str(s), data.sources == s) for s in sources]
-    for name, members in plans:
-        query_rows = np.flatnonzero(members & data.is_query)
+    for name, kind, queries, database in _view_plans(data):
+        query_rows = np.flatnonzero(queries)
         if len(query_rows) == 0:
             continue
         per_query: dict[str, dict[str, np.ndarray]] = {}
         for code_set in code_sets:
-            per_query[code_set.name] = retrieval_metrics(data, code_set, query_rows, members, k)
-        per_query[RANDOM_ROW] = random_expectation(data, query_rows, members, same_source=False)
-        if name == POOLED and len(sources) > 1:
+            per_query[code_set.name] = retrieval_metrics(data, code_set, query_rows, database, k)
+        per_query[RANDOM_ROW] = random_expectation(data, query_rows, database)
+        if name == POOLED and len(np.unique(data.sources[database])) > 1:
             per_query[SAME_SOURCE_ROW] = random_expectation(
-                data, query_rows, members, same_source=True
+                data, query_rows, database, same_source=True
             )
-        views.append(_view_report(name, data, query_rows, members, per_query, resamples, seed))
+        # Only where some set holds several collections (else it is the same-source row).
+        collections = len(np.unique(data.collection[database]))
+        if kind == HELD_OUT and collections > len(np.unique(data.sources[database])):
+            per_query[SAME_COLLECTION_ROW] = random_expectation(
+                data, query_rows, database, same_collection=True
+            )
+        views.append(
+            _view_report(name, kind, data, query_rows, database, per_query, resamples, seed)
+        )
     return HeldOutReport(k=k, resamples=resamples, seed=seed, views=views)
+
+
+def _view_plans(data: HeldOutSet) -> list[tuple[str, str, np.ndarray, np.ndarray]]:
+    """(name, kind, query mask, database mask) of every view."""
+    archive = data.in_archive
+    queries = data.is_query & archive
+    plans = [(POOLED, HELD_OUT, queries, archive)]
+    for source in dict.fromkeys(data.sources[archive].tolist()):
+        members = archive & (data.sources == source)
+        plans.append((str(source), HELD_OUT, queries & members, members))
+    for source in dict.fromkeys(data.sources[~archive].tolist()):
+        plans.append((str(source), QUERY_SET, ~archive & (data.sources == source), archive))
+    return plans
 
 
 def retrieval_metrics(
     data: HeldOutSet, code_set: CodeSet, query_rows: np.ndarray, members: np.ndarray, k: int
 ) -> dict[str, np.ndarray]:
-    """Per-query precision@K, ACG@K and ACG_p@K of exact cosine retrieval within ``members``."""
+    """Per-query precision@K, ACG@K, ACG_p@K and own-collection share of exact cosine retrieval
+    within ``members``."""
     codes = np.asarray(code_set.codes, dtype=np.float64)
     database_rows = np.flatnonzero(members)
     if code_set.centre:
@@ -210,7 +276,7 @@ def retrieval_metrics(
         top = database_rows[np.take_along_axis(top, order, axis=1)]
         for offset, (row, hits, usable) in enumerate(zip(block, top, eligible, strict=True)):
             hits = hits[usable]
-            values = _label_agreement(data.labels[row], data.labels[hits])
+            values = _agreement(data, row, hits)
             for metric in METRICS:
                 results[metric][start + offset] = values[metric].mean() if len(hits) else 0.0
     return results
@@ -238,35 +304,47 @@ def _finding_agreement(
 
 
 def random_expectation(
-    data: HeldOutSet, query_rows: np.ndarray, members: np.ndarray, *, same_source: bool
+    data: HeldOutSet,
+    query_rows: np.ndarray,
+    members: np.ndarray,
+    *,
+    same_source: bool = False,
+    same_collection: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Per-query expected metrics of a uniformly random pick among the eligible images."""
+    """Per-query expected metrics of a uniformly random pick among the eligible images (those
+    of ``members`` not of the query's patient; optionally only its source set or collection)."""
     results = {metric: np.zeros(len(query_rows)) for metric in METRICS}
     for position, row in enumerate(query_rows):
         eligible = members & (data.patients != data.patients[row])
         if same_source:
             eligible &= data.sources == data.sources[row]
+        if same_collection:
+            eligible &= data.collection == data.collection[row]
         if eligible.any():
-            values = _label_agreement(data.labels[row], data.labels[eligible])
+            values = _agreement(data, row, np.flatnonzero(eligible))
             for metric in METRICS:
                 results[metric][position] = values[metric].mean()
     return results
 
 
-def _label_agreement(query: np.ndarray, retrieved: np.ndarray) -> dict[str, np.ndarray]:
-    """Per retrieved image: exact label match, share of agreeing labels, positive Jaccard."""
-    same = retrieved == query[None, :]
-    common = (retrieved & query[None, :]).sum(axis=1)
-    either = (retrieved | query[None, :]).sum(axis=1)
+def _agreement(data: HeldOutSet, query: int, retrieved: np.ndarray) -> dict[str, np.ndarray]:
+    """Per retrieved image: exact label match, share of agreeing labels, positive Jaccard, and
+    whether it comes from the query's collection."""
+    labels, wanted = data.labels[retrieved], data.labels[query][None, :]
+    same = labels == wanted
+    common = (labels & wanted).sum(axis=1)
+    either = (labels | wanted).sum(axis=1)
     return {
         "precision": same.all(axis=1).astype(np.float64),
         "acg": same.mean(axis=1),
         "acg_positive": common / np.maximum(either, 1),
+        "own_collection": (data.collection[retrieved] == data.collection[query]).astype(np.float64),
     }
 
 
 def _view_report(
     name: str,
+    kind: str,
     data: HeldOutSet,
     query_rows: np.ndarray,
     members: np.ndarray,
@@ -289,6 +367,7 @@ def _view_report(
     labels = data.labels[members]
     return ViewReport(
         view=name,
+        kind=kind,
         queries=len(query_rows),
         query_patients=len(np.unique(data.patients[query_rows])),
         database=int(members.sum()),

@@ -20,7 +20,12 @@ from services.config import REPO_ROOT, Settings
 from services.demo import demo_plan
 from services.encoder.checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from services.encoder.extractor import FeatureExtractor
-from services.encoder.labels import LabelFileError, bundled_label_files, read_label_sets
+from services.encoder.labels import (
+    LabelFileError,
+    bundled_label_files,
+    query_label_files,
+    read_label_sets,
+)
 from services.encoder.network import (
     CodeNeckHead,
     UnitCodeLinear,
@@ -494,12 +499,14 @@ def test_evaluate_held_out_prints_views_baselines_and_intervals(
     if not images.exists():
         images.symlink_to(BUNDLED_DIR / "images")
     compare = _variant(tiny_training.checkpoint_path, tmp_path / "other.pt")
+    query_set = _originals_subset(tmp_path / "originals-few", 12)
     result = CliRunner().invoke(
         main,
         [
             "evaluate", "--held-out", "--checkpoint", str(tiny_training.checkpoint_path),
             "--compare", str(compare), "--labels", str(labels), "--k", "10",
             "--resamples", "200", "--output-dir", str(tmp_path / "out"),
+            "--query-set", str(query_set), "--json", str(tmp_path / "scripted" / "compare.json"),
         ],
         env={"MEDGRAPH_ENCODER_DEVICE": "cpu", "MEDGRAPH_HOME": str(tmp_path / "home")},
     )  # fmt: skip
@@ -513,7 +520,7 @@ def test_evaluate_held_out_prints_views_baselines_and_intervals(
     assert "vs other.pt (exact, re-ranked" not in out  # only the checkpoint's codes
     saved = json.loads((tmp_path / "out" / "heldout.json").read_text())
     views = [view["view"] for view in saved["views"]]
-    assert views == ["pooled", labels.parent.name]
+    assert views == ["pooled", labels.parent.name, "originals-few"]
     assert saved["query_images"] == checkpoint.training["split"]["val_images"]
     rows = saved["views"][1]["rows"]
     # The same weights twice: the paired difference is exactly zero.
@@ -526,6 +533,43 @@ def test_evaluate_held_out_prints_views_baselines_and_intervals(
     by_source = saved["auroc_by_source"][source]
     assert by_source["encoder.pt"]["mean"] == saved["auroc"]["encoder.pt"]["mean"]
     assert math.isclose(by_source["other.pt"]["difference"]["value"], 0.0, abs_tol=1e-12)
+    # The query set: its own view, its 12 films against the whole archive, never results.
+    archive = len(read_label_sets([labels]).records)
+    originals = next(view for view in saved["views"] if view["view"] == "originals-few")
+    assert (originals["kind"], originals["queries"], originals["database"]) == (
+        "query set", 12, archive,
+    )  # fmt: skip
+    assert saved["views"][0]["database"] == archive and saved["query_set_images"] == {
+        "originals-few": 12
+    }
+    assert "random, same collection (expected)" not in [row["name"] for row in originals["rows"]]
+    assert {"own_collection", "precision"} <= set(originals["rows"][0]["metrics"])
+    # A query set shares no collection with the archive: the cue is zero by construction.
+    assert originals["rows"][0]["metrics"]["own_collection"]["value"] == 0.0
+    assert "query set originals-few: 12 images of new patients" in out
+    assert saved["auroc_by_query_set"]["originals-few"]["encoder.pt"]["mean"]["value"] > 0
+    # --json: the same results where a script wants them, with the paired comparison.
+    scripted = json.loads((tmp_path / "scripted" / "compare.json").read_text())
+    assert scripted == saved
+    comparison = scripted["comparison"]
+    assert (comparison["checkpoint"], comparison["compared"]) == ("encoder.pt", "other.pt")
+    assert set(comparison["views"]) == {"pooled", source, "originals-few"}
+    for view in comparison["views"].values():
+        assert all(math.isclose(gain["value"], 0.0, abs_tol=1e-12) for gain in view.values())
+    assert math.isclose(comparison["auroc_by_query_set"]["originals-few"]["value"], 0.0,
+                        abs_tol=1e-12)  # fmt: skip
+
+
+def _originals_subset(folder: Path, count: int) -> Path:
+    """The first ``count`` bundled full-size originals as a query set of their own."""
+    (shipped,) = query_label_files(REPO_ROOT / "data")
+    lines = shipped.read_text().splitlines()[: count + 1]
+    (folder / "images").mkdir(parents=True)
+    for line in lines[1:]:
+        name = line.split(",")[0]
+        (folder / "images" / name).symlink_to(shipped.parent / "images" / name)
+    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
+    return folder / "labels.csv"
 
 
 def test_calibration_undoes_the_weighted_loss_prior_shift(tiny_training: TrainResult) -> None:
