@@ -75,8 +75,10 @@ STRATEGY_NAMES = [strategy.value for strategy in Strategy]
     is_flag=True,
     help="Held-out mode: the queries are the encoder's validation patients' images (never "
     "trained on), the database every other image; exact cosine in numpy (no server needed), "
-    "pooled and per source set, against random, same-source random, raw-pixel and random-init "
-    "DenseNet-121 baselines, with patient-bootstrap 95% intervals and paired differences.",
+    "pooled and per source set, and each query set against the whole archive; against random, "
+    "same-source and same-collection random, raw-pixel and random-init DenseNet-121 baselines, "
+    "with the share of each top K from the query's collection, patient-bootstrap 95% intervals "
+    "and paired differences.",
 )
 @click.option(
     "--checkpoint",
