@@ -30,11 +30,12 @@ import torch
 from services.config import REPO_ROOT, get_settings
 from services.encoder.checkpoint import file_sha256, save_checkpoint
 from services.encoder.code_metric import fit_code_metric
+from services.encoder.default_checkpoint import default_checkpoint_path
 from services.encoder.extractor import FeatureExtractor
 from services.encoder.labels import bundled_label_files
-from services.encoder.training import default_checkpoint_path, label_set_matrix
-from services.retrieval.heldout import CodeSet, evaluate_held_out
-from services.retrieval.heldout_run import read_held_out_images
+from services.encoder.training.losses import label_set_matrix
+from services.evaluation.heldout import CodeSet, evaluate_held_out
+from services.evaluation.heldout_run import read_held_out_images
 
 SHARES = (0.5, 0.8, 0.9, 0.97)
 RIDGES = (0.01, 0.1, 1.0)

@@ -52,12 +52,12 @@ from services.auth.api_keys import create_api_key
 from services.communities.job import run_clustering
 from services.config import REPO_ROOT, Settings
 from services.encoder.checkpoint import EncoderCheckpoint, save_checkpoint
+from services.encoder.default_checkpoint import default_checkpoint_path
 from services.encoder.extractor import FeatureExtractor
 from services.encoder.imaging import ReadLimits
 from services.encoder.labels import FINDINGS_NIH
 from services.encoder.network import build_densenet121
 from services.encoder.preprocessing import Normalisation
-from services.encoder.training import default_checkpoint_path
 from services.graph.store import GraphStore, close_shared_drivers
 from services.ingest.edges import build_edges
 from services.ingest.pipeline import embed_files, write_image_rows

@@ -22,11 +22,11 @@ from pathlib import Path
 
 from services.config import REPO_ROOT, get_settings
 from services.encoder.checkpoint import file_sha256
+from services.encoder.default_checkpoint import default_checkpoint_path
 from services.encoder.extractor import FeatureExtractor
 from services.encoder.labels import bundled_label_files
-from services.encoder.training import default_checkpoint_path
-from services.retrieval.heldout import CodeSet, FindingRerank, evaluate_held_out
-from services.retrieval.heldout_run import read_held_out_images
+from services.evaluation.heldout import CodeSet, FindingRerank, evaluate_held_out
+from services.evaluation.heldout_run import read_held_out_images
 
 CANDIDATES = (50, 100, 200, 400, 800, 1600, None)  # None = every database image
 K = 50

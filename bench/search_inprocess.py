@@ -32,9 +32,9 @@ import psutil
 from bench.similarity_graph import knn_edges
 from bench.synthetic import generate, generate_hard
 from services.config import REPO_ROOT
+from services.evaluation.metrics import LatencySummary, recall_at_k
 from services.retrieval.contract import SearchFilters
 from services.retrieval.exact import ExactSearch
-from services.retrieval.metrics import LatencySummary, recall_at_k
 from services.retrieval.ranked import CommunityRankedSearch
 from services.retrieval.readmodel import GraphSnapshot
 from services.retrieval.region import RegionGrowingSearch

@@ -45,10 +45,10 @@ from bench.synthetic import generate, generate_hard
 from services.auth.api_keys import create_api_key
 from services.communities.job import run_clustering
 from services.config import REPO_ROOT, Settings
+from services.evaluation.metrics import LatencySummary, recall_at_k
 from services.graph.cypher import load_cypher
 from services.graph.store import GraphStore, close_shared_drivers
 from services.retrieval.contract import SearchFilters, Strategy
-from services.retrieval.metrics import LatencySummary, recall_at_k
 from services.retrieval.region import RegionGrowingSearch
 from services.retrieval.service import RetrievalService
 from services.runtime.neo4j import Neo4jRuntime

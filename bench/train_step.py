@@ -7,7 +7,7 @@ Each setting runs in a fresh Python process, because OpenMP reads its wait polic
 torch first loads: Adam on `build_densenet121(14)`, batch 32 of random grey images replicated
 to three channels (as `to_network_input` does), BCE loss, 2 warm-up steps, then the mean of
 timed steps. The policy rows are what `services/__init__.py` sets for every process
-(`PASSIVE`), what `training_process.TRAINING_OPENMP_ENV` sets for training, and libgomp's
+(`PASSIVE`), what `training.process.TRAINING_OPENMP_ENV` sets for training, and libgomp's
 default. Results go to bench/results/train_step[-busyN].json.
 """
 
@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from services.encoder.training_process import TRAINING_OPENMP_ENV
+from services.encoder.training.process import TRAINING_OPENMP_ENV
 
 RESULTS = Path(__file__).resolve().parent / "results"
 POLICIES: dict[str, dict[str, str]] = {

@@ -20,9 +20,9 @@ from services.config import REPO_ROOT, Settings, get_settings, settings_problem
 from services.curation.commands import audit, delete, relabel
 from services.demo import run_demo
 from services.encoder.commands import embed, train
+from services.evaluation.commands import evaluate
 from services.graph.store import GraphStore
 from services.ingest.commands import ingest, ingest_status, worker
-from services.retrieval.commands import evaluate
 from services.runtime.neo4j import Neo4jRuntime
 from services.runtime.processes import RuntimeProblem
 from services.runtime.redis import RedisRuntime

@@ -24,7 +24,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     # defers torch (these modules import it): other `medgraph` commands stay quick to start
     from services.encoder.checkpoint import CheckpointError
     from services.encoder.network import InitialWeightsError
-    from services.encoder.training import TrainingError
+    from services.encoder.training.config import TrainingError
 
     return (LabelFileError, ImageReadError, CheckpointError, InitialWeightsError, TrainingError)
 
@@ -200,8 +200,9 @@ def train(
 ) -> None:
     """Train the DenseNet-121 encoder and report per-finding validation AUROC."""
     # defers torch: other `medgraph` commands stay quick to start
-    from services.encoder.training import TrainConfig, default_checkpoint_path
-    from services.encoder.training_process import train_in_own_process
+    from services.encoder.default_checkpoint import default_checkpoint_path
+    from services.encoder.training.config import TrainConfig
+    from services.encoder.training.process import train_in_own_process
 
     settings = get_settings()
     try:
@@ -274,8 +275,8 @@ def embed(
     """Read images, print their top predicted findings, optionally save their image codes."""
     # defers torch: other `medgraph` commands stay quick to start
     from services.encoder.checkpoint import CheckpointError
+    from services.encoder.default_checkpoint import default_checkpoint_path
     from services.encoder.extractor import FeatureExtractor
-    from services.encoder.training import default_checkpoint_path
 
     settings = get_settings()
     extractor = FeatureExtractor(

@@ -21,7 +21,8 @@ from services.encoder.checkpoint import EncoderCheckpoint, file_sha256, load_che
 from services.encoder.network import ARCHITECTURE, FEATURE_DIM, build_densenet121, classify
 from services.encoder.network import pooled_features as network_pooled_features
 from services.encoder.preprocessing import prepare_batch
-from services.encoder.training import ensure_demo_checkpoint, resolve_device
+from services.encoder.training.config import resolve_device
+from services.encoder.training.demo_checkpoint import ensure_demo_checkpoint
 
 __all__ = ["FEATURE_DIM", "FeatureExtractor", "ensure_demo_checkpoint"]
 

@@ -72,6 +72,10 @@ LABEL_FORMATS = ("auto", "nih", "chexpert")
 ROWS_SHOWN = 5
 
 
+# Under a data folder: sets that are queries only (evaluation), never archive or training data.
+QUERY_SETS_FOLDER = "queries"
+
+
 class LabelFileError(ValueError):
     """A label CSV that cannot be used; the message names the file and the reason."""
 
@@ -136,15 +140,28 @@ def read_label_sets(
 
 def bundled_label_files(data_dir: Path) -> list[Path]:
     """The label files of a data folder: its own ``labels.csv``, or, for a folder of sets
-    (the repository's ``data/``), every ``<set>/labels.csv`` in name order."""
+    (the repository's ``data/``), every ``<set>/labels.csv`` in name order.
+
+    Never the query sets under ``<data_dir>/queries/`` (``query_label_files``): they are the
+    archive's new patients, for evaluation only, so the demo must not ingest them nor default
+    training learn from them."""
     data_dir = Path(data_dir)
     own = data_dir / "labels.csv"
     if own.is_file():
         return [own]
-    found = sorted(data_dir.glob("*/labels.csv"))
+    found = sorted(
+        path for path in data_dir.glob("*/labels.csv") if path.parent.name != QUERY_SETS_FOLDER
+    )
     if not found:
         raise LabelFileError(data_dir, "no labels.csv in this folder or in its sub-folders")
     return found
+
+
+def query_label_files(data_dir: Path) -> list[Path]:
+    """The label files of the query sets, ``<data_dir>/queries/<set>/labels.csv``, in name order
+    (none when the folder is absent): images of new patients that ``medgraph evaluate
+    --held-out`` searches against the archive; nothing ingests or trains on them by default."""
+    return sorted((Path(data_dir) / QUERY_SETS_FOLDER).glob("*/labels.csv"))
 
 
 def read_labels(csv_path: Path, images_dir: Path | None = None, format: str = "auto") -> LabelTable:

@@ -175,8 +175,9 @@ def ingest(
 def _ensure_checkpoint(settings: Settings) -> None:
     """Train the demo encoder here, once, rather than inside a worker task."""
     # defers torch (training imports it): other `medgraph` commands start without it
-    from services.encoder.training import default_checkpoint_path, ensure_demo_checkpoint
-    from services.encoder.training_process import train_in_own_process
+    from services.encoder.default_checkpoint import default_checkpoint_path
+    from services.encoder.training.demo_checkpoint import ensure_demo_checkpoint
+    from services.encoder.training.process import train_in_own_process
 
     if not settings.encoder_checkpoint and not default_checkpoint_path(settings).is_file():
         click.echo("no encoder checkpoint yet: training one on the bundled sets (once)…")

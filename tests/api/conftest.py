@@ -28,9 +28,9 @@ from services.encoder.extractor import FeatureExtractor
 from services.encoder.imaging import read_image
 from services.encoder.network import build_densenet121
 from services.encoder.preprocessing import Normalisation
+from services.evaluation.fixtures import PreparedImage, write_graph
 from services.graph.store import GraphStore
 from services.ingest.pipeline import patient_key
-from services.retrieval.fixtures import PreparedImage, write_graph
 from services.secrets import patient_key_secret
 from tests.conftest import wipe_graph
 from tests.retrieval.reference import knn_edges

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from encoder_testkit import BUNDLED_DIR, TINY_TRAINING, bundled_subset
 
-from services.encoder.training import TrainConfig, TrainResult, train_encoder
+from services.encoder.training.config import TrainConfig
+from services.encoder.training.loop import TrainResult, train_encoder
 
 
 @pytest.fixture(scope="session")

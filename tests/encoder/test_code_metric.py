@@ -16,13 +16,8 @@ from services.encoder.code_metric import CodeMetric, CodeMetricError, fit_code_m
 from services.encoder.extractor import FeatureExtractor
 from services.encoder.network import build_densenet121, pooled_features
 from services.encoder.preprocessing import prepare_batch
-from services.encoder.training import (
-    RECIPES,
-    TrainConfig,
-    TrainingError,
-    TrainResult,
-    train_encoder,
-)
+from services.encoder.training.config import RECIPES, TrainConfig, TrainingError
+from services.encoder.training.loop import TrainResult, train_encoder
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ from encoder_testkit import BUNDLED_DIR, bundled_subset
 from services.cli import main
 from services.encoder.checkpoint import load_checkpoint
 from services.encoder.labels import FINDINGS_NIH
-from services.encoder.training import TrainResult
+from services.encoder.training.loop import TrainResult
 
 
 def test_train_command_reports_auroc_per_finding_and_the_mean(tmp_path: Path) -> None:

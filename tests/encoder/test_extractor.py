@@ -20,7 +20,7 @@ from services.encoder.checkpoint import CheckpointError, load_checkpoint
 from services.encoder.extractor import FEATURE_DIM, FeatureExtractor
 from services.encoder.imaging import ReadLimits, read_image
 from services.encoder.labels import FINDINGS_NIH
-from services.encoder.training import TrainResult
+from services.encoder.training.loop import TrainResult
 from tests.support import dicom_bytes
 
 LIMITS = ReadLimits(max_file_bytes=10_000_000, max_image_pixels=10_000_000)

@@ -17,7 +17,8 @@ from encoder_testkit import BUNDLED_DIR, TINY_TRAINING, bundled_subset
 from services.encoder.checkpoint import load_checkpoint, save_checkpoint
 from services.encoder.extractor import FeatureExtractor
 from services.encoder.preprocessing import Normalisation, XrayAugmentation, equalise_histograms
-from services.encoder.training import TrainConfig, TrainResult, train_encoder
+from services.encoder.training.config import TrainConfig
+from services.encoder.training.loop import TrainResult, train_encoder
 
 
 def few_level_image(levels: int = 12, size: int = 48) -> np.ndarray:

@@ -20,7 +20,12 @@ from services.config import REPO_ROOT, Settings
 from services.demo import demo_plan
 from services.encoder.checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from services.encoder.extractor import FeatureExtractor
-from services.encoder.labels import LabelFileError, bundled_label_files, read_label_sets
+from services.encoder.labels import (
+    LabelFileError,
+    bundled_label_files,
+    query_label_files,
+    read_label_sets,
+)
 from services.encoder.network import (
     CodeNeckHead,
     UnitCodeLinear,
@@ -30,20 +35,12 @@ from services.encoder.network import (
 )
 from services.encoder.preprocessing import prepare_batch
 from services.encoder.shipping import ShippingError, ship_checkpoint, shipped_checkpoint
-from services.encoder.training import (
-    COSINE_FLOOR,
-    RECIPES,
-    TrainConfig,
-    TrainingError,
-    TrainResult,
-    _CosineSchedule,
-    _InputSizes,
-    _WeightAverage,
-    label_set_contrast,
-    patient_disjoint_split,
-    train_encoder,
-    with_no_finding,
-)
+from services.encoder.training.best_epoch import WeightAverage
+from services.encoder.training.config import RECIPES, TrainConfig, TrainingError
+from services.encoder.training.loop import TrainResult, train_encoder
+from services.encoder.training.losses import label_set_contrast, with_no_finding
+from services.encoder.training.schedules import COSINE_FLOOR, CosineSchedule, InputSizes
+from services.encoder.training.split import patient_disjoint_split
 
 EXTRA_DIR = REPO_ROOT / "data" / "nih-cxr14-extra-128px"
 SHARED_PATIENT = "211"
@@ -137,7 +134,7 @@ def test_cosine_schedule_warms_up_decays_and_replans_to_the_time_limit(tmp_path:
         labels_csv=tmp_path / "x.csv", output=tmp_path / "x.pt", epochs=10,
         learning_rate=1.0, schedule="cosine", warmup_epochs=1, time_limit_s=100.0,
     )  # fmt: skip
-    schedule = _CosineSchedule(config, steps_per_epoch=4)
+    schedule = CosineSchedule(config, steps_per_epoch=4)
     rates = []
     for _ in range(40):
         rates.append(schedule.rate())
@@ -147,14 +144,14 @@ def test_cosine_schedule_warms_up_decays_and_replans_to_the_time_limit(tmp_path:
     assert all(a >= b for a, b in zip(rates[4:-1], rates[5:], strict=True)), "then decays"
     assert rates[-1] == pytest.approx(COSINE_FLOOR, abs=0.02)
     # Epochs of 20 s with 30 s already spent: 3 more fit the 100 s limit, not 9.
-    fresh = _CosineSchedule(config, steps_per_epoch=4)
+    fresh = CosineSchedule(config, steps_per_epoch=4)
     fresh.replan(epochs_done=1, epoch_seconds=[20.0], elapsed=30.0)
     assert fresh.planned_epochs == 4
 
 
 def test_the_weight_average_follows_the_network_by_its_decay() -> None:
     network = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
-    average = _WeightAverage(network, decay=0.75)
+    average = WeightAverage(network, decay=0.75)
     start = network[0].weight.detach().clone()
     with torch.no_grad():
         network[0].weight.add_(4.0)
@@ -197,12 +194,12 @@ def test_progressive_resizing_switches_by_epoch_count_or_earlier_to_fit_the_time
 ) -> None:
     common = dict(labels_csv=tmp_path / "x.csv", output=tmp_path / "x.pt", epochs=10,
                   image_size=64, final_image_size=128, final_epochs=3)  # fmt: skip
-    untimed = _InputSizes(TrainConfig(**common))
+    untimed = InputSizes(TrainConfig(**common))
     switched = [untimed.switch_now(epoch, [10.0] * (epoch - 1), 0.0) for epoch in range(1, 11)]
     assert switched == [False] * 7 + [True, False, False] and untimed.current == 128
     # 10-s epochs at 64 px, so 40-s epochs at 128: with 200 s spent, one more small epoch and
     # three large ones (130 s) no longer fit a 300-s limit, so epoch 5 already runs at 128 px.
-    timed = _InputSizes(TrainConfig(**common, time_limit_s=300.0))
+    timed = InputSizes(TrainConfig(**common, time_limit_s=300.0))
     for epoch in range(1, 5):
         assert not timed.switch_now(epoch, [10.0] * (epoch - 1), 10.0 * (epoch - 1))
         timed.record()
@@ -214,7 +211,7 @@ def test_progressive_resizing_switches_by_epoch_count_or_earlier_to_fit_the_time
         TrainConfig(**(common | {"final_image_size": 64}))
     with pytest.raises(TrainingError, match="final_epochs must be in"):
         TrainConfig(**(common | {"final_epochs": 10}))
-    assert _InputSizes(TrainConfig(**(common | {"final_epochs": 0}))).switch_now(9, [], 0) is False
+    assert InputSizes(TrainConfig(**(common | {"final_epochs": 0}))).switch_now(9, [], 0) is False
 
 
 def test_training_with_progressive_resizing_ends_at_the_final_size(tmp_path: Path) -> None:
@@ -502,12 +499,14 @@ def test_evaluate_held_out_prints_views_baselines_and_intervals(
     if not images.exists():
         images.symlink_to(BUNDLED_DIR / "images")
     compare = _variant(tiny_training.checkpoint_path, tmp_path / "other.pt")
+    query_set = _originals_subset(tmp_path / "originals-few", 12)
     result = CliRunner().invoke(
         main,
         [
             "evaluate", "--held-out", "--checkpoint", str(tiny_training.checkpoint_path),
             "--compare", str(compare), "--labels", str(labels), "--k", "10",
             "--resamples", "200", "--output-dir", str(tmp_path / "out"),
+            "--query-set", str(query_set), "--json", str(tmp_path / "scripted" / "compare.json"),
         ],
         env={"MEDGRAPH_ENCODER_DEVICE": "cpu", "MEDGRAPH_HOME": str(tmp_path / "home")},
     )  # fmt: skip
@@ -521,7 +520,7 @@ def test_evaluate_held_out_prints_views_baselines_and_intervals(
     assert "vs other.pt (exact, re-ranked" not in out  # only the checkpoint's codes
     saved = json.loads((tmp_path / "out" / "heldout.json").read_text())
     views = [view["view"] for view in saved["views"]]
-    assert views == ["pooled", labels.parent.name]
+    assert views == ["pooled", labels.parent.name, "originals-few"]
     assert saved["query_images"] == checkpoint.training["split"]["val_images"]
     rows = saved["views"][1]["rows"]
     # The same weights twice: the paired difference is exactly zero.
@@ -534,6 +533,43 @@ def test_evaluate_held_out_prints_views_baselines_and_intervals(
     by_source = saved["auroc_by_source"][source]
     assert by_source["encoder.pt"]["mean"] == saved["auroc"]["encoder.pt"]["mean"]
     assert math.isclose(by_source["other.pt"]["difference"]["value"], 0.0, abs_tol=1e-12)
+    # The query set: its own view, its 12 films against the whole archive, never results.
+    archive = len(read_label_sets([labels]).records)
+    originals = next(view for view in saved["views"] if view["view"] == "originals-few")
+    assert (originals["kind"], originals["queries"], originals["database"]) == (
+        "query set", 12, archive,
+    )  # fmt: skip
+    assert saved["views"][0]["database"] == archive and saved["query_set_images"] == {
+        "originals-few": 12
+    }
+    assert "random, same collection (expected)" not in [row["name"] for row in originals["rows"]]
+    assert {"own_collection", "precision"} <= set(originals["rows"][0]["metrics"])
+    # A query set shares no collection with the archive: the cue is zero by construction.
+    assert originals["rows"][0]["metrics"]["own_collection"]["value"] == 0.0
+    assert "query set originals-few: 12 images of new patients" in out
+    assert saved["auroc_by_query_set"]["originals-few"]["encoder.pt"]["mean"]["value"] > 0
+    # --json: the same results where a script wants them, with the paired comparison.
+    scripted = json.loads((tmp_path / "scripted" / "compare.json").read_text())
+    assert scripted == saved
+    comparison = scripted["comparison"]
+    assert (comparison["checkpoint"], comparison["compared"]) == ("encoder.pt", "other.pt")
+    assert set(comparison["views"]) == {"pooled", source, "originals-few"}
+    for view in comparison["views"].values():
+        assert all(math.isclose(gain["value"], 0.0, abs_tol=1e-12) for gain in view.values())
+    assert math.isclose(comparison["auroc_by_query_set"]["originals-few"]["value"], 0.0,
+                        abs_tol=1e-12)  # fmt: skip
+
+
+def _originals_subset(folder: Path, count: int) -> Path:
+    """The first ``count`` bundled full-size originals as a query set of their own."""
+    (shipped,) = query_label_files(REPO_ROOT / "data")
+    lines = shipped.read_text().splitlines()[: count + 1]
+    (folder / "images").mkdir(parents=True)
+    for line in lines[1:]:
+        name = line.split(",")[0]
+        (folder / "images" / name).symlink_to(shipped.parent / "images" / name)
+    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
+    return folder / "labels.csv"
 
 
 def test_calibration_undoes_the_weighted_loss_prior_shift(tiny_training: TrainResult) -> None:

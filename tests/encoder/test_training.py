@@ -15,17 +15,12 @@ from services.config import Settings
 from services.encoder.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from services.encoder.labels import FINDINGS_NIH, LabelRecord, LabelTable, read_labels
 from services.encoder.network import InitialWeightsError, build_densenet121
-from services.encoder.training import (
-    TrainConfig,
-    TrainingError,
-    TrainResult,
-    WeightedBCELoss,
-    ensure_demo_checkpoint,
-    finding_loss_weights,
-    patient_disjoint_split,
-    train_encoder,
-    validation_auroc,
-)
+from services.encoder.training.config import TrainConfig, TrainingError
+from services.encoder.training.demo_checkpoint import ensure_demo_checkpoint
+from services.encoder.training.loop import TrainResult, train_encoder
+from services.encoder.training.losses import WeightedBCELoss, finding_loss_weights
+from services.encoder.training.split import patient_disjoint_split
+from services.encoder.training.validation import validation_auroc
 
 NAN = math.nan
 

@@ -11,8 +11,9 @@ import torch
 from encoder_testkit import BUNDLED_DIR, TINY_TRAINING, bundled_subset
 
 from services.encoder.checkpoint import load_checkpoint
-from services.encoder.training import TrainConfig, TrainingError, train_encoder
-from services.encoder.training_process import (
+from services.encoder.training.config import TrainConfig, TrainingError
+from services.encoder.training.loop import train_encoder
+from services.encoder.training.process import (
     TRAINING_OPENMP_ENV,
     _environment,
     train_in_own_process,

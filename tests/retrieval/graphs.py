@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 import networkx as nx
 import numpy as np
 
+from services.evaluation.fixtures import PreparedImage, write_graph
 from services.graph.store import GraphStore
-from services.retrieval.fixtures import PreparedImage, write_graph
 from tests.retrieval.reference import knn_edges
 
 DIM = 1024

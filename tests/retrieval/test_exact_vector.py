@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from services.config import Settings
+from services.evaluation.fixtures import PreparedImage, write_graph
 from services.graph.store import GraphStore
 from services.retrieval.contract import (
     QueryEmbeddingError,
@@ -13,7 +14,6 @@ from services.retrieval.contract import (
     Strategy,
     check_query_embedding,
 )
-from services.retrieval.fixtures import PreparedImage, write_graph
 from services.retrieval.service import RetrievalService
 from tests.retrieval.graphs import SmallGraph, clustered_graph, unit
 

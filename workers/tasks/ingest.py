@@ -132,7 +132,8 @@ _extractor: LazyExtractor | None = None
 
 def checkpoint_path(settings: Settings) -> Path:
     # defers torch: a graph-queue worker process never loads it
-    from services.encoder.training import default_checkpoint_path, ensure_demo_checkpoint
+    from services.encoder.default_checkpoint import default_checkpoint_path
+    from services.encoder.training.demo_checkpoint import ensure_demo_checkpoint
 
     path = default_checkpoint_path(settings)
     return path if path.is_file() else ensure_demo_checkpoint(settings)
