@@ -99,15 +99,17 @@ def delete(keys: tuple[str, ...], patient_id: str | None, as_json: bool) -> None
 @click.argument("key")
 @click.option("--finding", "findings", multiple=True, help="A positive finding (repeatable).")
 @click.option("--no-finding", is_flag=True, help=f"No positive finding ({NO_FINDING}).")
-def relabel(key: str, findings: tuple[str, ...], no_finding: bool) -> None:
+@click.option("--clear", is_flag=True, help="Remove the labels: the image becomes unlabelled.")
+def relabel(key: str, findings: tuple[str, ...], no_finding: bool, clear: bool) -> None:
     """Correct an image's findings (its community's finding histogram follows; edges and
-    communities do not change)."""
-    if bool(findings) == no_finding:
-        raise click.UsageError("give --finding NAME (repeatable) or --no-finding")
+    communities do not change). Findings come from the checkpoint's vocabulary."""
+    if bool(findings) + no_finding + clear != 1:
+        raise click.UsageError("give --finding NAME (repeatable), --no-finding or --clear")
     settings = get_settings()
+    wanted = None if clear else [] if no_finding else list(findings)
     try:
         report = relabel_image(
-            GraphStore.from_settings(settings), key, [] if no_finding else list(findings),
+            GraphStore.from_settings(settings), key, wanted,
             actor=CLI_ACTOR, salt=audit_salt(settings),
         )  # fmt: skip
     except FindingsError as problem:
@@ -115,7 +117,7 @@ def relabel(key: str, findings: tuple[str, ...], no_finding: bool) -> None:
     except UnknownImage:
         raise click.ClickException(f"no stored image has the key {key!r}") from None
     before = "unlabelled" if report.before is None else (", ".join(report.before) or NO_FINDING)
-    after = ", ".join(report.after) or NO_FINDING
+    after = "unlabelled" if report.after is None else (", ".join(report.after) or NO_FINDING)
     if not report.changed:
         click.echo(f"{key}: already {after}; nothing changed")
         return
