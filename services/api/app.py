@@ -15,8 +15,8 @@ from services.api.blueprints.images import images_bp
 from services.api.blueprints.jobs import jobs_bp
 from services.api.blueprints.search import search_bp
 from services.api.context import install_context
-from services.api.forms import ApiRequest
 from services.api.errors import error_response, register_error_handlers
+from services.api.forms import ApiRequest
 from services.auth.guard import install_access_control, install_cors
 from services.config import Settings, get_settings
 from services.dashboard import register_dashboard

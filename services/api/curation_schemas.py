@@ -46,7 +46,7 @@ class PatientDeletionRequest(Model):
 
 class RelabelRequest(Model):
     findings: list[Annotated[str, Field(max_length=64)]] | None = Field(
-        description=f'Positive findings, from the vocabulary: {", ".join(ALLOWED_FINDINGS)} '
+        description=f"Positive findings, from the vocabulary: {', '.join(ALLOWED_FINDINGS)} "
         f'(any letter case; `_` or a space). `[]` or `["{NO_FINDING}"]` = none; `null` clears '
         "the labels (the image becomes unlabelled).",
         max_length=32,

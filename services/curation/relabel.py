@@ -15,9 +15,9 @@ from neo4j import ManagedTransaction, unit_of_work
 
 from services.communities.statistics import finding_list
 from services.curation.deletion import key_hash
+from services.encoder.labels import FINDINGS_NIH
 from services.graph.cypher import load_cypher
 from services.graph.store import GraphStore
-from services.encoder.labels import FINDINGS_NIH
 from services.retrieval.contract import NO_FINDING, UnknownImage
 
 MAX_FINDINGS = 32
@@ -57,9 +57,7 @@ def canonical_finding(raw: object) -> str:
     name = _CANONICAL.get(_folded(raw)) if len(raw) <= MAX_FINDING_LENGTH else None
     if name is None:
         shown = raw if len(raw) <= MAX_FINDING_LENGTH and raw.isprintable() else "(not shown)"
-        raise FindingsError(
-            f"unknown finding {shown!r}; allowed: {', '.join(ALLOWED_FINDINGS)}"
-        )
+        raise FindingsError(f"unknown finding {shown!r}; allowed: {', '.join(ALLOWED_FINDINGS)}")
     return name
 
 
@@ -86,9 +84,9 @@ def normalise_findings(findings: Iterable[str] | None) -> list[str] | None:
 def relabel_image(
     store: GraphStore, key: str, findings: Iterable[str] | None, *, actor: str, salt: bytes
 ) -> RelabelReport:
-    """Sets the image's findings (``None``: clears them); raises ``UnknownImage`` for a key that is not stored and
-    ``FindingsError`` for findings that cannot be stored. Relabelling to the same findings
-    writes nothing."""
+    """Sets the image's findings (``None``: clears them); raises ``UnknownImage`` for a key
+    that is not stored and ``FindingsError`` for findings outside the vocabulary. Relabelling
+    to the same findings writes nothing."""
     names = normalise_findings(findings)
     with store.driver.session(database=store.database) as session:
         return session.execute_write(_relabel_transaction, key, names, actor, salt)
