@@ -116,9 +116,37 @@ class SlowClients:
                 for sock in list(self.opened):
                     with contextlib.suppress(OSError):  # the reader sees the close
                         sock.send(b"X-Slow: 1\r\n")
+        self.close_all()
+
+    def close_all(self) -> None:
         for sock in self.opened:
             self.selector.unregister(sock)
             sock.close()
+        self.opened.clear()
+
+
+def normal_client(served: ServedApi, seeded: SeededGraph) -> tuple[list[float], list[int]]:
+    """Health and key-search requests, each on a new connection, for RUN_S."""
+    headers = seeded.headers() | {"Content-Type": "application/json"}
+    body = key_search_body(seeded)
+    latencies: list[float] = []
+    statuses: list[int] = []
+    deadline = time.monotonic() + RUN_S
+    while time.monotonic() < deadline:
+        for method, path, payload in (
+            ("GET", f"{API}/health", None),
+            ("POST", f"{API}/search", body),
+        ):
+            started = time.perf_counter()
+            try:
+                status = request_from(served, method, path, headers, payload, timeout=5)
+            except OSError as problem:  # socket.timeout included
+                status = -1
+                print(f"normal client: {type(problem).__name__}: {problem}")
+            latencies.append(time.perf_counter() - started)
+            statuses.append(status)
+        time.sleep(0.1)
+    return latencies, statuses
 
 
 def test_slow_and_idle_connections_leave_the_api_reachable(
@@ -126,39 +154,24 @@ def test_slow_and_idle_connections_leave_the_api_reachable(
 ) -> None:
     raise_own_file_limit(4 * (SLOW + IDLE))
     slow = SlowClients(served_api.port)
-    for _ in range(SLOW):
-        slow.open_one()
     idle: list[http.client.HTTPConnection] = []
-    for _ in range(IDLE):  # one request each, then the connection is kept open and silent
-        connection = http.client.HTTPConnection("127.0.0.1", served_api.port, timeout=30)
-        connection.request("GET", f"{API}/health")
-        connection.getresponse().read()
-        idle.append(connection)
     attacker = threading.Thread(target=slow.run, daemon=True)
-    attacker.start()
-    headers = seeded_graph.headers() | {"Content-Type": "application/json"}
-    body = key_search_body(seeded_graph)
-    latencies: list[float] = []
-    statuses: list[int] = []
     try:
-        deadline = time.monotonic() + RUN_S
-        while time.monotonic() < deadline:
-            for method, path, payload in (
-                ("GET", f"{API}/health", None),
-                ("POST", f"{API}/search", body),
-            ):
-                started = time.perf_counter()
-                try:
-                    status = request_from(served_api, method, path, headers, payload, timeout=5)
-                except OSError as problem:  # socket.timeout included
-                    status = -1
-                    print(f"normal client: {type(problem).__name__}: {problem}")
-                latencies.append(time.perf_counter() - started)
-                statuses.append(status)
-            time.sleep(0.1)
+        for _ in range(SLOW):
+            slow.open_one()
+        for _ in range(IDLE):  # one request each, then the connection is kept open and silent
+            connection = http.client.HTTPConnection("127.0.0.1", served_api.port, timeout=10)
+            idle.append(connection)
+            connection.request("GET", f"{API}/health")
+            connection.getresponse().read()
+        attacker.start()
+        latencies, statuses = normal_client(served_api, seeded_graph)
     finally:
         slow.stop.set()
-        attacker.join(timeout=30)
+        if attacker.is_alive():
+            attacker.join(timeout=30)
+        else:
+            slow.close_all()
         for connection in idle:
             connection.close()
     assert served_api.alive(), served_api.log_tail()
