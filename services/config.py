@@ -138,6 +138,11 @@ class Settings(BaseSettings):
         None,
         description="HMAC secret for patient keys. Default: generated once into <home>/secrets.",
     )
+    keep_original_name_keys: bool = Field(
+        False,
+        description="Store an HMAC of each ingested file's base name (keyed like patient "
+        "keys), so `medgraph find-name NAME` can find its image. Off: no trace of file names.",
+    )
 
     # --- graph -------------------------------------------------------------------------------
     knn_k: int = Field(10, ge=1, le=200, description="SIMILAR edges per image (kNN).")

@@ -10,6 +10,8 @@ import click
 from services.api.app import create_app
 from services.api.serving import serve_guarded
 from services.config import Settings, get_settings
+from services.graph.store import GraphStore
+from services.ingest.sealing import seal_stored_sources
 
 
 def serve_api(
@@ -22,6 +24,10 @@ def serve_api(
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # Paths stored in clear before they were sealed are sealed now (idempotent, issue 26).
+    sealed = seal_stored_sources(GraphStore.from_settings(settings), settings)
+    if sealed:
+        click.echo(f"sealed the stored paths of {sealed} image(s)")
     click.echo(
         f"medgraph API on http://{host}:{port}/api/v1  (docs: http://{host}:{port}/api/docs)"
     )

@@ -158,7 +158,10 @@ class ImageDetail(Model):
     width: int | None
     height: int | None
     file_bytes: int | None
-    file_name: str | None = Field(description="Base name of the source file (no folders).")
+    display_name: str = Field(
+        description="A neutral name for the image: its key's prefix and format. File names "
+        "carry identifiers (an NIH name is the patient number), so they are never returned."
+    )
     model_version: str | None
     ingested_at: str | None
     community: int | None

@@ -18,8 +18,9 @@ from services.curation.deletion import (
 )
 from services.curation.relabel import FindingsError, relabel_image
 from services.graph.store import GraphStore
+from services.privacy import original_name_key
 from services.retrieval.contract import NO_FINDING, UnknownImage
-from services.secrets import audit_salt
+from services.secrets import audit_salt, patient_key_secret
 
 
 def _report_dict(report: DeletionReport) -> dict[str, object]:
@@ -143,3 +144,18 @@ def audit(action: str | None, limit: int, as_json: bool) -> None:
     for record in page.records:
         click.echo(f"{record['at']}  {record['id']}  {record['action']:8} {record['images']:>5} "
                    f"image(s)  by {record['actor']}")  # fmt: skip
+
+
+@click.command("find-name")
+@click.argument("name")
+def find_name(name: str) -> None:
+    """The keys of the images ingested from a file of this base name. Works for images ingested
+    with MEDGRAPH_KEEP_ORIGINAL_NAME_KEYS=true: the graph keeps only an HMAC of each name."""
+    settings = get_settings()
+    wanted = original_name_key(patient_key_secret(settings), name)
+    keys = [row["key"] for row in GraphStore.from_settings(settings).query(
+        "image_by_name_key", name_key=wanted)]  # fmt: skip
+    if not keys:
+        hint = "" if settings.keep_original_name_keys else " (keep_original_name_keys is off)"
+        raise click.ClickException(f"no image is stored under that file name{hint}")
+    click.echo("\n".join(keys))

@@ -52,6 +52,7 @@ from services.config import Settings
 from services.graph.cypher import load_cypher
 from services.graph.store import GraphStore
 from services.ingest.pipeline import patient_key as hmac_patient_key
+from services.privacy import open_source
 from services.secrets import patient_key_secret
 
 log = logging.getLogger(__name__)
@@ -312,8 +313,9 @@ def _delete_transaction(tx: ManagedTransaction, request: _DeleteRequest) -> Dele
         _update_communities(run, report, images, removed, added, community_of, latest_run["id"])
 
     marks = []
+    secret = patient_key_secret(request.settings)
     for image in images:
-        source = image["source"]
+        source = open_source(secret, image["source"])
         path = under_folder(source, request.uploads)
         if path is not None:
             marks.append({"key": image["key"], "path": str(path)})
