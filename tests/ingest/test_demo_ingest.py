@@ -163,7 +163,11 @@ def test_edges_are_the_exact_symmetric_knn_graph(
 
 
 def test_predicted_findings_are_stored_and_backfilled(
-    demo_ingest, graph_store: GraphStore, ingest_checkpoint: Path, medgraph_cli, tmp_path: Path,
+    demo_ingest,
+    graph_store: GraphStore,
+    ingest_checkpoint: Path,
+    medgraph_cli,
+    tmp_path: Path,
     settings: Settings,
 ) -> None:
     """Every image keeps the encoder's calibrated predicted findings (for the search's
@@ -178,8 +182,10 @@ def test_predicted_findings_are_stored_and_backfilled(
     secret = patient_key_secret(settings)
     extractor = FeatureExtractor(ingest_checkpoint).load()
     _, expected = extractor.embed_with_findings(
-        [read_image(Path(open_source(secret, record["source"]) or "")).pixels
-         for record in sample]  # fmt: skip
+        [
+            read_image(Path(open_source(secret, record["source"]) or "")).pixels
+            for record in sample
+        ]  # fmt: skip
     )
     np.testing.assert_allclose([record["probabilities"] for record in sample], expected, atol=1e-5)
 
