@@ -29,8 +29,11 @@ from flask.testing import FlaskClient
 from services.config import Settings
 from services.graph.store import GraphStore
 from services.ingest.pipeline import patient_key, write_image_rows
+from services.privacy import SEALED_PREFIX, open_source
 from services.secrets import patient_key_secret
-from tests.reliability.conftest import SeededGraph, ServedApi
+from tests.reliability.conftest import SeededGraph, ServedApi, identifying_names
+from tests.reliability.private_stack import WorkerProcess
+from tests.reliability.test_privacy import every_get_response, stored_texts
 
 pytestmark = [pytest.mark.neo4j, pytest.mark.redis, pytest.mark.slow]
 
@@ -231,6 +234,49 @@ def test_a_flood_of_bad_tokens_never_throttles_a_valid_key_from_the_same_address
     limit = DEFAULTS["api_auth_failures_per_minute"]
     assert set(bad_statuses) <= {401, 429}
     assert bad_statuses.count(401) <= limit + 5
+
+
+# --- acceptance 3: no file name or patient number in the graph, any answer or a log ----------
+def test_no_file_name_or_patient_number_in_the_graph_the_answers_or_the_logs(
+    reliability_app: Any,
+    seeded_graph: SeededGraph,
+    graph_store: GraphStore,
+    reliability_worker: WorkerProcess,
+    served_api: ServedApi,
+) -> None:
+    """Every image of the seeded graph was ingested from a file named as NIH names them
+    (patient number and follow-up) or a DICOM file; none of those names, stems or numbers may
+    be in Neo4j, in the answer of any GET route for any stored value (test_privacy.py's
+    enumeration; the fuzzing in test_fuzz_api.py checks every generated answer too), in the
+    worker's log or in the served API's log. The stored paths are sealed, and open again."""
+    forbidden = identifying_names(seeded_graph)
+    assert any(len(name) == 8 and name.isdigit() for name in forbidden)
+    assert len(forbidden) > 80
+
+    stored = list(stored_texts(graph_store))
+    in_graph = {where: name for where, text in stored for name in forbidden if name in text}
+    assert not in_graph, list(in_graph.items())[:5]
+    sources = graph_store.run_text("MATCH (i:Image) RETURN i.source AS source")
+    secret = patient_key_secret(seeded_graph.settings)
+    assert all(row["source"].startswith(SEALED_PREFIX) for row in sources)
+    opened = {open_source(secret, row["source"]) for row in sources}
+    assert {str(dicom.path) for dicom in seeded_graph.dicoms} <= opened
+
+    named: dict[str, list[str]] = {}
+    answered = 0
+    with reliability_app.test_client() as client:
+        for url, _status, body in every_get_response(
+            reliability_app, client, seeded_graph, graph_store
+        ):
+            answered += 1
+            text = body.decode("utf-8", "replace")
+            found = sorted(name for name in forbidden if name in text)
+            if found:
+                named[url] = found
+    assert answered > 100
+    assert not named, list(named.items())[:5]
+    for log in (reliability_worker.log(), served_api.log_tail(10**8)):
+        assert not sorted(name for name in forbidden if name in log)
 
 
 # --- item 4: concurrent duplicate deletes leave one audit record -------------------------------

@@ -182,10 +182,12 @@ def prepare_upload(
 ) -> PreparedQuery:
     settings = context.settings
     stage_ms: dict[str, float] = {}
-    name = upload.filename or "upload"
+    # The client's file name is never used: it may carry identifiers, and answers and logs
+    # must not repeat them (issue 26).
+    name = "the uploaded file"
     data = upload.read()
     if not data:
-        raise ApiError(400, f"the uploaded file {name!r} is empty")
+        raise ApiError(400, "the uploaded file is empty")
     start = time.perf_counter()
     # One slot per image from decoding until its pixels are dropped after embedding, so N
     # parallel uploads hold at most decode_slots images' worth of memory.
