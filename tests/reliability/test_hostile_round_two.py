@@ -205,7 +205,10 @@ def test_a_flood_of_bad_tokens_never_throttles_a_valid_key_from_the_same_address
     bad_statuses: list[int] = []
     done = threading.Event()
 
+    flood_s: list[float] = []
+
     def flood() -> None:
+        started = time.monotonic()
         for index in range(1000):
             key_id = good_id if index % 2 else uuid.uuid4().hex[:12]
             bad = f"mg_{key_id}_{uuid.uuid4().hex}{uuid.uuid4().hex[:11]}"
@@ -214,6 +217,7 @@ def test_a_flood_of_bad_tokens_never_throttles_a_valid_key_from_the_same_address
                              {"Authorization": f"Bearer {bad}"}, source=address)
             )  # fmt: skip
             time.sleep(0.012)  # about 15 s in all, so the valid key searches throughout
+        flood_s.append(time.monotonic() - started)
         done.set()
 
     attacker = threading.Thread(target=flood, daemon=True)
@@ -233,7 +237,8 @@ def test_a_flood_of_bad_tokens_never_throttles_a_valid_key_from_the_same_address
     # The failures are still limited: once the address's bucket is spent, bad tokens get 429.
     limit = DEFAULTS["api_auth_failures_per_minute"]
     assert set(bad_statuses) <= {401, 429}
-    assert bad_statuses.count(401) <= limit + 5
+    # The bucket holds `limit` and refills at limit / 60 a second while the flood lasts.
+    assert bad_statuses.count(401) <= limit + flood_s[0] * limit / 60 + 1
 
 
 # --- acceptance 3: no file name or patient number in the graph, any answer or a log ----------
