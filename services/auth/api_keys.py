@@ -24,6 +24,8 @@ _TOKEN = re.compile(r"^mg_([0-9a-f]{12})_([A-Za-z0-9_-]{20,100})$")
 # A lookup is trusted this long; every process sees a revocation within it (issue 16: the
 # CLI's revocation cannot clear another process's cache).
 DEFAULT_CACHE_SECONDS = 0.5
+# A token naming a key id the directory lacks reloads it, at most this often.
+MISS_RELOAD_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ def create_api_key(store: GraphStore, name: str, scopes: tuple[Scope, ...]) -> I
     store.query(
         "api_key_create", id=key_id, name=name, scopes=list(scopes), token_sha256=_sha256(token)
     )
+    ApiKeyVerifier.forget_all()  # this process knows the new key at once
     return IssuedKey(ApiKey(key_id, name, tuple(scopes)), token)
 
 
@@ -87,8 +90,9 @@ def token_key_id(token: str | None) -> str | None:
 
 class ApiKeyVerifier:
     """Checks presented tokens against an in-memory directory of the keys that are not revoked,
-    reloaded from the graph at most every ``cache_s`` (one query, whatever the number of
-    requests or failed guesses), so a revocation is seen by every process within ``cache_s``."""
+    reloaded from the graph every ``cache_s`` (and, for an id it lacks, at most every
+    MISS_RELOAD_S): one query at a time, whatever the number of requests or failed guesses. A
+    revocation is seen by every process within ``cache_s``."""
 
     _directories: dict[int, _Directory] = {}
     _lock = threading.Lock()
@@ -105,20 +109,20 @@ class ApiKeyVerifier:
             cls._directories.clear()
             cls._generation += 1
 
-    def _fresh(self, now: float) -> _Directory | None:
+    def _fresh(self, now: float, max_age: float) -> _Directory | None:
         with self._lock:
             directory = self._directories.get(id(self.store))
-        if directory is not None and now - directory.loaded_at < self.cache_s:
+        if directory is not None and now - directory.loaded_at < max_age:
             return directory
         return None
 
-    def _directory(self) -> _Directory:
-        directory = self._fresh(time.monotonic())
+    def _directory(self, max_age: float) -> _Directory:
+        directory = self._fresh(time.monotonic(), max_age)
         if directory is not None:
             return directory
         with self._reload_lock:  # one reload at a time; the others then use its result
             now = time.monotonic()
-            directory = self._fresh(now)
+            directory = self._fresh(now, max_age)
             if directory is not None:
                 return directory
             with self._lock:
@@ -140,7 +144,11 @@ class ApiKeyVerifier:
         key_id = token_key_id(token)
         if key_id is None:
             return None
-        entry = self._directory().keys.get(key_id)
+        entry = self._directory(self.cache_s).keys.get(key_id)
+        if entry is None:
+            # Perhaps a key created since (by another process): look again, but at most every
+            # MISS_RELOAD_S, so guessed ids cannot make the reloads more frequent than that.
+            entry = self._directory(min(self.cache_s, MISS_RELOAD_S)).keys.get(key_id)
         if entry is None:
             return None
         digest = _sha256(token or "")
