@@ -197,7 +197,7 @@ def prepare_upload(
         try:
             decoded = read_image(data, name=name, limits=context.read_limits)
         except ImageReadError as problem:
-            raise ApiError(422, f"cannot read the uploaded image: {problem}") from None
+            raise ApiError(422, f"cannot read the uploaded image: {problem.reason}") from None
         stage_ms["decode"] = (time.perf_counter() - start) * 1000.0
         start = time.perf_counter()
         embedding, predicted = context.embed_with_findings(decoded.pixels)
