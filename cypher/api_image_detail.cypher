@@ -4,7 +4,7 @@
 MATCH (i:Image {key: $key})
 OPTIONAL MATCH (p:Patient)-[:HAS_IMAGE]->(i)
 RETURN i.key AS key, i.findings AS findings, i.modality AS modality, i.width AS width,
-       i.height AS height, i.file_bytes AS file_bytes, i.source AS source,
+       i.height AS height, i.file_bytes AS file_bytes,
        i.model_version AS model_version, toString(i.ingested_at) AS ingested_at,
        i.community AS community,
        COUNT { (i)-[:SIMILAR]-(:Image) } AS neighbours,

@@ -1,7 +1,9 @@
 // One :Image per distinct file content (key = SHA-256 of the bytes), with its patient link.
 // Idempotent: writing the same rows again changes no counts.
-// $rows: [{key, source, findings, patient_key, modality, width, height, file_bytes,
+// $rows: [{key, source, name_key, findings, patient_key, modality, width, height, file_bytes,
 //          model_version, embedding, finding_probabilities}]
+//   source: the file's path, sealed (services/privacy.py); name_key: the HMAC of its base
+//   name when the operator keeps them (keep_original_name_keys), else null (a stored one stays).
 //   findings / patient_key null = not known from this ingest (stored values are kept);
 //   modality, width, height, embedding, finding_probabilities null = the file's content is
 //   already stored. finding_probabilities: the encoder's calibrated predicted findings, in its
@@ -22,6 +24,7 @@ WITH image, row, existed,
      row.embedding IS NOT NULL AND row.finding_probabilities IS NOT NULL
        AND image.finding_probabilities IS NULL AS new_probabilities
 SET image.source = row.source,
+    image.name_key = coalesce(row.name_key, image.name_key),
     image.findings = coalesce(row.findings, image.findings),
     image.patient_key = coalesce(row.patient_key, image.patient_key),
     image.modality = coalesce(row.modality, image.modality),

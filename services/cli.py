@@ -17,12 +17,13 @@ from services.api.commands import serve
 from services.auth.commands import apikey
 from services.communities.commands import cluster
 from services.config import REPO_ROOT, Settings, get_settings, settings_problem
-from services.curation.commands import audit, delete, relabel
+from services.curation.commands import audit, delete, find_name, relabel
 from services.demo import run_demo
 from services.encoder.commands import embed, train
 from services.evaluation.commands import evaluate
 from services.graph.store import GraphStore
 from services.ingest.commands import ingest, ingest_status, worker
+from services.ingest.sealing import seal_stored_sources
 from services.runtime.neo4j import Neo4jRuntime
 from services.runtime.processes import RuntimeProblem
 from services.runtime.redis import RedisRuntime
@@ -121,9 +122,13 @@ def _status_line(part: str, pid: int | None, detail: str) -> str:
 @main.command("schema")
 @reports_runtime_problems
 def schema() -> None:
-    """Apply cypher/schema.cypher (constraints and the vector index) to the database."""
-    GraphStore.from_settings().apply_schema()
-    click.echo("schema applied")
+    """Apply cypher/schema.cypher (constraints and the vector index) to the database, and seal
+    source paths stored in clear by earlier versions."""
+    settings = get_settings()
+    store = GraphStore.from_settings(settings)
+    store.apply_schema()
+    sealed = seal_stored_sources(store, settings)
+    click.echo(f"schema applied; sealed the stored paths of {sealed} image(s)")
 
 
 README_TABLE = re.compile(
@@ -190,11 +195,12 @@ main.add_command(ingest)  # services/ingest
 main.add_command(ingest_status)
 main.add_command(worker)
 main.add_command(serve)  # services/api
-main.add_command(evaluate)  # services/retrieval
+main.add_command(evaluate)  # services/evaluation
 main.add_command(apikey)  # services/auth
 main.add_command(delete)  # services/curation
 main.add_command(relabel)
 main.add_command(audit)
+main.add_command(find_name)
 
 if __name__ == "__main__":
     main()

@@ -138,6 +138,11 @@ class Settings(BaseSettings):
         None,
         description="HMAC secret for patient keys. Default: generated once into <home>/secrets.",
     )
+    keep_original_name_keys: bool = Field(
+        False,
+        description="Store an HMAC of each ingested file's base name (keyed like patient "
+        "keys), so `medgraph find-name NAME` can find its image. Off: no trace of file names.",
+    )
 
     # --- graph -------------------------------------------------------------------------------
     knn_k: int = Field(10, ge=1, le=200, description="SIMILAR edges per image (kNN).")
@@ -311,6 +316,27 @@ class Settings(BaseSettings):
         description="Largest request body (upload) the API accepts; larger ones get 413.",
     )  # fmt: skip
     api_threads: int = Field(8, ge=1, le=256, description="Worker threads of `medgraph serve`.")
+    api_connection_limit: int = Field(
+        1000, ge=10, le=60_000,
+        description="Open connections `medgraph serve` holds at once (idle and slow ones "
+        "included); beyond it, new connections wait in the listen backlog. The process raises "
+        "its open-file limit to fit.",
+    )  # fmt: skip
+    api_header_timeout_s: float = Field(
+        10.0, gt=0, le=600,
+        description="A request's headers must arrive complete within this many seconds of its "
+        "first byte, or the connection is closed (slow-header clients).",
+    )  # fmt: skip
+    api_request_timeout_s: float = Field(
+        120.0, gt=0, le=3600,
+        description="A whole request, body included, must arrive within this many seconds of its "
+        "first byte, or the connection is closed (slow-body clients; 32 MiB at 280 KB/s).",
+    )  # fmt: skip
+    api_idle_timeout_s: float = Field(
+        30.0, gt=0, le=3600,
+        description="A keep-alive connection with no request in progress is closed after this "
+        "many seconds without a byte.",
+    )  # fmt: skip
     api_thumbnail_pixels: int = Field(
         128, ge=16, le=1024, description="Longest side of the PNG thumbnails served by the API."
     )
@@ -345,9 +371,9 @@ class Settings(BaseSettings):
     )
     api_auth_failures_per_minute: int = Field(
         30, ge=0,
-        description="Failed authentications per minute one client address may make; after "
-        "that its requests get 429 without any key lookup until the bucket refills "
-        "(0 = no limit).",
+        description="Failed authentications per minute per client address, and per key id a "
+        "token names; after that, failures get 429 until the bucket refills. A valid key is "
+        "never throttled by them (keys are checked first, in memory). 0 = no limit.",
     )  # fmt: skip
     api_key_cache_s: float = Field(
         0.5, ge=0.0, le=1.0,

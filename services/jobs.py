@@ -34,6 +34,7 @@ CLUSTER = "medgraph.communities.cluster"
 
 # The Celery application module, as ``celery -A`` takes it.
 CELERY_APP = "workers.celery_app"
+RESULT_EXPIRES_S = 24 * 3600
 
 
 def wire_settings(settings: Settings) -> dict[str, Any]:
@@ -58,7 +59,7 @@ def wire_settings(settings: Settings) -> dict[str, Any]:
         "task_default_queue": GRAPH_QUEUE,
         "task_routes": {EMBED_BATCH: {"queue": EMBED_QUEUE}},
         "task_ignore_result": True,
-        "result_expires": 24 * 3600,
+        "result_expires": RESULT_EXPIRES_S,
     }
 
 
@@ -100,6 +101,20 @@ def send(
 
 def result(settings: Settings, task_id: str) -> AsyncResult:
     return client(settings).AsyncResult(task_id)
+
+
+# Celery answers PENDING for a task id it has never seen, so the ids of the jobs the API starts
+# are remembered (as long as their results) to tell a made-up id (404) from a queued job.
+SENT_JOB_PREFIX = "medgraph:sent-job:"
+
+
+def remember_job(settings: Settings, task_id: str) -> None:
+    backend = client(settings).backend
+    backend.client.set(SENT_JOB_PREFIX + task_id, "1", ex=RESULT_EXPIRES_S)
+
+
+def job_was_sent(settings: Settings, task_id: str) -> bool:
+    return bool(client(settings).backend.client.exists(SENT_JOB_PREFIX + task_id))
 
 
 def ping(

@@ -16,6 +16,7 @@ from services.api.blueprints.jobs import jobs_bp
 from services.api.blueprints.search import search_bp
 from services.api.context import install_context
 from services.api.errors import error_response, register_error_handlers
+from services.api.forms import ApiRequest
 from services.auth.guard import install_access_control, install_cors
 from services.config import Settings, get_settings
 from services.dashboard import register_dashboard
@@ -40,9 +41,17 @@ def no_host_redirects() -> Response | None:
     return response
 
 
+def no_sniffing(response: Response) -> Response:
+    """Every answer is what its Content-Type says; browsers must not guess (a JSON error body
+    echoing input must never run as a page)."""
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    return response
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or get_settings()
     app = Flask(__name__, static_folder=None)
+    app.request_class = ApiRequest  # form-limit errors that name the limit hit (issue 26)
     # "//" in a path is a 404, not a redirect to the merged path (issue 16).
     app.url_map.merge_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = settings.api_max_upload_bytes
@@ -51,6 +60,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     context = install_context(app, settings)
     register_error_handlers(app)
     app.before_request(no_host_redirects)
+    app.after_request(no_sniffing)
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
     register_dashboard(app)  # the web page at /dashboard/ (services/dashboard)

@@ -1,4 +1,5 @@
-"""`medgraph serve`: the REST API under waitress, a production WSGI server in pure Python."""
+"""`medgraph serve`: the REST API under waitress, a production WSGI server in pure Python,
+guarded against slow and idle clients (``services/api/serving.py``)."""
 
 from __future__ import annotations
 
@@ -7,34 +8,31 @@ import logging
 import click
 
 from services.api.app import create_app
+from services.api.serving import serve_guarded
 from services.config import Settings, get_settings
+from services.graph.store import GraphStore
+from services.ingest.sealing import seal_stored_sources
 
 
 def serve_api(
     settings: Settings, host: str | None = None, port: int | None = None, threads: int | None = None
 ) -> None:
     """Blocks serving the API (and whatever else create_app mounts) until interrupted."""
-    from waitress import serve
-
     host = host or settings.api_host
     port = port or settings.api_port
     app = create_app(settings)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # Paths stored in clear before they were sealed are sealed now (idempotent, issue 26).
+    sealed = seal_stored_sources(GraphStore.from_settings(settings), settings)
+    if sealed:
+        click.echo(f"sealed the stored paths of {sealed} image(s)")
     click.echo(
         f"medgraph API on http://{host}:{port}/api/v1  (docs: http://{host}:{port}/api/docs)"
     )
-    serve(
-        app,
-        host=host,
-        port=port,
-        threads=threads or settings.api_threads,
-        # Uploads are bounded by MAX_CONTENT_LENGTH in Flask; waitress's own cap is set above it
-        # so that Flask, not waitress, answers oversized uploads (with a JSON 413).
-        max_request_body_size=settings.api_max_upload_bytes * 2,
-        ident="medgraph",
-    )
+    # waitress with a connection budget and per-request deadlines (services/api/serving.py).
+    serve_guarded(app, settings, host, port, threads or settings.api_threads)
 
 
 @click.command("serve")

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from services.api.schemas import MAX_OFFSET, Model
+from services.curation.relabel import ALLOWED_FINDINGS
 from services.retrieval.contract import NO_FINDING
 
 
@@ -44,15 +45,18 @@ class PatientDeletionRequest(Model):
 
 
 class RelabelRequest(Model):
-    findings: list[Annotated[str, Field(max_length=64)]] = Field(
-        description=f'Positive findings; `[]` or `["{NO_FINDING}"]` = none.', max_length=32
+    findings: list[Annotated[str, Field(max_length=64)]] | None = Field(
+        description=f"Positive findings, from the vocabulary: {', '.join(ALLOWED_FINDINGS)} "
+        f'(any letter case; `_` or a space). `[]` or `["{NO_FINDING}"]` = none; `null` clears '
+        "the labels (the image becomes unlabelled).",
+        max_length=32,
     )
 
 
 class RelabelResponse(Model):
     key: str
     before: list[str] | None = Field(description="The findings before (null: unlabelled).")
-    findings: list[str] = Field(description="The findings now.")
+    findings: list[str] | None = Field(description="The findings now (null: unlabelled).")
     community: int | None = Field(description="The community whose histogram was updated.")
     changed: bool = Field(description="False when the image already had these findings.")
     audit_id: str | None = Field(description="The audit record (null when nothing changed).")

@@ -17,6 +17,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from services.api.forms import FormLimitExceeded
 from services.encoder.imaging import DecodeBusy
 from services.graph.store import TRANSIENT_NEO4J_ERRORS
 from services.retrieval.contract import (
@@ -47,18 +48,28 @@ def error_response(status: int, message: str, **details: Any) -> Response:
     return response
 
 
+# An error names at most this many problems, each field name cut to FIELD_NAME_SHOWN
+# characters: 5,000 unknown form fields made a 498 KB answer (issue 26).
+PROBLEMS_SHOWN = 10
+FIELD_NAME_SHOWN = 64
+
+
+def _shown_field(problem: dict[str, Any]) -> str:
+    name = ".".join(str(part) for part in problem["loc"]) or "(body)"
+    return name if len(name) <= FIELD_NAME_SHOWN else name[:FIELD_NAME_SHOWN] + "…"
+
+
 def validation_problems(error: ValidationError) -> list[dict[str, str]]:
     return [
-        {
-            "field": ".".join(str(part) for part in problem["loc"]) or "(body)",
-            "problem": problem["msg"],
-        }
-        for problem in error.errors(include_url=False)
+        {"field": _shown_field(problem), "problem": problem["msg"]}
+        for problem in error.errors(include_url=False)[:PROBLEMS_SHOWN]
     ]
 
 
 def validation_message(error: ValidationError) -> str:
-    return "; ".join(f"{p['field']}: {p['problem']}" for p in validation_problems(error))
+    message = "; ".join(f"{p['field']}: {p['problem']}" for p in validation_problems(error))
+    hidden = error.error_count() - PROBLEMS_SHOWN
+    return f"{message}; and {hidden} more problem(s)" if hidden > 0 else message
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -98,6 +109,8 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(error: RequestEntityTooLarge) -> Response:
+        if isinstance(error, FormLimitExceeded):
+            return error_response(413, error.description or "the form is too large")
         limit = app.config.get("MAX_CONTENT_LENGTH")
         return error_response(
             413, f"the request body is larger than the limit of {limit} bytes", limit_bytes=limit

@@ -108,6 +108,14 @@ def require_scope(scope: Literal["read", "write"], reason: str) -> None:
         raise ApiError(403, f"{reason}: an API key with the '{scope}' scope is required")
 
 
+def may_write() -> bool:
+    """Whether the presented key has the write scope (True until the auth layer is installed,
+    as require_scope lets everything through then)."""
+    if "api_key" not in g:
+        return True
+    return g.api_key is not None and g.api_key.allows("write")
+
+
 def json_body(*, allow_empty: bool = False) -> Any:
     if not request.get_data(cache=True):
         if allow_empty:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from services.retrieval.contract import NO_FINDING
 
@@ -22,6 +22,17 @@ MAX_OFFSET = 1_000_000_000
 class Model(BaseModel):
     # Infinity and NaN (which Python's JSON parser accepts) are refused in every float field.
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_as_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """Pydantic's lax mode reads ``true`` as 1 in a number field (``k=true`` was k = 1)."""
+        if isinstance(value, bool) and info.field_name is not None:
+            annotation = cls.model_fields[info.field_name].annotation
+            kinds = set(get_args(annotation)) or {annotation}
+            if bool not in kinds and kinds & {int, float}:
+                raise ValueError("must be a number, not a boolean")
+        return value
 
 
 # --- errors ------------------------------------------------------------------------------------
@@ -124,7 +135,10 @@ class SearchDiagnostics(Model):
 class QueryDescription(Model):
     source: Literal["upload", "key"]
     key: str = Field(description="The stored key, or the SHA-256 of the uploaded bytes.")
-    stored: bool = Field(description="Whether an image with this key is in the graph.")
+    stored: bool | None = Field(
+        description="Whether an image with this key is in the graph; null for uploads with a "
+        "read key (whether a given file is archived is not told to read keys)."
+    )
     modality: str | None
     patient_excluded: bool
     ingest_job_id: str | None = Field(None, description="Set when add=true started ingestion.")
@@ -144,7 +158,10 @@ class ImageDetail(Model):
     width: int | None
     height: int | None
     file_bytes: int | None
-    file_name: str | None = Field(description="Base name of the source file (no folders).")
+    display_name: str = Field(
+        description="A neutral name for the image: its key's prefix and format. File names "
+        "carry identifiers (an NIH name is the patient number), so they are never returned."
+    )
     model_version: str | None
     ingested_at: str | None
     community: int | None

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from flask import Flask, current_app, g, jsonify, request
 
-from services.auth.api_keys import ApiKey, ApiKeyVerifier, Scope
+from services.auth.api_keys import ApiKey, ApiKeyVerifier, Scope, token_key_id
 from services.graph.store import TRANSIENT_NEO4J_ERRORS, GraphStore
 
 View = TypeVar("View", bound=Callable[..., Any])
@@ -100,9 +100,12 @@ def install_access_control(
     key_cache_s: float = 0.5,
 ) -> None:
     limiter = RateLimiter(rate_limit_per_minute)
-    # Failed authentications per client address: once spent, the address gets 429 before any
-    # key lookup, so guessing keys costs the graph database nothing.
-    failures = RateLimiter(auth_failures_per_minute)  # 0 = off
+    # Failed authentications, counted per client address and per key id a token names (0 =
+    # off). The key is always checked first (in memory, ApiKeyVerifier), so a valid key is
+    # never throttled by others' failures, not even from its own address (behind a reverse
+    # proxy every client shares one); once either bucket is spent, failures answer 429.
+    failures_by_address = RateLimiter(auth_failures_per_minute)
+    failures_by_key_id = RateLimiter(auth_failures_per_minute)
 
     @app.before_request
     def check_access() -> Any:
@@ -112,17 +115,20 @@ def install_access_control(
         key: ApiKey | None = None
         address = f"addr:{request.remote_addr}"
         if scope != PUBLIC:
-            if not failures.allow(address, cost=0.0):
-                return _error(
-                    429, "too many failed authentications from this address; retry later",
-                    **{"Retry-After": "60"},
-                )  # fmt: skip
+            token = presented_token()
             try:
-                key = ApiKeyVerifier(store_factory(), key_cache_s).verify(presented_token())
+                key = ApiKeyVerifier(store_factory(), key_cache_s).verify(token)
             except TRANSIENT_NEO4J_ERRORS:
                 return _error(503, "cannot check the API key: the graph database is unavailable")
             if key is None:
-                failures.allow(address)
+                over_address = not failures_by_address.allow(address)
+                key_id = token_key_id(token)
+                over_key_id = key_id is not None and not failures_by_key_id.allow(key_id)
+                if over_address or over_key_id:
+                    return _error(
+                        429, "too many failed authentications; retry later",
+                        **{"Retry-After": "60"},
+                    )  # fmt: skip
                 return _error(401, "a valid API key is required (Authorization: Bearer <key>)")
             if not key.allows(scope):  # type: ignore[arg-type]
                 return _error(403, f"this API key lacks the '{scope}' scope")

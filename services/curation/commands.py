@@ -18,8 +18,9 @@ from services.curation.deletion import (
 )
 from services.curation.relabel import FindingsError, relabel_image
 from services.graph.store import GraphStore
+from services.privacy import original_name_key
 from services.retrieval.contract import NO_FINDING, UnknownImage
-from services.secrets import audit_salt
+from services.secrets import audit_salt, patient_key_secret
 
 
 def _report_dict(report: DeletionReport) -> dict[str, object]:
@@ -99,15 +100,17 @@ def delete(keys: tuple[str, ...], patient_id: str | None, as_json: bool) -> None
 @click.argument("key")
 @click.option("--finding", "findings", multiple=True, help="A positive finding (repeatable).")
 @click.option("--no-finding", is_flag=True, help=f"No positive finding ({NO_FINDING}).")
-def relabel(key: str, findings: tuple[str, ...], no_finding: bool) -> None:
+@click.option("--clear", is_flag=True, help="Remove the labels: the image becomes unlabelled.")
+def relabel(key: str, findings: tuple[str, ...], no_finding: bool, clear: bool) -> None:
     """Correct an image's findings (its community's finding histogram follows; edges and
-    communities do not change)."""
-    if bool(findings) == no_finding:
-        raise click.UsageError("give --finding NAME (repeatable) or --no-finding")
+    communities do not change). Findings come from the checkpoint's vocabulary."""
+    if bool(findings) + no_finding + clear != 1:
+        raise click.UsageError("give --finding NAME (repeatable), --no-finding or --clear")
     settings = get_settings()
+    wanted = None if clear else [] if no_finding else list(findings)
     try:
         report = relabel_image(
-            GraphStore.from_settings(settings), key, [] if no_finding else list(findings),
+            GraphStore.from_settings(settings), key, wanted,
             actor=CLI_ACTOR, salt=audit_salt(settings),
         )  # fmt: skip
     except FindingsError as problem:
@@ -115,7 +118,7 @@ def relabel(key: str, findings: tuple[str, ...], no_finding: bool) -> None:
     except UnknownImage:
         raise click.ClickException(f"no stored image has the key {key!r}") from None
     before = "unlabelled" if report.before is None else (", ".join(report.before) or NO_FINDING)
-    after = ", ".join(report.after) or NO_FINDING
+    after = "unlabelled" if report.after is None else (", ".join(report.after) or NO_FINDING)
     if not report.changed:
         click.echo(f"{key}: already {after}; nothing changed")
         return
@@ -141,3 +144,18 @@ def audit(action: str | None, limit: int, as_json: bool) -> None:
     for record in page.records:
         click.echo(f"{record['at']}  {record['id']}  {record['action']:8} {record['images']:>5} "
                    f"image(s)  by {record['actor']}")  # fmt: skip
+
+
+@click.command("find-name")
+@click.argument("name")
+def find_name(name: str) -> None:
+    """The keys of the images ingested from a file of this base name. Works for images ingested
+    with MEDGRAPH_KEEP_ORIGINAL_NAME_KEYS=true: the graph keeps only an HMAC of each name."""
+    settings = get_settings()
+    wanted = original_name_key(patient_key_secret(settings), name)
+    keys = [row["key"] for row in GraphStore.from_settings(settings).query(
+        "image_by_name_key", name_key=wanted)]  # fmt: skip
+    if not keys:
+        hint = "" if settings.keep_original_name_keys else " (keep_original_name_keys is off)"
+        raise click.ClickException(f"no image is stored under that file name{hint}")
+    click.echo("\n".join(keys))

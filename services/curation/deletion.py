@@ -52,6 +52,7 @@ from services.config import Settings
 from services.graph.cypher import load_cypher
 from services.graph.store import GraphStore
 from services.ingest.pipeline import patient_key as hmac_patient_key
+from services.privacy import open_source
 from services.secrets import patient_key_secret
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,10 @@ def delete_images(
     unique = list(dict.fromkeys(keys))
     request = _DeleteRequest(settings, unique, actor, salt, upload_folder(settings), patient_key)
     with store.driver.session(database=store.database) as session:
-        report = session.execute_write(_delete_transaction, request)
+        try:
+            report = session.execute_write(_delete_transaction, request)
+        except _NothingDeleted as nothing:
+            report = nothing.report
     if report.deleted:
         finish_file_deletions(store, settings)
     report.seconds = time.monotonic() - started
@@ -198,6 +202,15 @@ def _run(tx: ManagedTransaction, name: str, **params: Any) -> list[dict[str, Any
 
 def _pair(a: str, b: str) -> tuple[str, str]:
     return (a, b) if a < b else (b, a)
+
+
+class _NothingDeleted(Exception):
+    """Raised inside the deleting transaction to roll it back when, under the locks, none of
+    its images is stored any more."""
+
+    def __init__(self, report: DeletionReport) -> None:
+        super().__init__("nothing to delete")
+        self.report = report
 
 
 @dataclass(frozen=True)
@@ -239,6 +252,12 @@ def _delete_transaction(tx: ManagedTransaction, request: _DeleteRequest) -> Dele
     latest_run = locked[0] if locked else None
     # Read again under the locks: committed values that no one else changes before the commit.
     images = run("deletion_read_images", keys=keys)
+    if not images:
+        # A concurrent deletion of the same images committed first: roll back (the generation
+        # bump included), so no empty audit record is written.
+        report.generation = None
+        report.missing = sorted(keys)
+        raise _NothingDeleted(report)
     deleted = {row["key"] for row in images}
     report.deleted = sorted(deleted)
     report.missing = sorted(set(keys) - deleted)
@@ -294,8 +313,9 @@ def _delete_transaction(tx: ManagedTransaction, request: _DeleteRequest) -> Dele
         _update_communities(run, report, images, removed, added, community_of, latest_run["id"])
 
     marks = []
+    secret = patient_key_secret(request.settings)
     for image in images:
-        source = image["source"]
+        source = open_source(secret, image["source"])
         path = under_folder(source, request.uploads)
         if path is not None:
             marks.append({"key": image["key"], "path": str(path)})

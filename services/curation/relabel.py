@@ -15,12 +15,24 @@ from neo4j import ManagedTransaction, unit_of_work
 
 from services.communities.statistics import finding_list
 from services.curation.deletion import key_hash
+from services.encoder.labels import FINDINGS_NIH
 from services.graph.cypher import load_cypher
 from services.graph.store import GraphStore
 from services.retrieval.contract import NO_FINDING, UnknownImage
 
 MAX_FINDINGS = 32
 MAX_FINDING_LENGTH = 64
+# The controlled vocabulary: the checkpoint's findings (the 14 of NIH ChestX-ray14) and "No
+# Finding". Anything else would reach the finding filter and the community histograms.
+ALLOWED_FINDINGS: tuple[str, ...] = (*FINDINGS_NIH, NO_FINDING)
+
+
+def _folded(name: str) -> str:
+    """Case, spaces and underscores do not matter: "pleural thickening" = "Pleural_Thickening"."""
+    return " ".join(name.replace("_", " ").split()).casefold()
+
+
+_CANONICAL = {_folded(name): name for name in ALLOWED_FINDINGS}
 
 
 class FindingsError(ValueError):
@@ -31,27 +43,33 @@ class FindingsError(ValueError):
 class RelabelReport:
     key: str
     before: list[str] | None  # None: the image had no labels (unknown)
-    after: list[str]
+    after: list[str] | None  # None: labels cleared (unlabelled)
     community: int | None
     changed: bool
     audit_id: str | None
     generation: int | None
 
 
-def normalise_findings(findings: Iterable[str]) -> list[str]:
-    """Positive findings as stored: stripped, each once, in the order given; ``[]`` or
-    ``["No Finding"]`` alone means no positive finding."""
+def canonical_finding(raw: object) -> str:
+    """The vocabulary's spelling of ``raw``; FindingsError naming the allowed values otherwise."""
+    if not isinstance(raw, str):
+        raise FindingsError(f"a finding must be a string, got {type(raw).__name__}")
+    name = _CANONICAL.get(_folded(raw)) if len(raw) <= MAX_FINDING_LENGTH else None
+    if name is None:
+        shown = raw if len(raw) <= MAX_FINDING_LENGTH and raw.isprintable() else "(not shown)"
+        raise FindingsError(f"unknown finding {shown!r}; allowed: {', '.join(ALLOWED_FINDINGS)}")
+    return name
+
+
+def normalise_findings(findings: Iterable[str] | None) -> list[str] | None:
+    """Positive findings as stored: in the vocabulary's spelling, each once, in the order given;
+    ``[]`` or ``["No Finding"]`` alone means no positive finding; ``None`` clears the labels
+    (the image becomes unlabelled)."""
+    if findings is None:
+        return None
     names: list[str] = []
     for raw in findings:
-        if not isinstance(raw, str):
-            raise FindingsError(f"a finding must be a string, got {type(raw).__name__}")
-        name = raw.strip()
-        if not name:
-            raise FindingsError("a finding must not be empty")
-        if len(name) > MAX_FINDING_LENGTH or not name.isprintable():
-            raise FindingsError(
-                f"a finding must be printable text of at most {MAX_FINDING_LENGTH} characters"
-            )
+        name = canonical_finding(raw)
         if name not in names:
             names.append(name)
     if NO_FINDING in names:
@@ -64,11 +82,11 @@ def normalise_findings(findings: Iterable[str]) -> list[str]:
 
 
 def relabel_image(
-    store: GraphStore, key: str, findings: Iterable[str], *, actor: str, salt: bytes
+    store: GraphStore, key: str, findings: Iterable[str] | None, *, actor: str, salt: bytes
 ) -> RelabelReport:
-    """Sets the image's findings; raises ``UnknownImage`` for a key that is not stored and
-    ``FindingsError`` for findings that cannot be stored. Relabelling to the same findings
-    writes nothing."""
+    """Sets the image's findings (``None``: clears them); raises ``UnknownImage`` for a key
+    that is not stored and ``FindingsError`` for findings outside the vocabulary. Relabelling
+    to the same findings writes nothing."""
     names = normalise_findings(findings)
     with store.driver.session(database=store.database) as session:
         return session.execute_write(_relabel_transaction, key, names, actor, salt)
@@ -80,14 +98,14 @@ def _run(tx: ManagedTransaction, name: str, **params: Any) -> list[dict[str, Any
 
 @unit_of_work(metadata={"medgraph": "relabel-image"})
 def _relabel_transaction(
-    tx: ManagedTransaction, key: str, names: list[str], actor: str, salt: bytes
+    tx: ManagedTransaction, key: str, names: list[str] | None, actor: str, salt: bytes
 ) -> RelabelReport:
     rows = _run(tx, "relabel_read", key=key)
     if not rows:
         raise UnknownImage(key)
     before = rows[0]["findings"]
-    if before is not None and list(before) == names:
-        return RelabelReport(key, list(before), names, rows[0]["community"], False, None, None)
+    if (None if before is None else list(before)) == names:
+        return RelabelReport(key, names, names, rows[0]["community"], False, None, None)
     generation = int(_run(tx, "graph_generation_bump")[0]["generation"])
     locked = _run(tx, "community_lock_latest_run")  # serialised with ingest-time assignment
     row = _run(tx, "relabel_read", key=key)[0]

@@ -25,6 +25,7 @@ import numpy as np
 
 from services.encoder.imaging import DecodedImage, ImageReadError, ReadLimits, read_image
 from services.graph.store import GraphStore
+from services.privacy import original_name_key, seal_source
 
 EMBEDDING_DIM = 1024
 # Decoded float32 pixels held at once while embedding (full-size DICOMs are ~10-40 MB each).
@@ -123,6 +124,7 @@ def embed_files(
     secret: bytes,
     lookup_known: Callable[[list[str]], set[str]] | None = None,
     batch_size: int = 64,
+    keep_name_keys: bool = False,
 ) -> EmbedOutcome:
     """Rows for every usable file, a failure for every other one.
 
@@ -147,7 +149,11 @@ def embed_files(
     for entry, key, size in keyed:
         row: dict[str, Any] = {
             "key": key,
-            "source": entry["path"],
+            # The graph keeps the path sealed (it names the patient, services/privacy.py);
+            # "path" stays in clear for this ingest's own failure reports, never stored.
+            "source": seal_source(secret, entry["path"]),
+            "path": entry["path"],
+            "name_key": original_name_key(secret, entry["path"]) if keep_name_keys else None,
             "findings": entry["findings"],
             "patient_key": entry["patient_key"],
             "file_bytes": size,
@@ -201,11 +207,11 @@ def _embed_pending(
             try:
                 one_code, one_prediction = extractor.embed_with_findings([pixels])
             except (ValueError, RuntimeError) as exc:
-                failures.append((row["source"], f"cannot compute the image code ({exc})"))
+                failures.append((row["path"], f"cannot compute the image code ({exc})"))
                 continue
             code, predicted = one_code[0], one_prediction[0]
         if not (np.all(np.isfinite(code)) and np.all(np.isfinite(predicted))):
-            failures.append((row["source"], "the image code is not finite (NaN/inf)"))
+            failures.append((row["path"], "the image code is not finite (NaN/inf)"))
             continue
         row["embedding"] = encode_embedding(code)
         row["finding_probabilities"] = [float(value) for value in predicted]
@@ -222,7 +228,8 @@ def node_rows(rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
             embedding = decode_embedding(embedding).tolist()
         elif isinstance(embedding, np.ndarray):
             embedding = embedding.astype(np.float32).tolist()
-        yield {**row, "embedding": embedding}
+        # The clear path stays out of the query (and so out of Neo4j's query log).
+        yield {**{k: v for k, v in row.items() if k != "path"}, "embedding": embedding}
 
 
 def write_image_rows(store: GraphStore, rows: Iterable[dict[str, Any]], batch_size: int) -> int:

@@ -21,6 +21,7 @@ from services.ingest.discovery import discover
 from services.ingest.jobs import JobProgress, JobTracker, check_job_id
 from services.ingest.pipeline import FileEntry, patient_key
 from services.paths import resolve_under_roots
+from services.privacy import seal_source
 from services.secrets import patient_key_secret
 
 
@@ -124,11 +125,15 @@ def submit(
     job_id = check_job_id(job_id) if job_id else new_job_id()
     tracker = JobTracker.from_settings(settings)
     batches = batches_of(plan.entries, settings.ingest_files_per_task)
+    # The job record keeps what was ingested only sealed: a path may name a patient.
+    secret = patient_key_secret(settings)
+    source = seal_source(secret, plan.source)
+    labels = seal_source(secret, str(plan.labels_path)) if plan.labels_path else ""
     created = tracker.create(
         job_id,
         total=len(plan.entries),
-        source=plan.source,
-        labels=str(plan.labels_path) if plan.labels_path else None,
+        source=source,
+        labels=labels or None,
         files_digest=plan.digest(),
         edge_mode_requested=edge_mode,
         batches=len(batches),
@@ -144,7 +149,7 @@ def submit(
     GraphStore.from_settings(settings).query(
         "ingest_job_upsert", id=job_id,
         props={"status": "queued" if created else "resumed", "total": len(plan.entries),
-               "source": plan.source, "labels": str(plan.labels_path or "")},
+               "source": source, "labels": labels},
     )  # fmt: skip
     missing = [(batch_id, entries) for batch_id, entries in batches if batch_id not in recorded]
     celery = jobs.client(settings)

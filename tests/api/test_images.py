@@ -33,7 +33,9 @@ def test_image_detail_never_shows_patient_identifiers(
     assert body["degree"] == pytest.approx(degree, rel=1e-6)
     assert body["neighbours"] == neighbours
     assert body["patient_images"] == same_patient
-    assert body["file_name"] == api_graph.path_of[key].name
+    # A neutral name: the NIH file name is the patient number (issue 26).
+    assert body["display_name"] == f"{key[:12]}.png"
+    assert api_graph.path_of[key].stem not in json.dumps(body)
     assert body["modality"] == "PNG"
     text = json.dumps(body)
     assert api_graph.patient_of[key] not in text

@@ -140,12 +140,25 @@ def test_failed_authentications_are_limited_per_address(
         for i in range(12)
     ]
     assert statuses[:5] == [401] * 5 and set(statuses[5:]) == {429}, statuses
-    refused = attacker.get("/api/v1/communities", headers={"Authorization": f"Bearer {good}"})
+    refused = attacker.get("/api/v1/communities", headers={"Authorization": "Bearer nonsense"})
     assert (
         refused.status_code == 429
         and "failed authentications" in refused.get_json()["error"]["message"]
     )
     assert refused.headers["Retry-After"]
+    # A valid key is checked first: the same address's failures never throttle it (issue 26).
+    allowed = attacker.get("/api/v1/communities", headers={"Authorization": f"Bearer {good}"})
+    assert allowed.status_code == 200
+    # Failures naming one key id are counted for that id too, from any address.
+    good_id = good.split("_")[1]
+    by_id = []
+    for index in range(8):
+        guesser = limited.test_client()
+        guesser.environ_base["REMOTE_ADDR"] = f"10.0.1.{index}"
+        by_id.append(guesser.get(
+            "/api/v1/communities", headers={"Authorization": f"Bearer mg_{good_id}_{'c' * 43}"}
+        ).status_code)  # fmt: skip
+    assert by_id[:5] == [401] * 5 and set(by_id[5:]) == {429}, by_id
     other = limited.test_client()
     other.environ_base["REMOTE_ADDR"] = "10.0.0.7"
     assert (

@@ -27,6 +27,8 @@ from services.communities.job import ClusteringSummary, run_clustering
 from services.config import Settings
 from services.dashboard.screenshot import launch_chromium
 from services.graph.store import GraphStore
+from services.privacy import open_source
+from services.secrets import patient_key_secret
 from tests.conftest import wipe_graph
 from tests.support import ingest_bundled
 
@@ -72,13 +74,14 @@ def seeded_graph(graph_store: GraphStore, settings: Settings) -> SeededGraph:
         (record["source"], record["target"], float(record["weight"]))
         for record in graph_store.query("similar_edges")
     ]
+    secret = patient_key_secret(settings)
     images = [
         StoredImage(
             key=row["key"],
             findings=tuple(row["findings"] or ()),
             community=row["community"],
             patient_key=row["patient_key"],
-            source=row["source"] or "",
+            source=open_source(secret, row["source"]) or "",
         )
         for row in graph_store.query("image_overview")
     ]

@@ -15,6 +15,7 @@ from services.encoder.extractor import FeatureExtractor
 from services.encoder.imaging import read_image
 from services.encoder.labels import FINDINGS_NIH, read_labels
 from services.graph.store import GraphStore
+from services.privacy import SEALED_PREFIX, open_source
 from services.secrets import patient_key_secret
 from tests.ingest.conftest import (
     BUNDLED_DIR,
@@ -68,7 +69,8 @@ def test_one_image_per_distinct_file_with_csv_findings_and_patients(
     secret = patient_key_secret(settings)
     for key, file in by_key.items():
         node, label = stored[key], labels[file.name]
-        assert Path(node["source"]) == file.absolute()
+        assert Path(open_source(secret, node["source"]) or "") == file.absolute()
+        assert node["source"].startswith(SEALED_PREFIX) and file.stem not in node["source"]
         assert sorted(node["findings"]) == sorted(label.findings)
         expected_patient = hmac.new(secret, label.patient_id.encode(), sha256).hexdigest()
         assert node["patient_key"] == expected_patient
@@ -161,7 +163,12 @@ def test_edges_are_the_exact_symmetric_knn_graph(
 
 
 def test_predicted_findings_are_stored_and_backfilled(
-    demo_ingest, graph_store: GraphStore, ingest_checkpoint: Path, medgraph_cli, tmp_path: Path
+    demo_ingest,
+    graph_store: GraphStore,
+    ingest_checkpoint: Path,
+    medgraph_cli,
+    tmp_path: Path,
+    settings: Settings,
 ) -> None:
     """Every image keeps the encoder's calibrated predicted findings (for the search's
     re-ranking); an image stored before they were kept gets them on the next ingest, and the
@@ -172,9 +179,13 @@ def test_predicted_findings_are_stored_and_backfilled(
     )
     assert all(len(record["probabilities"] or []) == len(FINDINGS_NIH) for record in records)
     sample = records[:6]
+    secret = patient_key_secret(settings)
     extractor = FeatureExtractor(ingest_checkpoint).load()
     _, expected = extractor.embed_with_findings(
-        [read_image(Path(record["source"])).pixels for record in sample]
+        [
+            read_image(Path(open_source(secret, record["source"]) or "")).pixels
+            for record in sample
+        ]  # fmt: skip
     )
     np.testing.assert_allclose([record["probabilities"] for record in sample], expected, atol=1e-5)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -147,6 +148,23 @@ def seeded_graph(
     seeded.read_token = create_api_key(graph_store, "reliability-read", ("read",)).token
     seeded.write_token = create_api_key(graph_store, "reliability-write", ("write",)).token
     return seeded
+
+
+NIH_NAME = re.compile(r"(\d{8})_\d{3}")
+
+
+def identifying_names(seeded: SeededGraph) -> frozenset[str]:
+    """What no answer, log line or graph property may hold (issue 26): every stored or uploaded
+    image file's name and stem, and the patient number an NIH name starts with."""
+    files = [path for path in seeded.root.rglob("*") if path.suffix in (".png", ".dcm")]
+    files += [dicom.path for dicom in seeded.upload_dicoms]
+    names: set[str] = set()
+    for path in files:
+        names |= {path.name, path.stem}
+        match = NIH_NAME.fullmatch(path.stem)
+        if match:
+            names.add(match.group(1))
+    return frozenset(names)
 
 
 @pytest.fixture(scope="session")

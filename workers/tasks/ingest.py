@@ -168,6 +168,7 @@ def embed_batch(self: Task, job_id: str, batch_id: str, entries: list[FileEntry]
         secret=patient_key_secret(settings),
         lookup_known=lambda keys: stored_keys(store, keys, extractor.model_version),
         batch_size=settings.embed_batch_size,
+        keep_name_keys=settings.keep_original_name_keys,
     )
     failures = refused + outcome.failures
     write_images.apply_async((job_id, batch_id, outcome.rows, failures), queue=GRAPH_QUEUE)
@@ -341,7 +342,7 @@ def _writing_gave_up(
     reason: str, job_id: str, batch_id: str, rows: list[dict[str, Any]],
     failures: list[list[str]], *_: Any, **__: Any,
 ) -> None:  # fmt: skip
-    lost = [(str(row["source"]), f"could not store the image: {reason}") for row in rows]
+    lost = [(str(row.get("path", "")), f"could not store the image: {reason}") for row in rows]
     _record_given_up(job_id, batch_id, [(str(f), str(r)) for f, r in failures] + lost)
 
 

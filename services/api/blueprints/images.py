@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from flask import Blueprint, Response
 
 from services.api.blueprints.search import thumbnail_url
@@ -29,7 +27,8 @@ from services.api.schemas import (
     NeighbourhoodResponse,
 )
 from services.encoder.imaging import ImageReadError, read_image
-from services.privacy import deidentified_dicom
+from services.privacy import deidentified_dicom, display_name, open_source
+from services.secrets import patient_key_secret
 
 images_bp = Blueprint("images", __name__, url_prefix="/api/v1")
 thumbnails = ThumbnailCache()
@@ -55,7 +54,6 @@ def image_detail(key: str) -> ImageDetail:
     if not records:
         raise _missing(key)
     row = records[0]
-    source = row["source"]
     return ImageDetail(
         key=row["key"],
         findings=list(row["findings"] or []),
@@ -63,7 +61,7 @@ def image_detail(key: str) -> ImageDetail:
         width=row["width"],
         height=row["height"],
         file_bytes=row["file_bytes"],
-        file_name=Path(source).name if source else None,
+        display_name=display_name(row["key"], row["modality"]),
         model_version=row["model_version"],
         ingested_at=row["ingested_at"],
         community=row["community"],
@@ -75,14 +73,17 @@ def image_detail(key: str) -> ImageDetail:
     )
 
 
-def _stored_file(context: ApiContext, key: str) -> tuple[Path, bytes]:
+def _stored_file(context: ApiContext, key: str) -> tuple[str, bytes]:
+    """The image's neutral display name and its file's bytes."""
     records = context.store.query("api_image_source", key=key)
     if not records:
         raise _missing(key)
-    path = servable_path(records[0]["source"], list(context.settings.data_roots))
+    source = open_source(patient_key_secret(context.settings), records[0]["source"])
+    path = servable_path(source, list(context.settings.data_roots))
     if path is None:
         raise ApiError(404, f"the file of image {key} is not available from this server")
-    return path, read_verified(path, key, context.settings.max_file_bytes)
+    data = read_verified(path, key, context.settings.max_file_bytes)
+    return display_name(key, records[0]["modality"]), data
 
 
 @operation(
@@ -103,10 +104,10 @@ def image_thumbnail(key: str) -> Response:
         thumbnails.discard(key)
         raise _missing(key)
     if cached is None:
-        path, data = _stored_file(context, key)
+        name, data = _stored_file(context, key)
         with context.decode_gate.slot():
             try:
-                decoded = read_image(data, name=path.name, limits=context.read_limits)
+                decoded = read_image(data, name=name, limits=context.read_limits)
             except ImageReadError as problem:
                 raise ApiError(
                     422, f"the stored file cannot be rendered: {problem.reason}"
@@ -127,7 +128,7 @@ def image_thumbnail(key: str) -> Response:
     errors=(404, 409),
 )
 def image_file(key: str) -> Response:
-    path, data = _stored_file(api_context(), key)
+    name, data = _stored_file(api_context(), key)
     media_type = media_type_of(data)
     etag = key
     if media_type == MEDIA_TYPES["dicom"]:
@@ -139,7 +140,7 @@ def image_file(key: str) -> Response:
         **{
             "Cache-Control": IMMUTABLE,
             "ETag": etag,
-            "Content-Disposition": f'attachment; filename="{_safe_name(path.name)}"',
+            "Content-Disposition": f'attachment; filename="{_safe_name(name)}"',
         },
     )
 

@@ -96,9 +96,9 @@ def submit_ingest(body: IngestJobRequest) -> JobStatus:
 def submit_cluster(body: ClusterJobRequest) -> JobStatus:
     options = body.model_dump(exclude_none=True)
     job_id = f"{CLUSTER_PREFIX}{uuid.uuid4()}"
-    jobs.send(
-        api_context().settings, jobs.CLUSTER, kwargs=options, task_id=job_id, ignore_result=False
-    )
+    settings = api_context().settings
+    jobs.remember_job(settings, job_id)
+    jobs.send(settings, jobs.CLUSTER, kwargs=options, task_id=job_id, ignore_result=False)
     return JobStatus(id=job_id, kind="cluster", state="queued", detail={"parameters": options})
 
 
@@ -148,7 +148,10 @@ CELERY_STATES = {
 
 
 def cluster_status(job_id: str) -> JobStatus:
-    result = jobs.result(api_context().settings, job_id)
+    settings = api_context().settings
+    result = jobs.result(settings, job_id)
+    if result.state == "PENDING" and not jobs.job_was_sent(settings, job_id):
+        raise ApiError(404, f"no job has the id {job_id!r}")
     detail: dict[str, Any] = {}
     if result.state == "SUCCESS" and isinstance(result.result, dict):
         detail = result.result

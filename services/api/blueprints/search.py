@@ -14,7 +14,7 @@ from werkzeug.datastructures import FileStorage
 from services.api.blueprints.jobs import keep_upload_and_ingest
 from services.api.context import ApiContext, api_context
 from services.api.errors import ApiError
-from services.api.routing import operation, parse_json, require_scope
+from services.api.routing import may_write, operation, parse_json, require_scope
 from services.api.schemas import (
     QueryDescription,
     SearchDiagnostics,
@@ -89,13 +89,17 @@ def read_search_request(context: ApiContext) -> tuple[SearchParameters, FileStor
     mimetype = request.mimetype
     if mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
         values: Any = {name: request.form.get(name) for name in request.form}
-        upload = request.files.get(UPLOAD_FIELD)
+        uploads = request.files.getlist(UPLOAD_FIELD)
+        if len(uploads) > 1:
+            raise ApiError(422, f"send one image file in '{UPLOAD_FIELD}', got {len(uploads)}")
+        upload = uploads[0] if uploads else None
         unexpected = sorted(set(request.files) - {UPLOAD_FIELD})
         if unexpected:
+            shown = ", ".join(name[:64] for name in unexpected[:5])
+            more = f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else ""
             raise ApiError(
                 422,
-                f"unexpected file field(s) {', '.join(unexpected)}; send the image as "
-                f"'{UPLOAD_FIELD}'",
+                f"unexpected file field(s) {shown}{more}; send the image as '{UPLOAD_FIELD}'",
             )
     elif mimetype == "application/json" or request.is_json:
         values = parse_json()
@@ -178,10 +182,12 @@ def prepare_upload(
 ) -> PreparedQuery:
     settings = context.settings
     stage_ms: dict[str, float] = {}
-    name = upload.filename or "upload"
+    # The client's file name is never used: it may carry identifiers, and answers and logs
+    # must not repeat them (issue 26).
+    name = "the uploaded file"
     data = upload.read()
     if not data:
-        raise ApiError(400, f"the uploaded file {name!r} is empty")
+        raise ApiError(400, "the uploaded file is empty")
     start = time.perf_counter()
     # One slot per image from decoding until its pixels are dropped after embedding, so N
     # parallel uploads hold at most decode_slots images' worth of memory.
@@ -191,19 +197,25 @@ def prepare_upload(
         try:
             decoded = read_image(data, name=name, limits=context.read_limits)
         except ImageReadError as problem:
-            raise ApiError(422, f"cannot read the uploaded image: {problem}") from None
+            raise ApiError(422, f"cannot read the uploaded image: {problem.reason}") from None
         stage_ms["decode"] = (time.perf_counter() - start) * 1000.0
         start = time.perf_counter()
         embedding, predicted = context.embed_with_findings(decoded.pixels)
         stage_ms["embed"] = (time.perf_counter() - start) * 1000.0
         decoded = replace(decoded, pixels=EMPTY_PIXELS)
     key = hashlib.sha256(data).hexdigest()
-    start = time.perf_counter()
-    try:
-        stored = context.retrieval.stored_query(key, parameters.strategy)
-    except UnknownImage:
-        stored = None
-    stage_ms["lookup"] = (time.perf_counter() - start) * 1000.0
+    stored = None
+    # Only a write key may learn whether the uploaded file is stored: for a read key the answer
+    # (stored, the stored image's patient left out) would tell whether a given image is in the
+    # archive. The results cannot tell it either, as the query's own key is never among them.
+    may_know = may_write()
+    if may_know:
+        start = time.perf_counter()
+        try:
+            stored = context.retrieval.stored_query(key, parameters.strategy)
+        except UnknownImage:
+            stored = None
+        stage_ms["lookup"] = (time.perf_counter() - start) * 1000.0
     patient = None
     if decoded.patient_id:
         patient = patient_key(patient_key_secret(settings), decoded.patient_id)
@@ -218,7 +230,7 @@ def prepare_upload(
         description=QueryDescription(
             source="upload",
             key=key,
-            stored=stored is not None,
+            stored=(stored is not None) if may_know else None,
             modality=modality_of(decoded),
             patient_excluded=exclude_patient is not None,
             ingest_job_id=job_id,

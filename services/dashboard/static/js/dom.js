@@ -15,6 +15,9 @@ export function h(tag, attrs = {}, ...children) {
       Object.assign(element.dataset, value);
     } else if (name === 'text') {
       element.textContent = value;
+    } else if (name === 'style') {
+      // Through the CSSOM: the page's Content-Security-Policy refuses inline style attributes.
+      element.style.cssText = value;
     } else {
       element.setAttribute(name, value === true ? '' : value);
     }
@@ -33,7 +36,10 @@ function appendChildren(element, children) {
 
 export function svg(tag, attrs = {}, ...children) {
   const element = document.createElementNS('http://www.w3.org/2000/svg', tag);
-  for (const [name, value] of Object.entries(attrs)) element.setAttribute(name, value);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (name === 'style') element.style.cssText = value;
+    else element.setAttribute(name, value);
+  }
   appendChildren(element, children);
   return element;
 }

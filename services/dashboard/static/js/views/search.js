@@ -195,7 +195,9 @@ function renderResults(response, state) {
   const details = querySide.querySelector('#query-findings');
   if (!state.key && query.key) {
     querySide.querySelector('.muted')?.after(h('p', { class: 'mono', title: query.key },
-      `SHA-256 ${shortKey(query.key)}`, query.stored ? ' (stored)' : ' (not stored)'));
+      `SHA-256 ${shortKey(query.key)}`,
+      // null: a read key is not told whether the file is archived.
+      query.stored === true ? ' (stored)' : query.stored === false ? ' (not stored)' : ''));
     if (query.stored) {
       // An uploaded file that is already in the graph: its findings are known.
       queryDetails = withStates(details, () => apiFetch(`/images/${encodeURIComponent(query.key)}`),
