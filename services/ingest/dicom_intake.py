@@ -24,6 +24,9 @@ from services.paths import upload_folder
 from services.privacy import ArchiveIdentity, pseudonymised_dicom
 
 ARCHIVE_SUBFOLDER = "dicom"
+PREAMBLE = 128
+DICM = b"DICM"
+FILE_META_GROUP = b"\x02\x00"  # (0002,xxxx), little endian
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,15 @@ class RefusedInstance(ValueError):
         super().__init__(reason)
         self.reason = reason
         self.sop_class_uid = sop_class_uid
+
+
+def part10(data: bytes) -> bytes:
+    """A DICOM instance as a Part 10 file: DICOMweb and DICOM clients may send it without the
+    128-byte preamble and ``DICM`` prefix (pydicom's ``dcmwrite`` does), starting directly with
+    the file meta group (0002)."""
+    if data[PREAMBLE : PREAMBLE + 4] != DICM and data[:2] == FILE_META_GROUP:
+        return bytes(PREAMBLE) + DICM + data
+    return data
 
 
 def archive_folder(settings: Settings) -> Path:
@@ -63,6 +75,7 @@ def receive_instance(
     limits = limits or ReadLimits.from_settings(settings)
     if not data:
         raise RefusedInstance(f"{name}: the instance is empty (0 bytes)")
+    data = part10(data)
     with decode_slot():
         try:
             decoded = read_image(data, name=name, limits=limits)

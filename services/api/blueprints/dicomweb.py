@@ -175,7 +175,13 @@ def _part_media_type(head: bytes) -> str:
 
 
 def _failure(code: int, reason: str, item: ReceivedInstance | None = None) -> dict[str, Any]:
-    failure: dict[str, Any] = {"00081197": _element("US", code), "00000902": _element("LO", reason)}
+    # ErrorComment holds 64 characters (LO); the whole reason goes in the private block too.
+    failure: dict[str, Any] = {
+        "00081197": _element("US", code),
+        "00000902": _element("LO", reason[:64]),
+        "00990010": _element("LO", PRIVATE_CREATOR),
+        "00991010": _element("UT", reason),
+    }
     if item is not None:
         failure.update(_sop_reference(item))
     return failure
