@@ -65,7 +65,8 @@ def test_qido_lists_the_19_stored_instances_and_nothing_else(
     served_archive: ServedArchive, stored: Stored
 ) -> None:
     assert len(stored.listed) == COUNT - 1
-    referenced = {str(ref.ReferencedSOPInstanceUID) for ref in stored.response.ReferencedSOPSequence}
+    references = stored.response.ReferencedSOPSequence
+    referenced = {str(ref.ReferencedSOPInstanceUID) for ref in references}
     listed = {Dataset.from_json(item).SOPInstanceUID for item in stored.listed}
     assert listed == referenced
     client = served_archive.client()
