@@ -390,10 +390,10 @@ class SimilarQuery(Model):
 def similar_instances(study: str, series: str, sop: str, query: SimilarQuery) -> Response:
     started = time.perf_counter()
     context = api_context()
-    row = stored_instance(context, study, series, sop)
     max_k = context.settings.search_max_k
     if query.k > max_k:
         raise ApiError(422, f"k must be between 1 and {max_k}, got {query.k}")
+    row = stored_instance(context, study, series, sop)
     values = query.model_dump(exclude_none=True)
     values.setdefault("rerank", context.settings.search_rerank)
     parameters = SearchParameters.model_validate({**values, "key": row["key"]})
