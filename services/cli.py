@@ -181,10 +181,14 @@ def _home() -> str:
 # --- the main job --------------------------------------------------------------------------
 @main.command("demo")
 @click.option("--serve/--no-serve", default=True, help="Serve the API and dashboard at the end.")
+@click.option(
+    "--with-orthanc", is_flag=True,
+    help="Also start Orthanc (the local PACS) and `medgraph follow orthanc`.",
+)  # fmt: skip
 @reports_runtime_problems
-def demo(serve: bool) -> None:
+def demo(serve: bool, with_orthanc: bool) -> None:
     """The main job: stack, demo checkpoint, ingest, clustering, then API and dashboard."""
-    run_demo(get_settings(), serve)
+    run_demo(get_settings(), serve, with_orthanc)
 
 
 # --- commands of each part, registered with one line each ----------------------------------
