@@ -4,7 +4,6 @@ figures and tables. The executed copy is left in test-artifacts/ for a look."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import nbformat
@@ -22,7 +21,7 @@ NOTEBOOK = REPO_ROOT / "notebooks" / "explore.ipynb"
 IMAGES = 240
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def clustered_graph(clean_graph: GraphStore, settings: Settings) -> GraphStore:
     ingest_bundled(clean_graph, settings, IMAGES)
     summary = run_clustering(clean_graph, settings, algorithm="leiden")
@@ -44,14 +43,11 @@ def test_the_notebook_runs_end_to_end_and_draws_its_figures(
     clustered_graph: GraphStore, artifacts_dir: Path
 ) -> None:
     notebook = nbformat.read(NOTEBOOK, as_version=4)
-    os.environ["MEDGRAPH_NOTEBOOK_HEADLESS"] = "1"  # the kernel inherits the test settings too
-    try:
-        NotebookClient(
-            notebook, timeout=300, kernel_name="python3",
-            resources={"metadata": {"path": str(NOTEBOOK.parent)}},
-        ).execute()  # fmt: skip
-    finally:
-        del os.environ["MEDGRAPH_NOTEBOOK_HEADLESS"]
+    # The kernel inherits this process's environment: the test slot's MEDGRAPH_ settings.
+    NotebookClient(
+        notebook, timeout=300, kernel_name="python3",
+        resources={"metadata": {"path": str(NOTEBOOK.parent)}},
+    ).execute()  # fmt: skip
     nbformat.write(notebook, artifacts_dir / "explore.executed.ipynb")
     errors = [o for c in notebook.cells for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors, errors
