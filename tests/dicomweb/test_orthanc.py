@@ -16,19 +16,22 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 
 import pytest
 import requests
+from click.testing import CliRunner
 from pydicom.dataset import Dataset
 
+from services.cli import main
 from services.config import REPO_ROOT, Settings
 from services.graph.store import GraphStore
 from services.ingest.orthanc_feed import OrthancFeed
 from services.privacy import pseudonymous_uid
 from services.runtime.orthanc import OrthancRuntime, authorization
-from services.secrets import patient_key_secret
+from services.secrets import orthanc_password, patient_key_secret
 from tests.dicomweb.conftest import ServedArchive, wait_for_instances
 from tests.dicomweb.instances import ORTHANC_STUDY, Instance, make_instances
 from tests.reliability.phi import all_phi_values, leaks, needles, redis_texts, texts_of
@@ -163,3 +166,22 @@ def test_orthanc_feeds_the_archive_through_restarts_without_loss_or_duplicates(
     assert not leaks((path.read_text(errors="replace") for path in logs), search)
     assert not leaks(texts, search)
     assert not leaks((path.read_bytes().decode("latin-1") for path in kept), search)
+
+
+def test_stack_start_with_orthanc_prints_the_explorer_and_orthanc_wants_the_password(
+    orthanc: OrthancRuntime,
+) -> None:
+    result = CliRunner().invoke(main, ["stack", "start", "--only", "orthanc"])
+    assert result.exit_code == 0, result.output
+    explorer = f"{orthanc.settings.orthanc_base_url}/app/explorer.html"
+    assert f"Explorer {explorer}" in result.output
+    assert "already running" in result.output
+    assert orthanc_password(orthanc.settings) not in result.output
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(explorer, timeout=10)
+    assert refused.value.code == 401
+    with_password = {"Authorization": authorization(orthanc.settings)}
+    answer = urllib.request.urlopen(urllib.request.Request(explorer, headers=with_password))
+    assert answer.status == 200
+    config = orthanc.home / "orthanc.json"
+    assert config.stat().st_mode & 0o077 == 0  # the password's file is the owner's only
