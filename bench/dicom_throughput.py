@@ -28,8 +28,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from dicomweb_client.api import DICOMwebClient
 from PIL import Image
 from pydicom.uid import JPEG2000Lossless, RLELossless, generate_uid
+
+from services.auth.api_keys import create_api_key
+from services.config import Settings
+from services.graph.store import GraphStore, close_shared_drivers
+from services.privacy import pseudonymous_uid
+from services.runtime.neo4j import Neo4jRuntime
+from services.runtime.orthanc import FollowerRuntime, OrthancRuntime, authorization
+from services.runtime.redis import RedisRuntime
+from services.runtime.worker import WorkerRuntime
+from services.secrets import patient_key_secret
+from tests.support import BUNDLED_DIR, CR_IMAGE_STORAGE, dicom_bytes, dicom_dataset
 
 HOME = Path(__file__).resolve().parent.parent / ".medgraph" / "bench-dicom"
 RESULTS = Path(__file__).resolve().parent / "results" / "dicom_throughput.json"
@@ -64,8 +76,6 @@ def configure_environment() -> None:
 
 
 def instances(count: int) -> list[Any]:
-    from tests.support import BUNDLED_DIR, CR_IMAGE_STORAGE, dicom_dataset
-
     paths = sorted((BUNDLED_DIR / "images").glob("*.png"))
     made = []
     for index in range(count):
@@ -110,19 +120,7 @@ def main() -> None:
     args = parser.parse_args()
     configure_environment()
 
-    from dicomweb_client.api import DICOMwebClient
-
-    from bench.load_test import encoder_checkpoint
-    from services.auth.api_keys import create_api_key
-    from services.config import Settings
-    from services.graph.store import GraphStore, close_shared_drivers
-    from services.privacy import pseudonymous_uid
-    from services.runtime.neo4j import Neo4jRuntime
-    from services.runtime.orthanc import FollowerRuntime, OrthancRuntime, authorization
-    from services.runtime.redis import RedisRuntime
-    from services.runtime.worker import WorkerRuntime
-    from services.secrets import patient_key_secret
-    from tests.support import dicom_bytes
+    from bench.load_test import encoder_checkpoint  # defers torch: the random checkpoint
 
     settings = Settings()
     checkpoint, encoder = encoder_checkpoint(settings)
