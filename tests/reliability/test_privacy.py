@@ -91,10 +91,17 @@ def route_arguments(graph: SeededGraph, store: GraphStore) -> dict[str, list[str
     """Values for every path parameter the API declares."""
     jobs = [record["id"] for record in store.run_text("MATCH (j:IngestJob) RETURN j.id AS id")]
     communities = store.run_text("MATCH (c:Community) RETURN c.id AS id")
+    # DICOMweb's (pseudonymous) UIDs of one stored DICOM image: the routes take the three
+    # together, so one consistent triple (the listing routes return every image's).
+    uids = store.run_text(
+        "MATCH (i:Image) WHERE i.dicom_sop_uid IS NOT NULL RETURN i.dicom_study_uid AS study, "
+        "i.dicom_series_uid AS series, i.dicom_sop_uid AS sop ORDER BY sop LIMIT 1"
+    )
     return {
         "key": list(graph.image_keys),
         "community_id": [str(record["id"]) for record in communities],
         "job_id": sorted(set(jobs) | set(graph.job_ids)),
+        **{name: sorted({record[name] for record in uids}) for name in ("study", "series", "sop")},
     }
 
 
