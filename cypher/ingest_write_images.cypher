@@ -1,13 +1,16 @@
 // One :Image per distinct file content (key = SHA-256 of the bytes), with its patient link.
 // Idempotent: writing the same rows again changes no counts.
 // $rows: [{key, source, name_key, findings, patient_key, modality, width, height, file_bytes,
-//          model_version, embedding, finding_probabilities}]
+//          model_version, embedding, finding_probabilities,
+//          dicom_study_uid, dicom_series_uid, dicom_sop_uid}]
 //   source: the file's path, sealed (services/privacy.py); name_key: the HMAC of its base
 //   name when the operator keeps them (keep_original_name_keys), else null (a stored one stays).
 //   findings / patient_key null = not known from this ingest (stored values are kept);
 //   modality, width, height, embedding, finding_probabilities null = the file's content is
 //   already stored. finding_probabilities: the encoder's calibrated predicted findings, in its
 //   checkpoint's finding order, computed with the embedding (so they share model_version).
+//   dicom_*_uid: the pseudonymous DICOM UIDs (services/privacy.py) that DICOMweb lists; null
+//   for PNG/JPEG and for reused rows (stored values are kept).
 // A new model_version clears knn_floor, so the image's neighbours are computed again.
 // A stored image whose embedding or predicted findings change bumps the graph generation, so
 // the search side's read model reloads (a count of images and the latest ingested_at alone
@@ -31,6 +34,9 @@ SET image.source = row.source,
     image.width = coalesce(row.width, image.width),
     image.height = coalesce(row.height, image.height),
     image.file_bytes = row.file_bytes,
+    image.dicom_study_uid = coalesce(row.dicom_study_uid, image.dicom_study_uid),
+    image.dicom_series_uid = coalesce(row.dicom_series_uid, image.dicom_series_uid),
+    image.dicom_sop_uid = coalesce(row.dicom_sop_uid, image.dicom_sop_uid),
     image.model_version = CASE WHEN new_embedding THEN row.model_version
                                ELSE image.model_version END,
     image.finding_probabilities = CASE WHEN row.embedding IS NOT NULL

@@ -15,3 +15,5 @@ CREATE CONSTRAINT audit_record_id IF NOT EXISTS FOR (a:AuditRecord) REQUIRE a.id
 CREATE INDEX audit_record_at IF NOT EXISTS FOR (a:AuditRecord) ON (a.at);
 CREATE CONSTRAINT file_deletion_key IF NOT EXISTS FOR (f:FileDeletion) REQUIRE f.key IS UNIQUE;
 CREATE INDEX image_patient_key IF NOT EXISTS FOR (i:Image) ON (i.patient_key);
+CREATE INDEX image_dicom_sop_uid IF NOT EXISTS FOR (i:Image) ON (i.dicom_sop_uid);
+CREATE INDEX image_dicom_study_uid IF NOT EXISTS FOR (i:Image) ON (i.dicom_study_uid);

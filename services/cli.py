@@ -22,12 +22,12 @@ from services.demo import run_demo
 from services.encoder.commands import embed, train
 from services.evaluation.commands import evaluate
 from services.graph.store import GraphStore
-from services.ingest.commands import ingest, ingest_status, worker
+from services.ingest.commands import follow_feed, ingest, ingest_status, worker
 from services.ingest.sealing import seal_stored_sources
 from services.runtime.neo4j import Neo4jRuntime
 from services.runtime.processes import RuntimeProblem
 from services.runtime.redis import RedisRuntime
-from services.runtime.stack import STACK_PARTS, start_stack, stop_stack
+from services.runtime.stack import ORTHANC_PARTS, STACK_PARTS, start_stack, stop_stack
 from services.runtime.worker import WorkerRuntime
 
 
@@ -60,21 +60,26 @@ def stack() -> None:
     """Start, stop and inspect the local Neo4j, Redis and Celery worker."""
 
 
-def _parts(only: str | None) -> tuple[str, ...]:
-    return (only,) if only else STACK_PARTS
+def _parts(only: str | None, default: tuple[str, ...] = STACK_PARTS) -> tuple[str, ...]:
+    return (only,) if only else default
 
 
 only_option = click.option(
-    "--only", type=click.Choice(STACK_PARTS), default=None, help="Act on one server only."
-)
+    "--only", type=click.Choice(STACK_PARTS + ORTHANC_PARTS), default=None,
+    help="Act on one server only.",
+)  # fmt: skip
 
 
 @stack.command("start")
 @only_option
+@click.option(
+    "--with-orthanc", is_flag=True,
+    help="Also start Orthanc (the local PACS) and `medgraph follow orthanc`.",
+)  # fmt: skip
 @reports_runtime_problems
-def stack_start(only: str | None) -> None:
+def stack_start(only: str | None, with_orthanc: bool) -> None:
     """Start the local servers (harmless when they already run)."""
-    start_stack(get_settings(), _parts(only))
+    start_stack(get_settings(), _parts(only, STACK_PARTS + (ORTHANC_PARTS if with_orthanc else ())))
 
 
 @stack.command("fetch")
@@ -91,7 +96,7 @@ def stack_fetch() -> None:
 @only_option
 def stack_stop(only: str | None) -> None:
     """Stop the local servers."""
-    stop_stack(get_settings(), _parts(only))
+    stop_stack(get_settings(), _parts(only, STACK_PARTS + ORTHANC_PARTS))
 
 
 @stack.command("status")
@@ -181,10 +186,14 @@ def _home() -> str:
 # --- the main job --------------------------------------------------------------------------
 @main.command("demo")
 @click.option("--serve/--no-serve", default=True, help="Serve the API and dashboard at the end.")
+@click.option(
+    "--with-orthanc", is_flag=True,
+    help="Also start Orthanc (the local PACS) and `medgraph follow orthanc`.",
+)  # fmt: skip
 @reports_runtime_problems
-def demo(serve: bool) -> None:
+def demo(serve: bool, with_orthanc: bool) -> None:
     """The main job: stack, demo checkpoint, ingest, clustering, then API and dashboard."""
-    run_demo(get_settings(), serve)
+    run_demo(get_settings(), serve, with_orthanc)
 
 
 # --- commands of each part, registered with one line each ----------------------------------
@@ -194,6 +203,7 @@ main.add_command(cluster)  # services/communities
 main.add_command(ingest)  # services/ingest
 main.add_command(ingest_status)
 main.add_command(worker)
+main.add_command(follow_feed)
 main.add_command(serve)  # services/api
 main.add_command(evaluate)  # services/evaluation
 main.add_command(apikey)  # services/auth

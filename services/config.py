@@ -87,6 +87,25 @@ class Settings(BaseSettings):
         "<home>/secrets/redis-password.",
     )
 
+    # --- Orthanc, the PACS feeding the archive (issue 25) -----------------------------------
+    orthanc_host: str = Field("127.0.0.1", description="Address the local Orthanc listens on.")
+    orthanc_http_port: int = Field(
+        8042, ge=1, le=65535, description="Orthanc's REST API, Explorer and DICOMweb port."
+    )
+    orthanc_dicom_port: int = Field(4242, ge=1, le=65535, description="Orthanc's DICOM port.")
+    orthanc_url: str | None = Field(
+        None, description="Orthanc to follow. Default: http://<orthanc_host>:<orthanc_http_port>."
+    )
+    orthanc_user: str = Field("medgraph", description="Orthanc user name.")
+    orthanc_password: str | None = Field(
+        None,
+        description="Orthanc password. Default: generated once into "
+        "<home>/secrets/orthanc-password.",
+    )
+    orthanc_poll_s: float = Field(
+        2.0, gt=0, le=300, description="How often `medgraph follow orthanc` reads the feed."
+    )
+
     # --- data and model ----------------------------------------------------------------------
     data_dir: Path = Field(
         REPO_ROOT / "data",
@@ -406,6 +425,12 @@ class Settings(BaseSettings):
         if self.redis_password:
             return self.redis_password
         return read_or_create_secret(self.secrets_dir / REDIS_PASSWORD_FILE, 24)[0]
+
+    @property
+    def orthanc_base_url(self) -> str:
+        return (self.orthanc_url or f"http://{self.orthanc_host}:{self.orthanc_http_port}").rstrip(
+            "/"
+        )
 
     @property
     def secrets_dir(self) -> Path:

@@ -24,7 +24,7 @@ from services.ingest.commands import (
 )
 from services.ingest.jobs import JobTracker
 from services.ingest.submit import IngestPlan, plan_ingest, submit
-from services.runtime.stack import start_stack
+from services.runtime.stack import ORTHANC_PARTS, start_stack
 
 DEMO_JOB_ID = "demo-nih-cxr14"
 
@@ -79,12 +79,14 @@ def issue_local_api_key(settings: Settings, store: GraphStore) -> str | None:
     return create_api_key(store, "local-demo", ("read", "write")).token
 
 
-def run_demo(settings: Settings, serve: bool) -> None:
+def run_demo(settings: Settings, serve: bool, with_orthanc: bool = False) -> None:
     start_stack(settings)
     store = GraphStore.from_settings(settings)
     ingest_demo_set(settings)
     cluster_if_needed(settings, store)
     token = issue_local_api_key(settings, store)
+    if with_orthanc:
+        start_stack(settings, ORTHANC_PARTS)
 
     base = f"http://{settings.api_host}:{settings.api_port}"
     click.echo("")
@@ -102,6 +104,14 @@ def run_demo(settings: Settings, serve: bool) -> None:
         click.echo(
             "  API key: created on the first run; make another with "
             "`medgraph apikey create --name me --scope write`"
+        )
+    click.echo(f"  DICOMweb:      {base}/dicomweb   (STOW-RS, QIDO-RS, WADO-RS rendered)")
+    if with_orthanc:
+        orthanc = settings.orthanc_base_url
+        click.echo(
+            f"  Orthanc Explorer: {orthanc}/app/explorer.html  (user {settings.orthanc_user}, "
+            f"password in {settings.secrets_dir}/orthanc-password); every instance stored in "
+            "it becomes an :Image (medgraph follow orthanc)"
         )
     click.echo("  Stop with:     .venv/bin/medgraph stack stop")
     if serve:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from services.config import Settings
+
 # One wording for "outside the roots" and "missing": a caller must not learn whether a file
 # exists outside the data roots.
 NOT_UNDER_ROOTS = "is not an existing file or folder under a data root"
@@ -32,3 +34,9 @@ def resolve_under_roots(raw: str | Path, roots: Iterable[Path]) -> Path | None:
         if resolved.is_relative_to(root_resolved):
             return resolved
     return None
+
+
+def upload_folder(settings: Settings) -> Path:
+    """Where files received by the server are kept (uploads with add=true, DICOM instances from
+    DICOMweb and the PACS): ``api_upload_dir``, by default ``<first data root>/uploads``."""
+    return settings.api_upload_dir or Path(settings.data_roots[0]) / "uploads"

@@ -54,3 +54,10 @@ def audit_salt(settings: Settings) -> bytes:
     """Salt of the key hashes in audit records: whoever holds it can check whether a given
     image was deleted, nobody else can tell from the records which images were."""
     return _read_or_create(settings.secrets_dir / "audit-salt", 32)[0].encode()
+
+
+def orthanc_password(settings: Settings) -> str:
+    """The local Orthanc's password (its one registered user, ``orthanc_user``)."""
+    if settings.orthanc_password:
+        return settings.orthanc_password
+    return _read_or_create(settings.secrets_dir / "orthanc-password", 18)[0]

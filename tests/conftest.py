@@ -27,6 +27,8 @@ TEST_ENVIRONMENT = {
     "MEDGRAPH_NEO4J_HTTP_PORT": str(17474 + 10 * TEST_SLOT),
     "MEDGRAPH_REDIS_PORT": str(16379 + 10 * TEST_SLOT),
     "MEDGRAPH_API_PORT": str(15000 + 10 * TEST_SLOT),
+    "MEDGRAPH_ORTHANC_HTTP_PORT": str(18042 + 10 * TEST_SLOT),
+    "MEDGRAPH_ORTHANC_DICOM_PORT": str(14242 + 10 * TEST_SLOT),
     "MEDGRAPH_NEO4J_HEAP": "1g",
     "MEDGRAPH_NEO4J_PAGECACHE": "256m",
     # Workers refuse files outside the data roots; tests keep their files in pytest's temp

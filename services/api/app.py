@@ -9,6 +9,7 @@ from werkzeug.routing import RequestRedirect
 
 from services.api.blueprints.communities import communities_bp
 from services.api.blueprints.curation import curation_bp
+from services.api.blueprints.dicomweb import dicomweb_bp
 from services.api.blueprints.docs import docs_bp
 from services.api.blueprints.health import health_bp
 from services.api.blueprints.images import images_bp
@@ -22,6 +23,7 @@ from services.config import Settings, get_settings
 from services.dashboard import register_dashboard
 
 BLUEPRINTS = (search_bp, images_bp, curation_bp, communities_bp, jobs_bp, health_bp, docs_bp)
+BLUEPRINTS += (dicomweb_bp,)  # DICOMweb, issue 25
 SETTINGS_CONFIG_KEY = "MEDGRAPH_SETTINGS"
 
 

@@ -54,13 +54,17 @@ def media_type_of(data: bytes) -> str:
     return MEDIA_TYPES["dicom"]
 
 
-def thumbnail_png(pixels: np.ndarray, longest_side: int) -> bytes:
-    """A greyscale PNG of float pixels in [0, 1], its longest side at most ``longest_side``."""
+def thumbnail_png(pixels: np.ndarray, longest_side: int, image_format: str = "PNG") -> bytes:
+    """A greyscale PNG (or JPEG) of float pixels in [0, 1], its longest side at most
+    ``longest_side``."""
     grey = np.clip(np.rint(np.asarray(pixels, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
     image = Image.fromarray(grey)  # uint8 (H, W) -> mode "L"
     image.thumbnail((longest_side, longest_side), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=True)
+    if image_format == "JPEG":
+        image.save(buffer, format="JPEG", quality=90)
+    else:
+        image.save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()
 
 

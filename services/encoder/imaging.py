@@ -77,6 +77,10 @@ class DecodedImage:
     source_format: str  # "png" | "jpeg" | "dicom"
     # Raw DICOM PatientID, only so ingestion can key it with an HMAC. Never log it.
     patient_id: str | None = None
+    # Raw DICOM (StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID) and DeidentificationMethod,
+    # only so ingestion can replace the UIDs by pseudonyms (services.privacy). Never log them.
+    dicom_uids: tuple[str, str, str] | None = None
+    deidentification: str | None = None
 
     def __repr__(self) -> str:  # keeps the patient id out of logs and tracebacks
         return (
@@ -417,8 +421,9 @@ def _read_dicom(data: bytes, label: str, limits: ReadLimits, *, force: bool) -> 
     else:
         grey = _colour_to_unit(frame, dataset, label, photometric)
 
-    patient_id = str(dataset.get("PatientID", "") or "").strip() or None
-    modality = str(dataset.get("Modality", "") or "").strip() or UNKNOWN_MODALITY
+    patient_id = _text(dataset, "PatientID")
+    modality = _text(dataset, "Modality") or UNKNOWN_MODALITY
+    uids = tuple(_text(dataset, name) for name in DICOM_UIDS)
     return DecodedImage(
         pixels=_finish(grey),
         modality=modality,
@@ -426,7 +431,21 @@ def _read_dicom(data: bytes, label: str, limits: ReadLimits, *, force: bool) -> 
         height=rows,
         source_format="dicom",
         patient_id=patient_id,
+        dicom_uids=uids if all(uids) else None,  # type: ignore[arg-type]
+        deidentification=_text(dataset, "DeidentificationMethod"),
     )
+
+
+DICOM_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+
+
+def _text(dataset: object, keyword: str) -> str | None:
+    """A single-valued header attribute as stripped text; None when absent, empty or unusable."""
+    try:
+        value = dataset.get(keyword)  # type: ignore[attr-defined]
+    except Exception:  # a malformed element fails only when read; it counts as absent
+        return None
+    return str(value or "").strip() or None
 
 
 def _inflated_size(data: bytes, label: str, limits: ReadLimits) -> int:

@@ -9,8 +9,12 @@ files failed (see the failure report); 1 the job could not run or its edge build
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +30,7 @@ from services.graph.store import TRANSIENT_NEO4J_ERRORS, GraphStore
 from services.ingest.discovery import DiscoveryError
 from services.ingest.jobs import JobProgress, JobTracker, UnknownJob
 from services.ingest.local_worker import LocalWorker, listening_queues
+from services.ingest.orthanc_feed import OrthancFeed
 from services.ingest.submit import (
     IngestError,
     StallWatch,
@@ -314,3 +319,26 @@ def worker(queues: str, concurrency: int | None, loglevel: str, hostname: str | 
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(argv[0], argv)
+
+
+@click.group("follow")
+def follow_feed() -> None:
+    """Feed the archive from a PACS."""
+
+
+@follow_feed.command("orthanc")
+@click.option("--once", is_flag=True, help="Handle what is in the feed now, then exit.")
+def follow_orthanc(once: bool) -> None:
+    """Ingest every new instance stored in Orthanc (its /changes feed; position kept in Redis)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    feed = OrthancFeed(get_settings())
+    click.echo(f"follow: {feed.url}/changes from position {feed.position()}")
+    if once:
+        while (result := feed.step()).changes:
+            click.echo(f"follow: position {result.position}, {result.stored} queued, "
+                       f"{len(result.refused)} refused")  # fmt: skip
+        return
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with contextlib.suppress(KeyboardInterrupt):
+        feed.run(stop)

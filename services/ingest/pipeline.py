@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 
 from services.encoder.imaging import DecodedImage, ImageReadError, ReadLimits, read_image
 from services.graph.store import GraphStore
-from services.privacy import original_name_key, seal_source
+from services.privacy import archive_identity, keyed_hex, original_name_key, seal_source
 
 EMBEDDING_DIM = 1024
 # Decoded float32 pixels held at once while embedding (full-size DICOMs are ~10-40 MB each).
@@ -61,7 +60,7 @@ class EmbedOutcome:
 
 def patient_key(secret: bytes, raw_patient_id: str) -> str:
     """The pseudonymous patient key stored in the graph (hex HMAC-SHA256)."""
-    return hmac.new(secret, raw_patient_id.strip().encode("utf-8"), hashlib.sha256).hexdigest()
+    return keyed_hex(secret, raw_patient_id)
 
 
 def encode_embedding(vector: np.ndarray) -> str:
@@ -160,6 +159,7 @@ def embed_files(
             "model_version": extractor.model_version,
             "modality": None, "width": None, "height": None, "embedding": None,
             "finding_probabilities": None,
+            "dicom_study_uid": None, "dicom_series_uid": None, "dicom_sop_uid": None,
         }  # fmt: skip
         if key in known:
             # Same bytes as a stored node: it keeps its size, modality, embedding and DICOM
@@ -175,8 +175,14 @@ def embed_files(
             continue
         # The key of the bytes actually decoded (the file may have changed since hashing).
         row.update(key=hashlib.sha256(data).hexdigest(), file_bytes=len(data))
-        if row["patient_key"] is None and decoded.patient_id:
-            row["patient_key"] = patient_key(secret, decoded.patient_id)
+        if decoded.source_format == "dicom":
+            identity = archive_identity(
+                secret, decoded.patient_id, decoded.dicom_uids, decoded.deidentification
+            )
+            if row["patient_key"] is None:
+                row["patient_key"] = identity.patient_key
+            row.update(dicom_study_uid=identity.study_uid, dicom_series_uid=identity.series_uid,
+                       dicom_sop_uid=identity.sop_uid)  # fmt: skip
         row.update(modality=modality_of(decoded), width=decoded.width, height=decoded.height)
         pending.append((row, decoded.pixels))
         pending_pixels += decoded.pixels.size

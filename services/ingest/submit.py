@@ -6,6 +6,7 @@ import csv
 import hashlib
 import secrets
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -101,6 +102,21 @@ def plan_ingest(
         labelled += 1
     source = ", ".join(str(Path(path).absolute()) for path in paths)
     return IngestPlan(entries, discovery.skipped, labelled, labels_csv, source)
+
+
+UPLOAD_SUFFIXES = {"png": ".png", "jpeg": ".jpg", "dicom": ".dcm"}
+
+
+def keep_file(folder: Path, data: bytes, key: str, source_format: str) -> Path:
+    """``data`` stored once as ``folder/<key>.<suffix>`` (written whole, then renamed, so a
+    crash never leaves a partial file under the final name); the path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{key}{UPLOAD_SUFFIXES.get(source_format, '')}"
+    if not target.exists():
+        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
+        partial.write_bytes(data)
+        partial.replace(target)
+    return target
 
 
 def batches_of(entries: list[FileEntry], size: int) -> list[tuple[str, list[FileEntry]]]:

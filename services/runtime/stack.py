@@ -7,10 +7,13 @@ import click
 from services.config import Settings
 from services.graph.store import GraphStore
 from services.runtime.neo4j import Neo4jRuntime
+from services.runtime.orthanc import FollowerRuntime, OrthancRuntime
 from services.runtime.redis import RedisRuntime, redacted_url
 from services.runtime.worker import WorkerRuntime
 
 STACK_PARTS = ("neo4j", "redis", "worker")
+# Started only on request (`stack start --with-orthanc`, `./scripts/demo --with-orthanc`).
+ORTHANC_PARTS = ("orthanc", "follower")
 
 
 def start_stack(settings: Settings, parts: tuple[str, ...] = STACK_PARTS) -> None:
@@ -45,8 +48,25 @@ def start_stack(settings: Settings, parts: tuple[str, ...] = STACK_PARTS) -> Non
         else:
             click.echo(f"worker: already running (pid {worker_runtime.process.pid()})")
 
+    if "orthanc" in parts:
+        orthanc = OrthancRuntime(settings)
+        started = orthanc.start()
+        status = orthanc.status()
+        state = "started" if started else f"already running (pid {status.pid})"
+        click.echo(
+            f"orthanc: {state}, Explorer {status.explorer_url} (user '{settings.orthanc_user}', "
+            f"password in {settings.secrets_dir / 'orthanc-password'})"
+        )
+    if "follower" in parts:
+        follower = FollowerRuntime(settings)
+        state = "started" if follower.start() else "already running"
+        click.echo(f"follower: {state} (medgraph follow orthanc, log {follower.process.log_file})")
 
-def stop_stack(settings: Settings, parts: tuple[str, ...] = STACK_PARTS) -> None:
+
+def stop_stack(settings: Settings, parts: tuple[str, ...] = STACK_PARTS + ORTHANC_PARTS) -> None:
+    for part, runtime in (("follower", FollowerRuntime), ("orthanc", OrthancRuntime)):
+        if part in parts:
+            click.echo(f"{part}: stopped" if runtime(settings).stop() else f"{part}: not running")
     if "worker" in parts:
         click.echo("worker: stopped" if WorkerRuntime(settings).stop() else "worker: not running")
     if "neo4j" in parts:

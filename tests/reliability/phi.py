@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import redis
 from PIL import Image
 
+from services.config import Settings
 from tests.support import CR_IMAGE_STORAGE, dicom_bytes, dicom_dataset
 
 # One patient per letter; every value is unique to this file.
@@ -195,3 +197,27 @@ def leaks(texts: Iterable[str], search: dict[str, str]) -> set[str]:
     # match across two texts.
     haystack = "\x00".join(texts).lower()
     return {value for needle, value in search.items() if needle in haystack}
+
+
+def redis_texts(settings: Settings) -> Iterator[tuple[str, str]]:
+    """(key, text) for every key of the broker's Redis and each value it holds."""
+    client = redis.Redis.from_url(settings.broker_url)
+    for raw_key in client.scan_iter(count=1000):
+        key = raw_key.decode("latin-1")
+        kind = client.type(raw_key).decode()
+        if kind == "string":
+            values = [client.get(raw_key)]
+        elif kind == "hash":
+            values = [item for pair in client.hgetall(raw_key).items() for item in pair]
+        elif kind == "list":
+            values = client.lrange(raw_key, 0, -1)
+        elif kind == "set":
+            values = list(client.smembers(raw_key))
+        elif kind == "zset":
+            values = [member for member, _ in client.zrange(raw_key, 0, -1, withscores=True)]
+        else:
+            values = []
+        yield key, key
+        for value in values:
+            if value is not None:
+                yield key, value.decode("latin-1")

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -29,7 +28,7 @@ from services.ingest.jobs import JobProgress, JobTracker
 from services.paths import NOT_UNDER_ROOTS
 from services.secrets import patient_key_secret
 from tests.reliability.conftest import SeededGraph
-from tests.reliability.phi import all_phi_values, leaks, needles, texts_of
+from tests.reliability.phi import all_phi_values, leaks, needles, redis_texts, texts_of
 from tests.reliability.private_stack import WorkerProcess
 
 pytestmark = [pytest.mark.neo4j, pytest.mark.redis, pytest.mark.slow]
@@ -92,10 +91,17 @@ def route_arguments(graph: SeededGraph, store: GraphStore) -> dict[str, list[str
     """Values for every path parameter the API declares."""
     jobs = [record["id"] for record in store.run_text("MATCH (j:IngestJob) RETURN j.id AS id")]
     communities = store.run_text("MATCH (c:Community) RETURN c.id AS id")
+    # DICOMweb's (pseudonymous) UIDs of one stored DICOM image: the routes take the three
+    # together, so one consistent triple (the listing routes return every image's).
+    uids = store.run_text(
+        "MATCH (i:Image) WHERE i.dicom_sop_uid IS NOT NULL RETURN i.dicom_study_uid AS study, "
+        "i.dicom_series_uid AS series, i.dicom_sop_uid AS sop ORDER BY sop LIMIT 1"
+    )
     return {
         "key": list(graph.image_keys),
         "community_id": [str(record["id"]) for record in communities],
         "job_id": sorted(set(jobs) | set(graph.job_ids)),
+        **{name: sorted({record[name] for record in uids}) for name in ("study", "series", "sop")},
     }
 
 
@@ -155,29 +161,6 @@ def stored_texts(store: GraphStore) -> Iterator[tuple[str, str]]:
     ):
         for text in texts_of([record["type"], record["props"]]):
             yield f"relationship {record['type']} {record['id']}", text
-
-
-def redis_texts(settings: Settings) -> Iterator[tuple[str, str]]:
-    client = redis.Redis.from_url(settings.broker_url)
-    for raw_key in client.scan_iter(count=1000):
-        key = raw_key.decode("latin-1")
-        kind = client.type(raw_key).decode()
-        if kind == "string":
-            values = [client.get(raw_key)]
-        elif kind == "hash":
-            values = [item for pair in client.hgetall(raw_key).items() for item in pair]
-        elif kind == "list":
-            values = client.lrange(raw_key, 0, -1)
-        elif kind == "set":
-            values = list(client.smembers(raw_key))
-        elif kind == "zset":
-            values = [member for member, _ in client.zrange(raw_key, 0, -1, withscores=True)]
-        else:
-            values = []
-        yield key, key
-        for value in values:
-            if value is not None:
-                yield key, value.decode("latin-1")
 
 
 def test_no_phi_value_is_stored_or_returned_anywhere(

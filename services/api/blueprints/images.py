@@ -86,6 +86,19 @@ def _stored_file(context: ApiContext, key: str) -> tuple[str, bytes]:
     return display_name(key, records[0]["modality"]), data
 
 
+def rendered_png(context: ApiContext, key: str, size: int, image_format: str = "PNG") -> bytes:
+    """The stored image rendered from its pixels, its longest side at most ``size``."""
+    name, data = _stored_file(context, key)
+    with context.decode_gate.slot():
+        try:
+            decoded = read_image(data, name=name, limits=context.read_limits)
+        except ImageReadError as problem:
+            raise ApiError(422, f"the stored file cannot be rendered: {problem.reason}") from None
+        rendered = thumbnail_png(decoded.pixels, size, image_format)
+        del decoded
+    return rendered
+
+
 @operation(
     images_bp,
     "/images/<key>/thumbnail",
@@ -104,16 +117,7 @@ def image_thumbnail(key: str) -> Response:
         thumbnails.discard(key)
         raise _missing(key)
     if cached is None:
-        name, data = _stored_file(context, key)
-        with context.decode_gate.slot():
-            try:
-                decoded = read_image(data, name=name, limits=context.read_limits)
-            except ImageReadError as problem:
-                raise ApiError(
-                    422, f"the stored file cannot be rendered: {problem.reason}"
-                ) from None
-            cached = thumbnail_png(decoded.pixels, size)
-            del decoded
+        cached = rendered_png(context, key, size)
         thumbnails.put(key, size, cached)
     return binary_response(cached, "image/png", **{"Cache-Control": IMMUTABLE, "ETag": key})
 

@@ -20,12 +20,11 @@ from services.api.errors import ApiError
 from services.api.routing import operation
 from services.api.schemas import ClusterJobRequest, IngestJobRequest, JobStatus
 from services.ingest.jobs import JobTracker, UnknownJob
-from services.ingest.submit import IngestError, plan_ingest, submit
-from services.paths import NOT_UNDER_ROOTS, resolve_under_roots
+from services.ingest.submit import IngestError, keep_file, plan_ingest, submit
+from services.paths import NOT_UNDER_ROOTS, resolve_under_roots, upload_folder
 
 jobs_bp = Blueprint("jobs", __name__, url_prefix="/api/v1")
 CLUSTER_PREFIX = "cluster-"
-UPLOAD_SUFFIXES = {"png": ".png", "jpeg": ".jpg", "dicom": ".dcm"}
 
 
 def under_data_roots(context: ApiContext, raw: str, what: str) -> Path:
@@ -50,14 +49,7 @@ def start_ingest(context: ApiContext, paths: list[Path], labels: Path | None) ->
 
 def keep_upload_and_ingest(context: ApiContext, data: bytes, key: str, source_format: str) -> str:
     """Stores an uploaded query under the upload folder and ingests it; returns the job id."""
-    settings = context.settings
-    folder = settings.api_upload_dir or Path(settings.data_roots[0]) / "uploads"
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{key}{UPLOAD_SUFFIXES.get(source_format, '')}"
-    if not target.exists():
-        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
-        partial.write_bytes(data)
-        partial.replace(target)
+    target = keep_file(upload_folder(context.settings), data, key, source_format)
     return start_ingest(context, [under_data_roots(context, str(target), "upload folder")], None)
 
 
