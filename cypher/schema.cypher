@@ -15,3 +15,4 @@ CREATE CONSTRAINT audit_record_id IF NOT EXISTS FOR (a:AuditRecord) REQUIRE a.id
 CREATE INDEX audit_record_at IF NOT EXISTS FOR (a:AuditRecord) ON (a.at);
 CREATE CONSTRAINT file_deletion_key IF NOT EXISTS FOR (f:FileDeletion) REQUIRE f.key IS UNIQUE;
 CREATE INDEX image_patient_key IF NOT EXISTS FOR (i:Image) ON (i.patient_key);
+CREATE CONSTRAINT graph_change_seq IF NOT EXISTS FOR (c:GraphChange) REQUIRE c.seq IS UNIQUE;

@@ -56,7 +56,7 @@ class ApiContext:
             store = self.store
             with self._lock:
                 if self._retrieval is None:
-                    self._retrieval = RetrievalService(store, self.settings)
+                    self._retrieval = RetrievalService(store, self.settings, live=True)
         return self._retrieval
 
     def embed_with_findings(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

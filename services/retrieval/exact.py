@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from services.retrieval.cache import ReadModelCache
 from services.retrieval.contract import (
     GraphNotReady,
     SearchDiagnostics,
@@ -18,7 +19,7 @@ from services.retrieval.contract import (
     SearchHits,
     Strategy,
 )
-from services.retrieval.readmodel import GraphSnapshot, ReadModelCache
+from services.retrieval.readmodel import GraphSnapshot
 from services.retrieval.region import hits_of
 
 
@@ -59,10 +60,11 @@ class ExactSearch:
     ) -> SearchHits:
         diagnostics = SearchDiagnostics(strategy=self.name.value)
         snapshot = snapshot or self.cache.get(diagnostics)
-        if len(snapshot) == 0:
+        live = snapshot.live
+        if live == 0:
             raise GraphNotReady("no stored images to search; ingest some first")
-        diagnostics.database_size = len(snapshot)
-        diagnostics.images_examined = len(snapshot)
+        diagnostics.database_size = live
+        diagnostics.images_examined = live
         with diagnostics.stage("score"):
             eligible = snapshot.eligible(filters)
             chosen, cosines = top_k_cosine(
