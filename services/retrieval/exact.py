@@ -3,8 +3,8 @@
 The embeddings live in the in-process read model (:mod:`services.retrieval.readmodel`): float32
 (N, 1024) plus integer codes for patient keys and modalities and a boolean column per finding, so
 filters are numpy masks, and each image's community, so a search needs no second round trip. The
-read model is keyed by the graph version, checked on every request (one round trip, about a
-millisecond).
+read model follows the stored graph's change log (services/retrieval/cache.py): in an API
+process in the background, with no Neo4j round trip on the search path.
 """
 
 from __future__ import annotations

@@ -100,6 +100,7 @@ class _Apply:
         self.touched_positions: set[int] = set()
         self.edges: dict[int, list[Any]] = {}  # final row -> stored edge list
         self.moved: dict[int, int] = {}  # old row -> new row of the same key
+        self.dead: list[int] = []  # rows tombstoned by this change
         self.frozen = False  # the stored partition is newer than this snapshot's
 
     def run(
@@ -174,6 +175,7 @@ class _Apply:
     def _tombstone(self, row: int) -> None:
         new = self.new
         new.alive[row] = False
+        self.dead.append(row)
         position = int(new.community_position[row])
         if position >= 0:
             new.centroid_sums[position] -= new.matrix[row]
@@ -317,6 +319,11 @@ class _Apply:
                     new.centroids = self.old.centroids.copy()
                 new.centroids[position] = total / norm if norm > 0 else 0.0
         new.unassigned_rows = _unassigned(new)
+        if self.dead:
+            # A deleted image's code and predicted findings leave memory now, not at the next
+            # compaction (a search still running on an older snapshot scores the row 0).
+            new.buffers.matrix[self.dead] = 0.0
+            new.buffers.probabilities[self.dead] = np.nan
         for name, column in self.old._finding_columns.items():
             if self.appended or self.changed_rows:
                 rows = np.array(self.changed_rows + list(range(self.n, len(new.keys))), np.int64)

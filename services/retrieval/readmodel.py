@@ -1,6 +1,7 @@
 """The in-process read model every in-memory strategy searches (``exact``, ``region``,
 ``community_ranked``): a snapshot of the stored graph, loaded from Neo4j with the Cypher of
-``cypher/search_*.cypher`` and keyed by the *graph version*.
+``cypher/search_*.cypher`` at a *graph version* (whose generation is the sequence number of the
+latest logged change it reflects, services/graph/changes.py).
 
 What it holds (N images, E stored SIMILAR pairs, C communities):
 
@@ -15,7 +16,9 @@ What it holds (N images, E stored SIMILAR pairs, C communities):
   stored edge weights, as ``k_i`` is defined in cypher/README.md);
 - ``m``, the total weight of the latest finished :ClusteringRun, and that run's id.
 
-Snapshots are immutable once searches see them; a change makes a new one that shares the big
+Searches never see a snapshot change under them (the one exception: a deleted image's row is
+zeroed in the shared matrix, so a search still running on an older snapshot scores it 0); a
+change makes a new snapshot that shares the big
 arrays (services/retrieval/incremental.py): rows are appended into spare capacity of shared
 buffers (``RowBuffers``), which no earlier snapshot reads past its own length; deleted rows are
 tombstoned (``alive``); an image's changed edges go to an ``overlay`` over the loaded CSR; rows
