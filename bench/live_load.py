@@ -46,7 +46,15 @@ import numpy as np
 import psutil
 from PIL import Image
 
-from bench.search_scale import build_graph, fresh_neo4j, machine, say, wait_for_api
+from bench.search_scale import (
+    build_graph,
+    fresh_neo4j,
+    machine,
+    peak_rss_mib,
+    say,
+    stack_environment,
+    wait_for_api,
+)
 from services.auth.api_keys import create_api_key
 from services.communities.job import run_clustering
 from services.config import REPO_ROOT, Settings
@@ -84,19 +92,11 @@ def live_settings(
 
 
 def environment(settings: Settings) -> dict[str, str]:
-    env = {name: value for name, value in os.environ.items() if not name.startswith("MEDGRAPH_")}
+    env = stack_environment(settings)
     env.update(
-        MEDGRAPH_HOME=str(settings.home),
-        MEDGRAPH_NEO4J_BOLT_PORT=str(settings.neo4j_bolt_port),
-        MEDGRAPH_NEO4J_HTTP_PORT=str(settings.neo4j_http_port),
-        MEDGRAPH_REDIS_PORT=str(settings.redis_port),
-        MEDGRAPH_API_PORT=str(settings.api_port),
-        MEDGRAPH_KNN_K=str(settings.knn_k),
         MEDGRAPH_DATA_ROOTS=json.dumps([str(root) for root in settings.data_roots]),
         MEDGRAPH_ENCODER_CHECKPOINT=str(settings.encoder_checkpoint),
-        MEDGRAPH_API_RATE_LIMIT_PER_MINUTE="0",
         OMP_NUM_THREADS="1",
-        PYTHONPATH=str(REPO_ROOT),
     )
     return env
 
@@ -386,13 +386,7 @@ def run_size(n: int, arguments: argparse.Namespace, home: Path) -> dict[str, Any
         stop.set()
         for thread in threads:
             thread.join(timeout=60)
-        peak = None
-        try:
-            for line in Path(f"/proc/{api.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    peak = round(int(line.split()[1]) / 1024)
-        except OSError:
-            pass
+        peak = peak_rss_mib(api.pid)
         for process in (api, worker):
             process.terminate()
             try:

@@ -421,17 +421,7 @@ def measure_http(
     token = create_api_key(store, "bench-search-scale", ("read",)).token
     log = settings.home / "logs" / "search-scale-api.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = {name: value for name, value in os.environ.items() if not name.startswith("MEDGRAPH_")}
-    env.update(
-        MEDGRAPH_HOME=str(settings.home),
-        MEDGRAPH_NEO4J_BOLT_PORT=str(settings.neo4j_bolt_port),
-        MEDGRAPH_NEO4J_HTTP_PORT=str(settings.neo4j_http_port),
-        MEDGRAPH_REDIS_PORT=str(settings.redis_port),
-        MEDGRAPH_API_PORT=str(settings.api_port),
-        MEDGRAPH_KNN_K=str(settings.knn_k),
-        MEDGRAPH_API_RATE_LIMIT_PER_MINUTE="0",
-        PYTHONPATH=str(REPO_ROOT),
-    )
+    env = stack_environment(settings)
     result: dict[str, Any] = {"strategies": {}}
     with log.open("wb") as handle:
         process = subprocess.Popen(
@@ -462,7 +452,7 @@ def measure_http(
                 f"server in the response {np.percentile(server, 50):.1f} ms")  # fmt: skip
         connection.close()
         info = psutil.Process(process.pid).memory_info()
-        peak = _peak_rss_mib(process.pid)
+        peak = peak_rss_mib(process.pid)
         result["api_process"] = {
             "rss_mib_every_strategy_warm": round(info.rss / 2**20),
             "peak_rss_mib": peak,
@@ -478,7 +468,24 @@ def measure_http(
     return result
 
 
-def _peak_rss_mib(pid: int) -> int | None:
+def stack_environment(settings: Settings) -> dict[str, str]:
+    """The environment of a child process (``medgraph serve``, a worker) of the benchmark's
+    stack: its home and ports, no rate limit (a load test is not a rate-limit test)."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("MEDGRAPH_")}
+    env.update(
+        MEDGRAPH_HOME=str(settings.home),
+        MEDGRAPH_NEO4J_BOLT_PORT=str(settings.neo4j_bolt_port),
+        MEDGRAPH_NEO4J_HTTP_PORT=str(settings.neo4j_http_port),
+        MEDGRAPH_REDIS_PORT=str(settings.redis_port),
+        MEDGRAPH_API_PORT=str(settings.api_port),
+        MEDGRAPH_KNN_K=str(settings.knn_k),
+        MEDGRAPH_API_RATE_LIMIT_PER_MINUTE="0",
+        PYTHONPATH=str(REPO_ROOT),
+    )
+    return env
+
+
+def peak_rss_mib(pid: int) -> int | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):

@@ -37,7 +37,8 @@ class Server:
         self.process = subprocess.Popen(
             [str(Path(sys.executable).parent / "medgraph"), "serve", "--port", str(port),
              "--threads", "4"],
-            cwd=REPO_ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=self.log,
+            cwd=REPO_ROOT, stdout=self.log,
+            env={**os.environ, "OMP_NUM_THREADS": "1", "MEDGRAPH_SEARCH_LIVE_READ_MODEL": "true"},
             stderr=subprocess.STDOUT,
         )  # fmt: skip
         deadline = time.monotonic() + 60
