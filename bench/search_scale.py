@@ -14,7 +14,12 @@ cache 3g):
    server-side latency of ``RetrievalService.search`` per strategy, the same through HTTP
    (waitress, ``POST /api/v1/search`` with the key, one keep-alive connection), a plain numpy
    brute-force top-50 over the same float32 matrix (the ``exact`` cache's), and recall@50 of
-   ``region`` and ``vector`` against ``exact``.
+   ``region`` and ``vector`` against ``exact``. The in-process service is a live one, as in an
+   API process (no Neo4j round trip per search; one Redis read for deleted keys: the stack
+   includes Redis);
+5. faiss-cpu on the same matrix and queries (the ``bench`` extra): IVF-Flat with 4·sqrt(n)
+   lists at nprobe 8/16/32/64 and HNSW (M 32) at efSearch 32/64/128/256, single queries on one
+   thread, recall@50 against ``exact`` (``strategies.faiss_ivf_flat`` / ``faiss_hnsw``).
 
 Run: ``.venv/bin/python -m bench.search_scale`` measures both generated sets, hard then easy,
 in one run (one ``run_id`` in both results files), at every size (about an hour on the idle
@@ -267,6 +272,7 @@ def measure(
     report["strategies"] = strategies
     if http:
         report["api_process"] = http["api_process"]
+    service.read_model.close()
     return report
 
 

@@ -1,3 +1,5 @@
+// `epoch`: a random id the singleton gets when it is created, so that a database wiped or
+// restored (its generation starting again) is told apart from the one before.
 // Records one change of what a search may see, in the transaction that made it: bumps the graph
 // generation (the write lock on the singleton orders every recorded change) and logs a
 // :GraphChange with that generation as its sequence number. The search side's read model
@@ -9,6 +11,7 @@
 // model tell a write outside the platform from a logged one. $keep: entries kept (older ones are trimmed, one or two per write).
 MERGE (state:GraphState {id: 'graph'})
 SET state.generation = coalesce(state.generation, 0) + 1,
+    state.epoch = coalesce(state.epoch, randomUUID()),
     state.changed_at = datetime()
 WITH state
 CALL () {
@@ -27,4 +30,4 @@ CALL (state) {
   WHERE old.seq <= state.generation - $keep
   DELETE old
 }
-RETURN change.seq AS seq
+RETURN change.seq AS seq, state.epoch AS epoch

@@ -3,6 +3,7 @@
 // as deletes and relabels take it). $rows: [{a, b, weight}] with a < b; $keep.
 MERGE (state:GraphState {id: 'graph'})
 SET state.generation = coalesce(state.generation, 0) + 1,
+    state.epoch = coalesce(state.epoch, randomUUID()),
     state.changed_at = datetime()
 WITH state
 UNWIND $rows AS row

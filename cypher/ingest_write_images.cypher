@@ -12,6 +12,7 @@
 // and relabels take it, and orders the log). $keep: log entries kept.
 MERGE (state:GraphState {id: 'graph'})
 SET state.generation = coalesce(state.generation, 0) + 1,
+    state.epoch = coalesce(state.epoch, randomUUID()),
     state.changed_at = datetime()
 WITH state
 UNWIND $rows AS row

@@ -5,7 +5,7 @@
 // this runs then shows up with a later generation, never with an earlier one.
 CALL () {
   OPTIONAL MATCH (state:GraphState {id: 'graph'})
-  RETURN coalesce(state.generation, 0) AS generation
+  RETURN coalesce(state.generation, 0) AS generation, state.epoch AS epoch
 }
 CALL () {
   MATCH (i:Image)
@@ -28,4 +28,4 @@ CALL () {
   ORDER BY r.finished_at DESC
   LIMIT 1
 }
-RETURN generation, images, pairs, toString(latest) AS latest, run
+RETURN generation, images, pairs, toString(latest) AS latest, run, epoch

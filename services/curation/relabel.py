@@ -123,7 +123,7 @@ def _relabel_transaction(
     _run(tx, "audit_record_create", id=audit_id, action="relabel", actor=actor, images=1,
          key_hashes=[key_hash(salt, key)], generation=generation)  # fmt: skip
     change_seq = record_change(lambda name, **params: _run(tx, name, **params), ChangeKind.ROWS,
-                               [key])  # fmt: skip
+                               [key]).seq  # fmt: skip
     return RelabelReport(
         key,
         None if before is None else list(before),

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable, Iterable
 from enum import StrEnum
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 
@@ -28,9 +28,10 @@ log = logging.getLogger(__name__)
 # Log entries kept: a read model further behind than this rebuilds instead of applying them.
 # A few hours of a busy archive (an ingest batch, a delete or a relabel is one entry).
 CHANGE_LOG_KEEP = 100_000
-# Redis keys: the highest sequence number of a published deletion, and key -> its sequence.
-TOMBSTONE_SEQ = "medgraph:search:tombstone-seq"
-TOMBSTONES = "medgraph:search:tombstones"
+# Redis keys, per graph epoch: the highest sequence number of a published deletion, and
+# key -> its sequence.
+TOMBSTONE_SEQ = "medgraph:search:{epoch}:tombstone-seq"
+TOMBSTONES = "medgraph:search:{epoch}:tombstones"
 
 # ARGV: sequence, keep, keys...; deleted keys older than the log's horizon are trimmed.
 _PUBLISH = """
@@ -51,12 +52,17 @@ class ChangeKind(StrEnum):
 Runner = Callable[..., Any]
 
 
-def record_change(run: Runner, kind: ChangeKind, keys: Iterable[str] = ()) -> int:
+class Change(NamedTuple):
+    seq: int  # the generation the change set
+    epoch: str  # the graph's random id (a wiped or restored database gets a new one)
+
+
+def record_change(run: Runner, kind: ChangeKind, keys: Iterable[str] = ()) -> Change:
     """Logs a change with ``run`` (a transaction's named-statement runner, or
-    ``GraphStore.query`` for a change that is its own transaction); returns its sequence."""
+    ``GraphStore.query`` for a change that is its own transaction)."""
     rows = run("graph_change_record", kind=str(kind), keys=sorted(set(keys)),
                keep=CHANGE_LOG_KEEP)  # fmt: skip
-    return int(rows[0]["seq"])
+    return Change(int(rows[0]["seq"]), str(rows[0]["epoch"]))
 
 
 @cache
@@ -68,7 +74,7 @@ def redis_client(settings: Settings) -> redis.Redis:
     return _client(settings.broker_url)
 
 
-def publish_tombstones(settings: Settings, keys: Iterable[str], seq: int) -> bool:
+def publish_tombstones(settings: Settings, keys: Iterable[str], change: Change) -> bool:
     """Tells every API process that these keys were deleted by the change ``seq``; False (and a
     warning) when Redis cannot be reached: the processes then see the deletion when they apply
     the log (within their follow interval)."""
@@ -77,7 +83,9 @@ def publish_tombstones(settings: Settings, keys: Iterable[str], seq: int) -> boo
         return True
     client = redis_client(settings)
     try:
-        client.eval(_PUBLISH, 2, TOMBSTONE_SEQ, TOMBSTONES, seq, CHANGE_LOG_KEEP, *members)
+        client.eval(_PUBLISH, 2, TOMBSTONE_SEQ.format(epoch=change.epoch),
+                    TOMBSTONES.format(epoch=change.epoch), change.seq, CHANGE_LOG_KEEP,
+                    *members)  # fmt: skip
     except redis.RedisError as problem:
         log.warning("could not publish deleted keys to Redis (%s); searches in other API "
                     "processes drop them when they apply the change log", problem)  # fmt: skip
@@ -85,10 +93,14 @@ def publish_tombstones(settings: Settings, keys: Iterable[str], seq: int) -> boo
     return True
 
 
-def tombstones_after(client: redis.Redis, after: int) -> tuple[int, list[tuple[str, int]]]:
-    """(the latest published sequence, [(key, sequence)] published after ``after``)."""
-    latest = int(client.get(TOMBSTONE_SEQ) or 0)
+def tombstones_after(
+    client: redis.Redis, epoch: str, after: int
+) -> tuple[int, list[tuple[str, int]]]:
+    """(the latest published sequence, [(key, sequence)] published after ``after``) of the
+    graph ``epoch``."""
+    latest = int(client.get(TOMBSTONE_SEQ.format(epoch=epoch)) or 0)
     if latest <= after:
         return latest, []
-    entries = client.zrangebyscore(TOMBSTONES, f"({after}", latest, withscores=True)
+    entries = client.zrangebyscore(TOMBSTONES.format(epoch=epoch), f"({after}", latest,
+                                   withscores=True)  # fmt: skip
     return latest, [(str(key), int(score)) for key, score in entries]

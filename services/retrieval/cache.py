@@ -66,6 +66,7 @@ class ReadModelCache:
         self._gate = VersionGate(self._read_version)
         self._pending_tombstones: list[tuple[str, int]] = []
         self._tombstones_seen = 0
+        self._tombstone_epoch: str | None = None
         self._build_requested: str | None = None
         self._builder: threading.Thread | None = None
         self._follower: threading.Thread | None = None
@@ -87,6 +88,7 @@ class ReadModelCache:
             int(record["pairs"]),
             record["latest"],
             None if run is None else str(run),
+            None if record["epoch"] is None else str(record["epoch"]),
         )
 
     def version(self) -> GraphVersion:
@@ -127,12 +129,20 @@ class ReadModelCache:
                 version = self._read_version()
                 self._install(load_snapshot(self.store, version))
                 self.loads += 1
-                self._tombstones_seen = max(self._tombstones_seen, version[0])
 
     def _check_tombstones(self) -> None:
-        assert self._redis is not None
+        assert self._redis is not None and self._snapshot is not None
+        epoch = self._snapshot.version[5] if len(self._snapshot.version) > 5 else None
+        if epoch is None:
+            # A graph the platform has not logged a change of yet: its first deletion's Redis
+            # keys are not known here, so the log is followed on this thread.
+            self.catch_up()
+            return
+        if epoch != self._tombstone_epoch:
+            # Deletions of this graph up to the snapshot's change are in it already.
+            self._tombstone_epoch, self._tombstones_seen = epoch, self._snapshot.seq
         try:
-            latest, entries = tombstones_after(self._redis, self._tombstones_seen)
+            latest, entries = tombstones_after(self._redis, epoch, self._tombstones_seen)
         except redis.RedisError as problem:
             # Without Redis the deletions are only in the log: follow it now, on this thread.
             log.warning("deleted keys unavailable from Redis (%s): following the log", problem)
@@ -167,6 +177,9 @@ class ReadModelCache:
             self.loads += 1
             return
         generation = version[0]
+        if snapshot.version[5:] != (None,) and snapshot.version[5:] != version[5:]:
+            self._request(REBUILD, version)  # another database (wiped or restored)
+            return
         if generation == snapshot.seq:
             if snapshot.version[1:] != version[1:]:
                 self._request(REBUILD, version)  # changed outside the platform

@@ -42,8 +42,9 @@ from services.graph.store import GraphStore
 from services.retrieval.contract import EMBEDDING_DIM, SearchFilters
 
 # generation (the latest logged change's sequence number), images, SIMILAR pairs, latest
-# ingested_at, latest finished clustering run (cypher/search_graph_version.cypher)
-GraphVersion = tuple[int, int | None, int | None, str | None, str | None]
+# ingested_at, latest finished clustering run, the graph's epoch
+# (cypher/search_graph_version.cypher)
+GraphVersion = tuple[int, int | None, int | None, str | None, str | None, str | None]
 NO_COMMUNITY = -1
 # Spare rows allocated past a laid-out model, for images appended before the next compaction.
 HEADROOM_FRACTION = 0.05
