@@ -157,6 +157,8 @@ class Log:
     jobs: list[dict[str, Any]] = field(default_factory=list)
     curation: list[dict[str, Any]] = field(default_factory=list)
     clustering: dict[str, Any] = field(default_factory=dict)
+    pending: dict[str, str] = field(default_factory=dict)  # unfinished job -> its progress
+    refused: list[str] = field(default_factory=list)  # deletions refused (409 during a run)
 
 
 class Client:
@@ -225,9 +227,15 @@ def ingest_job(settings: Settings, files: list[Path], tracker: JobTracker, port:
     job = submit(plan, settings).job_id
     while True:
         progress = tracker.progress(job)
+        with log.lock:
+            log.pending[job] = (
+                f"{progress.status} {progress.done}+{progress.failed}/{progress.total}"
+            )
         if progress.finished:
             break
         time.sleep(0.02)
+    with log.lock:
+        log.pending.pop(job, None)
     done = time.monotonic()
     probe = Client(port, token)
     others = set(keys[1:])
@@ -259,9 +267,12 @@ def curate(client: Client, keys: list[str], log: Log, rng: random.Random) -> Non
         keys.remove(key)
         status, body = client.call("DELETE", f"/api/v1/images/{key}")
         with log.lock:
-            log.deleted_at[key] = time.monotonic()
             log.curation.append({"delete": key[:16], "status": status})
-            if status != 200:
+            if status == 200:  # only an answered deletion promises anything
+                log.deleted_at[key] = time.monotonic()
+            elif status == 409:  # refused while a clustering run writes the communities
+                log.refused.append(key)
+            else:
                 log.errors.append(f"DELETE {status}: {str(body)[:200]}")
     for turn in range(RELABELS):
         key = rng.choice(keys)
@@ -421,8 +432,10 @@ def run_size(n: int, arguments: argparse.Namespace, home: Path) -> dict[str, Any
         else None,
         "p50_visible_after_done_s": percentile(log.visible_after, 50),
         "deleted": len(log.deleted_at),
+        "deletes_refused_during_clustering": len(log.refused),
+        "jobs_unfinished": dict(log.pending),
         "deleted_returned": log.deleted_returned,
-        "errors": len(log.errors),
+        "errors": len(log.errors),  # searches that failed, and curation calls other than 409
         "error_examples": log.errors[:5],
         "rebuild_wait_ms_max": max(waits) if waits else None,
         "api_rss_mib": round(max(r for _, r in log.rss) / 2**20) if log.rss else None,
