@@ -108,9 +108,12 @@ def random_checkpoint(path: Path) -> Path:
         return path
     import torch  # defers torch: only to write the checkpoint once
 
-    from services.encoder.checkpoint import EncoderCheckpoint, save_checkpoint
-    from services.encoder.network import build_densenet121
-    from services.encoder.preprocessing import Normalisation
+    from services.encoder.checkpoint import (  # defers torch
+        EncoderCheckpoint,
+        save_checkpoint,
+    )
+    from services.encoder.network import build_densenet121  # defers torch
+    from services.encoder.preprocessing import Normalisation  # defers torch
 
     torch.manual_seed(0)
     findings = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule")
