@@ -14,7 +14,12 @@ cache 3g):
    server-side latency of ``RetrievalService.search`` per strategy, the same through HTTP
    (waitress, ``POST /api/v1/search`` with the key, one keep-alive connection), a plain numpy
    brute-force top-50 over the same float32 matrix (the ``exact`` cache's), and recall@50 of
-   ``region`` and ``vector`` against ``exact``.
+   ``region`` and ``vector`` against ``exact``. The in-process service is a live one, as in an
+   API process (no Neo4j round trip per search; one Redis read for deleted keys: the stack
+   includes Redis);
+5. faiss-cpu on the same matrix and queries (the ``bench`` extra): IVF-Flat with 4·sqrt(n)
+   lists at nprobe 8/16/32/64 and HNSW (M 32) at efSearch 32/64/128/256, single queries on one
+   thread, recall@50 against ``exact`` (``strategies.faiss_ivf_flat`` / ``faiss_hnsw``).
 
 Run: ``.venv/bin/python -m bench.search_scale`` measures both generated sets, hard then easy,
 in one run (one ``run_id`` in both results files), at every size (about an hour on the idle
@@ -52,6 +57,7 @@ from services.retrieval.contract import SearchFilters, Strategy
 from services.retrieval.region import RegionGrowingSearch
 from services.retrieval.service import RetrievalService
 from services.runtime.neo4j import Neo4jRuntime
+from services.runtime.redis import RedisRuntime
 
 SIZES = (10_000, 100_000, 223_648)
 K = 50
@@ -61,15 +67,21 @@ RESULTS_HARD = REPO_ROOT / "bench" / "results" / "search_scale_hard.json"
 SETS = ("hard", "easy")  # hard first: its outside-community share is the figure most at risk
 
 
-def bench_settings(heap: str = "4g", pagecache: str = "3g", port_offset: int = 0) -> Settings:
-    """``port_offset`` > 0: a second stack beside the first (own home, every port + offset)."""
+def bench_settings(
+    heap: str = "4g", pagecache: str = "3g", port_offset: int = 0, base_port: int | None = None
+) -> Settings:
+    """``port_offset`` > 0: a second stack beside the first (own home, every port + offset);
+    ``base_port``: Bolt base+87, HTTP base+74, Redis base+79, API base+40 and its own home."""
     suffix = f"-{port_offset}" if port_offset else ""
+    if base_port is not None:
+        suffix = f"-{base_port}"
+        port_offset = base_port - 27800
     return Settings(
         home=REPO_ROOT / ".medgraph" / f"bench-search{suffix}",
         neo4j_bolt_port=27887 + port_offset,
-        neo4j_http_port=27674 + port_offset,
-        redis_port=26779 + port_offset,
-        api_port=25040 + port_offset,
+        neo4j_http_port=27874 + port_offset,
+        redis_port=27879 + port_offset,
+        api_port=27840 + port_offset,
         neo4j_heap=heap,
         neo4j_pagecache=pagecache,
         knn_k=KNN_K,
@@ -158,7 +170,9 @@ def numpy_top_k(matrix: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
 def measure(
     store: GraphStore, settings: Settings, queries: int, seed: int, http_too: bool
 ) -> dict[str, Any]:
-    service = RetrievalService(store, settings)
+    # As an API process runs it: the read model follows the graph in the background, and a
+    # search makes no Neo4j round trip (one Redis read for deleted keys).
+    service = RetrievalService(store, settings, live=True)
     keys = [r["key"] for r in store.run_text("MATCH (i:Image) RETURN i.key AS key ORDER BY key")]
     chosen = list(np.random.default_rng(seed).choice(keys, size=queries + 10, replace=False))
     warmup, chosen = chosen[:10], chosen[10:]
@@ -252,10 +266,74 @@ def measure(
                 over_http["client"]["p50_ms"] / numpy_summary.p50_ms, 3
             )
         strategies[strategy.value] = entry
+    anchors = faiss_anchor(snapshot, stored, chosen, answers[Strategy.EXACT])
+    strategies.update(anchors["strategies"])
+    report["faiss"] = anchors["build"]
     report["strategies"] = strategies
     if http:
         report["api_process"] = http["api_process"]
+    service.read_model.close()
     return report
+
+
+def faiss_anchor(
+    snapshot: Any, stored: dict[str, Any], chosen: list[str], exact: list[tuple[str, ...]]
+) -> dict[str, Any]:
+    """faiss-cpu on the same float32 matrix, same queries (own key and patient excluded
+    after the fact, from ``K + 64`` asked), single queries on one thread, recall@50 against
+    ``exact``: IVF-Flat with 4·sqrt(n) lists at several nprobe, HNSW (M 32) at several efSearch.
+    A benchmark dependency only (``pip install -e '.[bench]'``)."""
+    import faiss  # the bench extra; never imported by services/
+
+    matrix = np.ascontiguousarray(snapshot.matrix, dtype=np.float32)
+    n, dimensions = matrix.shape
+    keys = snapshot.keys
+    patient_of_row = snapshot.patient_codes
+
+    def run(index: Any, name: str, setting: str) -> dict[str, Any]:
+        samples, recalls = [], []
+        for key, expected in zip(chosen, exact, strict=True):
+            row = snapshot.key_index[key]
+            query = matrix[row : row + 1]
+            clock = time.perf_counter()
+            _, found = index.search(query, K + 64)
+            samples.append((time.perf_counter() - clock) * 1000.0)
+            own = patient_of_row[row]
+            got = [
+                str(keys[i]) for i in found[0].tolist()
+                if i >= 0 and i != row and (own < 0 or patient_of_row[i] != own)
+            ][:K]  # fmt: skip
+            recalls.append(recall_at_k(tuple(got), expected, K))
+        p50 = float(np.percentile(samples, 50))
+        say(f"  faiss {name} {setting}: p50 {p50:.2f} ms, recall {np.mean(recalls):.3f}")
+        return {"setting": setting, "p50_ms": round(p50, 3),
+                "p99_ms": round(float(np.percentile(samples, 99)), 3),
+                "recall_at_50_vs_exact": round(float(np.mean(recalls)), 4)}  # fmt: skip
+
+    build: dict[str, Any] = {"version": faiss.__version__}
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    lists = int(4 * np.sqrt(n))
+    clock = time.perf_counter()
+    quantizer = faiss.IndexFlatIP(dimensions)
+    ivf = faiss.IndexIVFFlat(quantizer, dimensions, lists, faiss.METRIC_INNER_PRODUCT)
+    ivf.train(matrix)
+    ivf.add(matrix)
+    build["ivf_flat_lists"] = lists
+    build["ivf_flat_build_s"] = round(time.perf_counter() - clock, 1)
+    clock = time.perf_counter()
+    hnsw = faiss.IndexHNSWFlat(dimensions, 32, faiss.METRIC_INNER_PRODUCT)
+    hnsw.add(matrix)
+    build["hnsw_build_s"] = round(time.perf_counter() - clock, 1)
+    faiss.omp_set_num_threads(1)  # single queries, as the API serves them
+    rows: dict[str, list[dict[str, Any]]] = {"faiss_ivf_flat": [], "faiss_hnsw": []}
+    for nprobe in (8, 16, 32, 64):
+        ivf.nprobe = nprobe
+        rows["faiss_ivf_flat"].append(run(ivf, "ivf_flat", f"nprobe {nprobe}"))
+    for ef in (32, 64, 128, 256):
+        hnsw.hnsw.efSearch = ef
+        rows["faiss_hnsw"].append(run(hnsw, "hnsw", f"M 32, efSearch {ef}"))
+    del ivf, hnsw
+    return {"strategies": rows, "build": build}
 
 
 def faithful_region_check(
@@ -349,17 +427,7 @@ def measure_http(
     token = create_api_key(store, "bench-search-scale", ("read",)).token
     log = settings.home / "logs" / "search-scale-api.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = {name: value for name, value in os.environ.items() if not name.startswith("MEDGRAPH_")}
-    env.update(
-        MEDGRAPH_HOME=str(settings.home),
-        MEDGRAPH_NEO4J_BOLT_PORT=str(settings.neo4j_bolt_port),
-        MEDGRAPH_NEO4J_HTTP_PORT=str(settings.neo4j_http_port),
-        MEDGRAPH_REDIS_PORT=str(settings.redis_port),
-        MEDGRAPH_API_PORT=str(settings.api_port),
-        MEDGRAPH_KNN_K=str(settings.knn_k),
-        MEDGRAPH_API_RATE_LIMIT_PER_MINUTE="0",
-        PYTHONPATH=str(REPO_ROOT),
-    )
+    env = stack_environment(settings)
     result: dict[str, Any] = {"strategies": {}}
     with log.open("wb") as handle:
         process = subprocess.Popen(
@@ -390,7 +458,7 @@ def measure_http(
                 f"server in the response {np.percentile(server, 50):.1f} ms")  # fmt: skip
         connection.close()
         info = psutil.Process(process.pid).memory_info()
-        peak = _peak_rss_mib(process.pid)
+        peak = peak_rss_mib(process.pid)
         result["api_process"] = {
             "rss_mib_every_strategy_warm": round(info.rss / 2**20),
             "peak_rss_mib": peak,
@@ -406,7 +474,24 @@ def measure_http(
     return result
 
 
-def _peak_rss_mib(pid: int) -> int | None:
+def stack_environment(settings: Settings) -> dict[str, str]:
+    """The environment of a child process (``medgraph serve``, a worker) of the benchmark's
+    stack: its home and ports, no rate limit (a load test is not a rate-limit test)."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("MEDGRAPH_")}
+    env.update(
+        MEDGRAPH_HOME=str(settings.home),
+        MEDGRAPH_NEO4J_BOLT_PORT=str(settings.neo4j_bolt_port),
+        MEDGRAPH_NEO4J_HTTP_PORT=str(settings.neo4j_http_port),
+        MEDGRAPH_REDIS_PORT=str(settings.redis_port),
+        MEDGRAPH_API_PORT=str(settings.api_port),
+        MEDGRAPH_KNN_K=str(settings.knn_k),
+        MEDGRAPH_API_RATE_LIMIT_PER_MINUTE="0",
+        PYTHONPATH=str(REPO_ROOT),
+    )
+    return env
+
+
+def peak_rss_mib(pid: int) -> int | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -495,6 +580,11 @@ def main() -> None:
         help="Run a second stack beside the first: home .medgraph/bench-search-N, ports + N.",
     )  # fmt: skip
     parser.add_argument(
+        "--base-port", type=int, default=None,
+        help="Ports from this base (Bolt +87, HTTP +74, Redis +79, API +40) and home "
+        ".medgraph/bench-search-BASE, e.g. 20300 beside other stacks.",
+    )  # fmt: skip
+    parser.add_argument(
         "--merge", action="store_true", help="Keep the other sizes' results already in --output."
     )
     parser.add_argument(
@@ -505,7 +595,12 @@ def main() -> None:
     if arguments.report:
         print(markdown_report())
         return
-    settings = bench_settings(arguments.heap, arguments.pagecache, arguments.port_offset)
+    settings = bench_settings(
+        arguments.heap, arguments.pagecache, arguments.port_offset, arguments.base_port
+    )
+    # The API processes' read models read the deleted keys from Redis on every search.
+    redis_runtime = RedisRuntime(settings)
+    redis_runtime.start()
     sets = SETS if arguments.generated == "both" else (arguments.generated,)
     if arguments.output is not None and len(sets) > 1:
         parser.error("--output needs one --set")
@@ -520,6 +615,7 @@ def main() -> None:
         close_shared_drivers()
         if not arguments.keep_neo4j:  # a 4 GiB-heap server left behind slows everything after
             Neo4jRuntime(settings).stop()
+            redis_runtime.stop()
 
 
 def run_set(
@@ -588,7 +684,8 @@ def markdown_report(paths: tuple[Path, ...] = (RESULTS_HARD, RESULTS)) -> str:
         for entry in document["results"]:
             numpy_ms = entry["numpy_brute_force"]
             first = True
-            for name, row in [*entry["strategies"].items(), ("numpy top-50", None)]:
+            in_process = [(n, r) for n, r in entry["strategies"].items() if isinstance(r, dict)]
+            for name, row in [*in_process, ("numpy top-50", None)]:
                 head = (
                     f"| {document['set']} | {entry['images']:,} | {entry['communities']} "
                     f"({entry['community_size_median']:g}) | "
@@ -648,6 +745,25 @@ def markdown_report(paths: tuple[Path, ...] = (RESULTS_HARD, RESULTS)) -> str:
                 f"{entry.get('knn_s', '–')}, {entry.get('write_graph_and_index_s', '–')}, "
                 f"{entry.get('cluster_s', '–')} |"
             )
+    lines += [
+        "",
+        "| set | images | index | setting | p50 ms | recall@50 vs exact | p50 / numpy p50 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for document in documents:
+        for entry in document["results"]:
+            numpy_p50 = entry["numpy_brute_force"]["p50_ms"]
+            ranked = entry["strategies"]["community_ranked"]
+            rows = [("numpy top-50", "", numpy_p50, 1.0),
+                    ("community_ranked (server)", "", ranked["server"]["p50_ms"],
+                     ranked["recall_at_50_vs_exact"])]  # fmt: skip
+            for name in ("faiss_ivf_flat", "faiss_hnsw"):
+                rows += [(name, r["setting"], r["p50_ms"], r["recall_at_50_vs_exact"])
+                         for r in entry["strategies"].get(name, [])]  # fmt: skip
+            for index, (name, setting, p50, recall) in enumerate(rows):
+                head = f"| {document['set']} | {entry['images']:,} |" if index == 0 else "| | |"
+                lines.append(f"{head} {name} | {setting} | {p50:.2f} | {recall:.3f} | "
+                             f"{p50 / numpy_p50:.2f} |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -660,6 +776,11 @@ def print_table(entry: dict[str, Any]) -> None:
     print(f"{'strategy':<17} {'p50 ms':>8} {'p99 ms':>8} {'HTTP p50':>9} {'HTTP-srv':>9} "
           f"{'p50/numpy':>10} {'p99/np50':>9} {'recall@50':>10} {'examined':>9}")  # fmt: skip
     for name, row in entry["strategies"].items():
+        if isinstance(row, list):  # the faiss anchor rows
+            for anchor in row:
+                print(f"{name:<17} {anchor['setting']:<22} p50 {anchor['p50_ms']:.2f} ms, "
+                      f"recall@50 {anchor['recall_at_50_vs_exact']:.3f}")  # fmt: skip
+            continue
         http_row = row.get("http", {})
         print(f"{name:<17} {row['server']['p50_ms']:>8.1f} {row['server']['p99_ms']:>8.1f} "
               f"{http_row.get('client', {}).get('p50_ms', float('nan')):>9.1f} "

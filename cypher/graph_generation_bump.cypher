@@ -5,5 +5,6 @@
 // ingested_at alone would not (a delete then an add, or a relabel).
 MERGE (state:GraphState {id: 'graph'})
 SET state.generation = coalesce(state.generation, 0) + 1,
+    state.epoch = coalesce(state.epoch, randomUUID()),
     state.changed_at = datetime()
 RETURN state.generation AS generation;

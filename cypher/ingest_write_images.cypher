@@ -12,15 +12,20 @@
 //   dicom_*_uid: the pseudonymous DICOM UIDs (services/privacy.py) that DICOMweb lists; null
 //   for PNG/JPEG and for reused rows (stored values are kept).
 // A new model_version clears knn_floor, so the image's neighbours are computed again.
-// A stored image whose embedding or predicted findings change bumps the graph generation, so
-// the search side's read model reloads (a count of images and the latest ingested_at alone
-// would not show it).
+// Every batch is logged as one change of the search side's read model, in this transaction
+// (graph_change_record.cypher: the generation's write lock is taken first, in the order deletes
+// and relabels take it, and orders the log). $keep: log entries kept.
+MERGE (state:GraphState {id: 'graph'})
+SET state.generation = coalesce(state.generation, 0) + 1,
+    state.epoch = coalesce(state.epoch, randomUUID()),
+    state.changed_at = datetime()
+WITH state
 UNWIND $rows AS row
 OPTIONAL MATCH (stored:Image {key: row.key})
-WITH row, stored IS NOT NULL AS existed
+WITH state, row, stored IS NOT NULL AS existed
 MERGE (image:Image {key: row.key})
   ON CREATE SET image.ingested_at = datetime()
-WITH image, row, existed,
+WITH state, image, row, existed,
      row.embedding IS NOT NULL
        AND (image.model_version IS NULL OR image.model_version <> row.model_version
             OR image.embedding IS NULL) AS new_embedding,
@@ -43,7 +48,7 @@ SET image.source = row.source,
                                        THEN row.finding_probabilities
                                        ELSE image.finding_probabilities END,
     image.knn_floor = CASE WHEN new_embedding THEN null ELSE image.knn_floor END
-WITH image, row, new_embedding, existed AND (new_embedding OR new_probabilities) AS refreshed
+WITH state, image, row, new_embedding
 CALL (image, row, new_embedding) {
   WITH image, row WHERE new_embedding
   // Stored as a float32 array: half the size of a Cypher float list, as the vector index wants.
@@ -58,10 +63,20 @@ CALL (image, row) {
   WHERE other.key <> row.patient_key
   DELETE stale
 }
-WITH count(CASE WHEN refreshed THEN 1 END) AS refreshed
-CALL (refreshed) {
-  WITH refreshed WHERE refreshed > 0
-  MERGE (state:GraphState {id: 'graph'})
-  SET state.generation = coalesce(state.generation, 0) + 1,
-      state.changed_at = datetime()
+WITH state, count(*) AS written
+CALL () {
+  MATCH (i:Image)
+  RETURN count(i) AS images
+}
+CALL () {
+  MATCH ()-[r:SIMILAR]->()
+  RETURN count(r) AS pairs
+}
+CREATE (:GraphChange {seq: state.generation, kind: 'rows', keys: [row IN $rows | row.key],
+                      at: datetime(), images: images, pairs: pairs})
+WITH state
+CALL (state) {
+  MATCH (old:GraphChange)
+  WHERE old.seq <= state.generation - $keep
+  DELETE old
 }

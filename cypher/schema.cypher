@@ -17,3 +17,4 @@ CREATE CONSTRAINT file_deletion_key IF NOT EXISTS FOR (f:FileDeletion) REQUIRE f
 CREATE INDEX image_patient_key IF NOT EXISTS FOR (i:Image) ON (i.patient_key);
 CREATE INDEX image_dicom_sop_uid IF NOT EXISTS FOR (i:Image) ON (i.dicom_sop_uid);
 CREATE INDEX image_dicom_study_uid IF NOT EXISTS FOR (i:Image) ON (i.dicom_study_uid);
+CREATE CONSTRAINT graph_change_seq IF NOT EXISTS FOR (c:GraphChange) REQUIRE c.seq IS UNIQUE;

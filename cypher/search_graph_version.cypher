@@ -1,11 +1,19 @@
-// What identifies the stored graph for the in-process caches of the search side (the `exact`
-// matrix and any read model): the number of images, the latest ingestion time (index-backed,
-// so both are cheap), the latest finished clustering run, and the graph generation that every
-// delete and relabel bumps (graph_generation_bump.cypher) - a delete then an add, or a relabel,
-// leaves the first three as they were.
+// The cheap check of the stored graph behind the search side's read models: the graph
+// generation (= the sequence number of the latest logged change, graph_change_record.cypher),
+// the number of images and of SIMILAR pairs (count store), the latest ingestion time (index) and
+// the latest finished clustering run. The generation is read first: a count that moves while
+// this runs then shows up with a later generation, never with an earlier one.
+CALL () {
+  OPTIONAL MATCH (state:GraphState {id: 'graph'})
+  RETURN coalesce(state.generation, 0) AS generation, state.epoch AS epoch
+}
 CALL () {
   MATCH (i:Image)
   RETURN count(i) AS images
+}
+CALL () {
+  MATCH ()-[r:SIMILAR]->()
+  RETURN count(r) AS pairs
 }
 CALL () {
   OPTIONAL MATCH (i:Image)
@@ -20,8 +28,4 @@ CALL () {
   ORDER BY r.finished_at DESC
   LIMIT 1
 }
-CALL () {
-  OPTIONAL MATCH (state:GraphState {id: 'graph'})
-  RETURN coalesce(state.generation, 0) AS generation
-}
-RETURN images, toString(latest) AS latest, run, generation
+RETURN generation, images, pairs, toString(latest) AS latest, run, epoch

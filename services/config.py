@@ -312,6 +312,18 @@ class Settings(BaseSettings):
     ranked_min_communities: int = Field(
         1, ge=1, description="Communities `community_ranked` always visits."
     )
+    search_live_read_model: bool = Field(
+        True,
+        description="API processes: the read model follows the graph's change log in the "
+        "background and a search makes no Neo4j round trip (deleted keys are read from Redis); "
+        "false: every search checks the graph version in Neo4j first.",
+    )
+    search_follow_interval_s: float = Field(
+        0.2, gt=0, le=0.5,
+        description="How often each API process reads the graph version in the background and "
+        "applies the logged changes to its read model (a new image is found within this plus "
+        "the apply's time of its ingest job's `done`).",
+    )  # fmt: skip
     ranked_max_communities: int = Field(
         16, ge=1, description="Most communities one `community_ranked` search visits."
     )

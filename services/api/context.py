@@ -56,7 +56,9 @@ class ApiContext:
             store = self.store
             with self._lock:
                 if self._retrieval is None:
-                    self._retrieval = RetrievalService(store, self.settings)
+                    self._retrieval = RetrievalService(
+                        store, self.settings, live=self.settings.search_live_read_model
+                    )
         return self._retrieval
 
     def embed_with_findings(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -25,6 +25,7 @@ from neo4j import ManagedTransaction
 
 from services.communities.statistics import CommunitySums
 from services.config import Settings, get_settings
+from services.graph.changes import ChangeKind, record_change
 from services.graph.cypher import load_cypher
 from services.graph.store import GraphStore
 
@@ -222,5 +223,6 @@ def _assign(tx: ManagedTransaction, keys: list[str]) -> dict[str, int]:
             "last_assignment_at": now,
         },
     )
+    record_change(lambda name, **params: _run(tx, name, **params), ChangeKind.ROWS, assigned)
     result.update(assigned)
     return result

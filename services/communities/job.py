@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from neo4j import ManagedTransaction
+
 from services.communities.detection import (
     GDS_ALGORITHMS,
     ClusteringError,
@@ -36,6 +38,8 @@ from services.communities.identities import FIRST_COMMUNITY_ID, match_community_
 from services.communities.statistics import collect_sums as recompute_sums
 from services.communities.statistics import modularity
 from services.config import Settings, get_settings
+from services.graph.changes import ChangeKind, record_change
+from services.graph.cypher import load_cypher
 from services.graph.store import GraphStore
 
 Progress = Callable[[str], None]
@@ -202,7 +206,8 @@ def run_clustering(
         recent = store.query("community_images_since", since=started_at - LATE_INGEST_MARGIN)
         late = sorted(set(recent[0]["keys"]) - detection.labels.keys())
         if late:
-            store.query("community_clear_assignment", keys=late)
+            _logged_write(store, "community_clear_assignment", {"keys": late}, ChangeKind.ROWS,
+                          late)  # fmt: skip
         phases["write"] = time.perf_counter() - mark
 
         mark = time.perf_counter()
@@ -225,7 +230,9 @@ def run_clustering(
         finished_at = datetime.now(UTC)
         phases["store"] = time.perf_counter() - mark
         duration = time.perf_counter() - clock
-        store.query("community_run_update", id=run_id, properties={
+        # Finishing the run and logging the new partition commit together (the search side
+        # swaps in a model of the new partition, built in the background).
+        _logged_write(store, "community_run_update", {"id": run_id, "properties": {
             "status": "finished", "finished_at": finished_at, "duration_s": duration,
             "modularity": q, "reported_modularity": detection.reported_modularity,
             "total_weight_m": total_weight_m, "total_weight_m_at_run": total_weight_m,
@@ -241,7 +248,7 @@ def run_clustering(
             "images_kept": matched.images_kept, "images_before": matched.images_before,
             "images_added": 0, "weight_added": 0.0,
             "phase_seconds": json.dumps({k: round(v, 3) for k, v in phases.items()}),
-        })  # fmt: skip
+        }}, ChangeKind.PARTITION)  # fmt: skip
     except BaseException as error:
         # If Neo4j went away, recording the failure fails too: the first error is the one to see.
         with contextlib.suppress(Exception):
@@ -276,6 +283,23 @@ def run_clustering(
         phase_seconds=phases,
         communities_merged=detection.communities_merged,
     )
+
+
+def _logged_write(
+    store: GraphStore, name: str, params: dict[str, Any], kind: ChangeKind,
+    keys: Sequence[str] = (),
+) -> None:  # fmt: skip
+    """The named write and its change-log record in one transaction."""
+
+    def work(tx: ManagedTransaction) -> None:
+        def run(statement: str, **values: Any) -> list[dict[str, Any]]:
+            return [record.data() for record in tx.run(load_cypher(statement), values)]
+
+        run(name, **params)
+        record_change(run, kind, keys)
+
+    with store.driver.session(database=store.database) as session:
+        session.execute_write(work)
 
 
 def _retire_abandoned_runs(store: GraphStore, now: datetime) -> None:

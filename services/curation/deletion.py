@@ -49,6 +49,7 @@ from neo4j import ManagedTransaction, unit_of_work
 from services.communities.job import ABANDONED_AFTER
 from services.communities.statistics import CommunitySums, finding_list
 from services.config import Settings
+from services.graph.changes import Change, ChangeKind, publish_tombstones, record_change
 from services.graph.cypher import load_cypher
 from services.graph.store import GraphStore
 from services.ingest.pipeline import patient_key as hmac_patient_key
@@ -83,6 +84,7 @@ class DeletionReport:
     files: dict[str, str] = field(default_factory=dict)  # key -> deleted | kept | none
     audit_id: str | None = None
     generation: int | None = None
+    change: Change | None = None  # the logged change (services/graph/changes.py)
     seconds: float = 0.0
     stage_ms: dict[str, float] = field(default_factory=dict)  # inside the transaction
 
@@ -166,6 +168,9 @@ def delete_images(
         except _NothingDeleted as nothing:
             report = nothing.report
     if report.deleted:
+        # Before the caller answers: no API process returns these keys from now on.
+        assert report.change is not None
+        publish_tombstones(settings, report.deleted, report.change)
         finish_file_deletions(store, settings)
     report.seconds = time.monotonic() - started
     return report
@@ -336,6 +341,9 @@ def _delete_transaction(tx: ManagedTransaction, request: _DeleteRequest) -> Dele
         key_hashes=sorted(key_hash(request.salt, key) for key in deleted),
         generation=report.generation,
     )
+    # The search side re-reads every image whose node, edges or community changed.
+    changed = deleted | set(lost) | {key for pair in added for key in pair}
+    report.change = record_change(run, ChangeKind.ROWS, changed)
     return report
 
 

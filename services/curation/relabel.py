@@ -16,6 +16,7 @@ from neo4j import ManagedTransaction, unit_of_work
 from services.communities.statistics import finding_list
 from services.curation.deletion import key_hash
 from services.encoder.labels import FINDINGS_NIH
+from services.graph.changes import ChangeKind, record_change
 from services.graph.cypher import load_cypher
 from services.graph.store import GraphStore
 from services.retrieval.contract import NO_FINDING, UnknownImage
@@ -48,6 +49,7 @@ class RelabelReport:
     changed: bool
     audit_id: str | None
     generation: int | None
+    change_seq: int | None = None  # the logged change (services/graph/changes.py)
 
 
 def canonical_finding(raw: object) -> str:
@@ -138,6 +140,8 @@ def _relabel_transaction(
     audit_id = f"rel-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     _run(tx, "audit_record_create", id=audit_id, action="relabel", actor=actor, images=1,
          key_hashes=[key_hash(salt, key)], generation=generation)  # fmt: skip
+    change_seq = record_change(lambda name, **params: _run(tx, name, **params), ChangeKind.ROWS,
+                               [key]).seq  # fmt: skip
     return RelabelReport(
         key,
         None if before is None else list(before),
@@ -146,4 +150,5 @@ def _relabel_transaction(
         True,
         audit_id,
         generation,
+        change_seq,
     )

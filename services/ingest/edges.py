@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from services.config import Settings
+from services.graph.changes import CHANGE_LOG_KEEP, ChangeKind, record_change
 from services.graph.cypher import load_cypher
 from services.graph.store import GraphStore
 from services.ingest.knn import exact_knn, knn_floor, pick_device, symmetric_edges
@@ -144,6 +145,8 @@ def _bulk(store: GraphStore, settings: Settings, report: EdgeReport) -> None:
         ({"key": key, "floor": float(floor)} for key, floor in zip(keys, floors, strict=True)),
         settings.edge_write_batch_size,
     )
+    # Every image's edges may have changed: the search side rebuilds rather than applies.
+    record_change(store.query, ChangeKind.RELOAD)
     report.write_s = time.monotonic() - clock
 
 
@@ -200,10 +203,12 @@ def _incremental(store: GraphStore, settings: Settings, report: EdgeReport) -> N
 
     clock = time.monotonic()
     sorted_pairs = sorted(pairs.items())
+    # Each batch logged with its transaction, for the search side to apply (both ends re-read).
     report.edges_merged = store.write_batches(
-        "ingest_write_edges",
+        "ingest_write_edges_logged",
         ({"a": a, "b": b, "weight": weight} for (a, b), weight in sorted_pairs),
         settings.edge_write_batch_size,
+        keep=CHANGE_LOG_KEEP,
     )
     store.write_batches(
         "ingest_set_knn_floor",

@@ -23,6 +23,7 @@ from typing import Any, Protocol, TypedDict
 import numpy as np
 
 from services.encoder.imaging import DecodedImage, ImageReadError, ReadLimits, read_image
+from services.graph.changes import CHANGE_LOG_KEEP
 from services.graph.store import GraphStore
 from services.privacy import archive_identity, keyed_hex, original_name_key, seal_source
 
@@ -239,8 +240,11 @@ def node_rows(rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
 
 
 def write_image_rows(store: GraphStore, rows: Iterable[dict[str, Any]], batch_size: int) -> int:
-    """MERGE the ``:Image`` nodes (and ``:Patient`` links); returns rows sent."""
-    return store.write_batches("ingest_write_images", node_rows(rows), batch_size)
+    """MERGE the ``:Image`` nodes (and ``:Patient`` links), each batch logged as a change of
+    the search side's read model in its transaction; returns rows sent."""
+    return store.write_batches(
+        "ingest_write_images", node_rows(rows), batch_size, keep=CHANGE_LOG_KEEP
+    )
 
 
 def stored_keys(store: GraphStore, keys: list[str], model_version: str) -> set[str]:

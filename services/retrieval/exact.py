@@ -3,14 +3,15 @@
 The embeddings live in the in-process read model (:mod:`services.retrieval.readmodel`): float32
 (N, 1024) plus integer codes for patient keys and modalities and a boolean column per finding, so
 filters are numpy masks, and each image's community, so a search needs no second round trip. The
-read model is keyed by the graph version, checked on every request (one round trip, about a
-millisecond).
+read model follows the stored graph's change log (services/retrieval/cache.py): in an API
+process in the background, with no Neo4j round trip on the search path.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from services.retrieval.cache import ReadModelCache
 from services.retrieval.contract import (
     GraphNotReady,
     SearchDiagnostics,
@@ -18,7 +19,7 @@ from services.retrieval.contract import (
     SearchHits,
     Strategy,
 )
-from services.retrieval.readmodel import GraphSnapshot, ReadModelCache
+from services.retrieval.readmodel import GraphSnapshot
 from services.retrieval.region import hits_of
 
 
@@ -59,10 +60,11 @@ class ExactSearch:
     ) -> SearchHits:
         diagnostics = SearchDiagnostics(strategy=self.name.value)
         snapshot = snapshot or self.cache.get(diagnostics)
-        if len(snapshot) == 0:
+        live = snapshot.live
+        if live == 0:
             raise GraphNotReady("no stored images to search; ingest some first")
-        diagnostics.database_size = len(snapshot)
-        diagnostics.images_examined = len(snapshot)
+        diagnostics.database_size = live
+        diagnostics.images_examined = live
         with diagnostics.stage("score"):
             eligible = snapshot.eligible(filters)
             chosen, cosines = top_k_cosine(

@@ -17,15 +17,17 @@
    orthogonal to every other direction — so the rule is a measured one, not a proof: the
    benchmark reports its recall against ``exact`` and the share of images it examined.)
 
-Rank = cosine (like ``exact``). One Neo4j round trip per search (the graph-version check).
+Rank = cosine (like ``exact``). No Neo4j round trip in an API process (the read model follows
+the change log in the background, ``services/retrieval/cache.py``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from services.retrieval.cache import ReadModelCache
 from services.retrieval.contract import SearchDiagnostics, SearchFilters, SearchHits, Strategy
-from services.retrieval.readmodel import GraphSnapshot, ReadModelCache
+from services.retrieval.readmodel import GraphSnapshot
 from services.retrieval.region import Probe, QueryEdgeSearch, hits_of, nearest, record_visit
 
 

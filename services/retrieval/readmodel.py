@@ -1,6 +1,7 @@
 """The in-process read model every in-memory strategy searches (``exact``, ``region``,
 ``community_ranked``): a snapshot of the stored graph, loaded from Neo4j with the Cypher of
-``cypher/search_*.cypher`` and keyed by the *graph version*.
+``cypher/search_*.cypher`` at a *graph version* (whose generation is the sequence number of the
+latest logged change it reflects, services/graph/changes.py).
 
 What it holds (N images, E stored SIMILAR pairs, C communities):
 
@@ -15,12 +16,14 @@ What it holds (N images, E stored SIMILAR pairs, C communities):
   stored edge weights, as ``k_i`` is defined in cypher/README.md);
 - ``m``, the total weight of the latest finished :ClusteringRun, and that run's id.
 
-The *graph version* (``cypher/search_graph_version.cypher``: number of images, latest
-``ingested_at``, latest finished clustering run) is read for every request, one cheap round trip
-shared by concurrent requests (:class:`VersionGate`, never staler than a read of their own);
-a different version reloads the whole snapshot (streamed record by record: at 223,648 images it
-takes tens of seconds and holds ~1 GB). Anything that changes the stored graph without a new
-image or a new run must change what that statement returns, or call ``invalidate()``.
+Searches never see a snapshot change under them (the one exception: a deleted image's row is
+zeroed in the shared matrix, so a search still running on an older snapshot scores it 0); a
+change makes a new snapshot that shares the big
+arrays (services/retrieval/incremental.py): rows are appended into spare capacity of shared
+buffers (``RowBuffers``), which no earlier snapshot reads past its own length; deleted rows are
+tombstoned (``alive``); an image's changed edges go to an ``overlay`` over the loaded CSR; rows
+appended to a community are its ``extras`` after its block. Which snapshot is current, and how
+it follows the stored graph, is services/retrieval/cache.py.
 """
 
 from __future__ import annotations
@@ -36,12 +39,46 @@ import numpy as np
 
 from services.graph.cypher import load_cypher
 from services.graph.store import GraphStore
-from services.retrieval.contract import EMBEDDING_DIM, SearchDiagnostics, SearchFilters
+from services.retrieval.contract import EMBEDDING_DIM, SearchFilters
 
-# images, latest ingested_at, latest finished clustering run, generation (bumped by every
-# delete and relabel, which the first three do not show)
-GraphVersion = tuple[int, str | None, str | None, int]
+# generation (the latest logged change's sequence number), images, SIMILAR pairs, latest
+# ingested_at, latest finished clustering run, the graph's epoch
+# (cypher/search_graph_version.cypher)
+GraphVersion = tuple[int, int | None, int | None, str | None, str | None, str | None]
 NO_COMMUNITY = -1
+# Spare rows allocated past a laid-out model, for images appended before the next compaction.
+HEADROOM_FRACTION = 0.05
+MIN_HEADROOM = 1024
+
+
+@dataclass
+class RowBuffers:
+    """Append-only row storage shared by the snapshots of one layout: row r, once written, never
+    changes; a newer snapshot writes rows past every older snapshot's length."""
+
+    matrix: np.ndarray  # float32 (capacity, 1024)
+    keys: np.ndarray  # str (capacity,)
+    probabilities: np.ndarray  # float32 (capacity, F)
+
+    @property
+    def capacity(self) -> int:
+        return int(self.matrix.shape[0])
+
+    @classmethod
+    def with_headroom(
+        cls, matrix: np.ndarray, keys: np.ndarray, probabilities: np.ndarray
+    ) -> RowBuffers:
+        n = len(keys)
+        capacity = n + max(MIN_HEADROOM, int(n * HEADROOM_FRACTION))
+        buffers = cls(
+            np.empty((capacity, matrix.shape[1]), dtype=np.float32),
+            np.empty(capacity, dtype=f"<U{max(64, keys.dtype.itemsize // 4)}"),
+            np.full((capacity, probabilities.shape[1]), np.nan, dtype=np.float32),
+        )
+        buffers.matrix[:n] = matrix
+        buffers.keys[:n] = keys
+        buffers.probabilities[:n] = probabilities
+        return buffers
 
 
 @dataclass
@@ -79,10 +116,38 @@ class GraphSnapshot:
     finding_probabilities: np.ndarray = field(
         default_factory=lambda: np.zeros((0, 0), dtype=np.float32)
     )
+    # --- what incremental changes keep (services/retrieval/incremental.py) ---
+    buffers: RowBuffers | None = None  # None: the arrays above are the whole storage
+    alive: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # False: tombstone
+    row_seq: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # change written
+    base_rows: int = -1  # rows laid out by community at the last load/compaction (-1: all)
+    extras: dict[int, np.ndarray] = field(default_factory=dict)  # position -> appended rows
+    overlay: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # row edges
+    community_alive: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    centroid_sums: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float64))
+    changed_rows: int = 0  # rows appended or tombstoned since the layout (compaction)
 
     def __post_init__(self) -> None:
-        if self.finding_probabilities.shape[0] != len(self.keys):
-            self.finding_probabilities = np.zeros((len(self.keys), 0), dtype=np.float32)
+        n = len(self.keys)
+        if self.finding_probabilities.shape[0] != n:
+            self.finding_probabilities = np.zeros((n, 0), dtype=np.float32)
+        if self.buffers is None:
+            self.buffers = RowBuffers(self.matrix, self.keys, self.finding_probabilities)
+        if len(self.alive) != n:
+            self.alive = np.ones(n, dtype=bool)
+        if len(self.row_seq) != n:
+            # A deletion published with a sequence up to the load's is in the load already.
+            self.row_seq = np.full(n, int(self.version[0]), dtype=np.int64)
+        if self.base_rows < 0:
+            self.base_rows = n
+        if len(self.community_alive) != len(self.community_ids):
+            self.community_alive = np.ones(len(self.community_ids), dtype=bool)
+        if self.centroid_sums.shape[0] != len(self.community_ids):
+            self.centroid_sums = np.zeros((len(self.community_ids), self.matrix.shape[1]))
+            for position in range(len(self.community_ids)):
+                self.centroid_sums[position] = self.matrix[self.block(position)].sum(
+                    axis=0, dtype=np.float64
+                )
         self.key_index = {str(key): i for i, key in enumerate(self.keys)}
         self.position_of_community = {int(c): i for i, c in enumerate(self.community_ids)}
         # Each row's community as a position in community_ids (-1: none, or no stored sums).
@@ -96,6 +161,40 @@ class GraphSnapshot:
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    @property
+    def seq(self) -> int:
+        """The latest logged change this snapshot reflects."""
+        return int(self.version[0])
+
+    @property
+    def live(self) -> int:
+        """Images a search may return (rows less tombstones)."""
+        return int(self.alive.sum())
+
+    def row_of(self, key: str) -> int | None:
+        """The live row of a stored key in this snapshot, or None."""
+        row = self.key_index.get(key)
+        if row is None or row >= len(self) or not self.alive[row]:
+            return None
+        return row
+
+    def members(self, position: int) -> slice | np.ndarray:
+        """The rows of a community: its block, then the rows appended to it since the layout
+        (a slice, a view of the matrix, when there are none)."""
+        block = self.block(position)
+        extra = self.extras.get(position)
+        if extra is None or len(extra) == 0:
+            return block
+        return np.concatenate([np.arange(block.start, block.stop), extra])
+
+    def score_members(self, position: int, query: np.ndarray) -> np.ndarray:
+        """float32 cosines of ``members(position)`` (the block as one product over a view)."""
+        scores = self.matrix[self.block(position)] @ query
+        extra = self.extras.get(position)
+        if extra is not None and len(extra):
+            scores = np.concatenate([scores, self.matrix[extra] @ query])
+        return scores
 
     @property
     def nbytes(self) -> int:
@@ -113,25 +212,27 @@ class GraphSnapshot:
         return None if value == NO_COMMUNITY else value
 
     def edges_of(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+        changed = self.overlay.get(row)
+        if changed is not None:
+            return changed
+        if row >= len(self.indptr) - 1:
+            return _NO_ROWS, _NO_WEIGHTS
         start, stop = self.indptr[row], self.indptr[row + 1]
         return self.neighbours[start:stop], self.weights[start:stop]
 
     def finding_column(self, finding: str | None, no_finding: bool) -> np.ndarray:
-        name = "\x00no-finding" if no_finding else str(finding)
+        name = NO_FINDING_COLUMN if no_finding else str(finding)
         column = self._finding_columns.get(name)
         if column is None:
-            if no_finding:
-                column = np.array([not f for f in self.findings], dtype=bool)
-            else:
-                column = np.array([finding in f for f in self.findings], dtype=bool)
+            column = finding_matches(name, self.findings)
             self._finding_columns[name] = column
         return column
 
     def eligible(self, filters: SearchFilters) -> np.ndarray:
-        mask = np.ones(len(self), dtype=bool)
+        mask = self.alive.copy()
         for key in filters.exclude_keys:
             position = self.key_index.get(key)
-            if position is not None:
+            if position is not None and position < len(self):
                 mask[position] = False
         if filters.exclude_patient_key is not None:
             code = self.patient_code_of.get(filters.exclude_patient_key)
@@ -146,6 +247,18 @@ class GraphSnapshot:
 
     def block(self, position: int) -> slice:
         return slice(int(self.block_start[position]), int(self.block_stop[position]))
+
+
+NO_FINDING_COLUMN = "\x00no-finding"
+_NO_ROWS = np.zeros(0, dtype=np.int32)
+_NO_WEIGHTS = np.zeros(0, dtype=np.float64)
+
+
+def finding_matches(name: str, findings: list[tuple[str, ...]]) -> np.ndarray:
+    """The bool column of a finding filter (``NO_FINDING_COLUMN``: no positive finding)."""
+    if name == NO_FINDING_COLUMN:
+        return np.array([not f for f in findings], dtype=bool)
+    return np.array([name in f for f in findings], dtype=bool)
 
 
 class VersionGate:
@@ -195,50 +308,6 @@ class VersionGate:
         return version
 
 
-class ReadModelCache:
-    """One snapshot per process, reloaded when the graph version changes (thread-safe)."""
-
-    def __init__(self, store: GraphStore) -> None:
-        self.store = store
-        self._lock = threading.Lock()
-        self._snapshot: GraphSnapshot | None = None
-        self._gate = VersionGate(self._read_version)
-        self.loads = 0
-
-    def _read_version(self) -> GraphVersion:
-        record = self.store.read_autocommit("search_graph_version")[0]
-        run = record["run"]
-        return (
-            int(record["images"]),
-            record["latest"],
-            None if run is None else str(run),
-            int(record["generation"]),
-        )
-
-    def version(self) -> GraphVersion:
-        return self._gate.version()
-
-    def invalidate(self) -> None:
-        with self._lock:
-            self._snapshot = None
-
-    def current(self) -> GraphSnapshot | None:
-        """The snapshot loaded last, without a version check (for figures, not for searches)."""
-        return self._snapshot
-
-    def get(self, diagnostics: SearchDiagnostics | None = None) -> GraphSnapshot:
-        diagnostics = diagnostics or SearchDiagnostics(strategy="read-model")
-        with diagnostics.stage("version_check"):
-            version = self.version()
-        with self._lock:
-            if self._snapshot is None or self._snapshot.version != version:
-                with diagnostics.stage("load_read_model"):
-                    self._snapshot = None  # let the old one go before the new one is built
-                    self._snapshot = load_snapshot(self.store, version)
-                    self.loads += 1
-            return self._snapshot
-
-
 def load_snapshot(store: GraphStore, version: GraphVersion) -> GraphSnapshot:
     started = time.perf_counter()
     # Lay the rows out community by community as they stream in (no second copy of the matrix):
@@ -255,7 +324,8 @@ def load_snapshot(store: GraphStore, version: GraphVersion) -> GraphSnapshot:
         offsets[community] = total
         total += counts[community]
     filled = dict.fromkeys(order, 0)
-    capacity = max(total, version[0], 1)
+    capacity = max(total, version[1] or 0, 1)
+    capacity += max(MIN_HEADROOM, int(capacity * HEADROOM_FRACTION))  # for appended rows
     matrix = np.empty((capacity, EMBEDDING_DIM), dtype=np.float32)
     count = 0
     keys: list[str | None] = [None] * capacity
@@ -307,14 +377,17 @@ def load_snapshot(store: GraphStore, version: GraphVersion) -> GraphSnapshot:
     if len(rows) != total or not np.array_equal(permutation, np.arange(len(rows))):
         rows = rows[permutation]
         communities = communities[permutation]
-    if len(rows) == matrix.shape[0] and np.array_equal(rows, np.arange(len(rows))):
-        matrix = matrix[: len(rows)]
-    else:
-        matrix = matrix[rows]
     key_array = np.array([keys[i] for i in rows], dtype=str)
-    findings = [findings[i] for i in rows]
     finding_probabilities = _probability_matrix([probabilities[i] for i in rows])
     del probabilities
+    if np.array_equal(rows, np.arange(len(rows))):
+        buffers = _buffers_around(matrix, len(rows), key_array, finding_probabilities)
+    else:  # rows moved (concurrent writes): one gather into new buffers
+        buffers = RowBuffers.with_headroom(matrix[rows], key_array, finding_probabilities)
+    del matrix
+    n = len(rows)
+    matrix = buffers.matrix[:n]
+    findings = [findings[i] for i in rows]
     patient_codes = patient_codes[rows]
     modality_codes = modality_codes[rows]
     del keys
@@ -331,17 +404,11 @@ def load_snapshot(store: GraphStore, version: GraphVersion) -> GraphSnapshot:
     sort_key = np.where(communities < 0, np.iinfo(np.int32).max, communities)
     starts = np.searchsorted(sort_key, community_ids, side="left")
     stops = np.searchsorted(sort_key, community_ids, side="right")
-    centroids = np.zeros((len(entries), EMBEDDING_DIM), dtype=np.float32)
-    for position, (start, stop) in enumerate(zip(starts, stops, strict=True)):
-        if stop > start:
-            mean = matrix[start:stop].mean(axis=0, dtype=np.float64)
-            norm = float(np.linalg.norm(mean))
-            if norm > 0:
-                centroids[position] = mean / norm
+    centroids = block_centroids(matrix, starts, stops)
     m = sums["m"]
     return GraphSnapshot(
         version=version,
-        keys=key_array,
+        keys=buffers.keys[:n],
         matrix=matrix,
         patient_codes=patient_codes,
         patient_code_of=patient_code_of,
@@ -362,8 +429,37 @@ def load_snapshot(store: GraphStore, version: GraphVersion) -> GraphSnapshot:
         m=None if m is None else float(m),
         run=None if sums["run"] is None else str(sums["run"]),
         load_s=time.perf_counter() - started,
-        finding_probabilities=finding_probabilities,
+        finding_probabilities=buffers.probabilities[:n],
+        buffers=buffers,
     )
+
+
+def block_centroids(matrix: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+    """float32 (C, 1024): the unit mean of each block's rows (zeros for an empty block)."""
+    centroids = np.zeros((len(starts), matrix.shape[1]), dtype=np.float32)
+    for position, (start, stop) in enumerate(zip(starts, stops, strict=True)):
+        if stop > start:
+            mean = matrix[start:stop].mean(axis=0, dtype=np.float64)
+            norm = float(np.linalg.norm(mean))
+            if norm > 0:
+                centroids[position] = mean / norm
+    return centroids
+
+
+def _buffers_around(
+    matrix: np.ndarray, n: int, keys: np.ndarray, probabilities: np.ndarray
+) -> RowBuffers:
+    """Buffers over a matrix whose first n rows are the model's (the spare rows past them are
+    kept as headroom, grown when fewer than the headroom wanted, without copying otherwise)."""
+    want = n + max(MIN_HEADROOM, int(n * HEADROOM_FRACTION))
+    if matrix.shape[0] < want:
+        matrix = np.resize(matrix, (want, matrix.shape[1]))  # one copy, only when short
+    capacity = matrix.shape[0]
+    key_buffer = np.empty(capacity, dtype=f"<U{max(64, keys.dtype.itemsize // 4)}")
+    key_buffer[:n] = keys
+    probability_buffer = np.full((capacity, probabilities.shape[1]), np.nan, dtype=np.float32)
+    probability_buffer[:n] = probabilities
+    return RowBuffers(matrix, key_buffer, probability_buffer)
 
 
 def _probability_matrix(rows: list[list[float] | None]) -> np.ndarray:

@@ -31,7 +31,7 @@ graph and the latest :ClusteringRun into the read model; nothing is recomputed p
   runs again with the grown R over the communities not yet visited (at most
   ``region_max_communities`` visits).
 
-Rank = order of addition. One Neo4j round trip per search (the graph-version check); the
+Rank = order of addition. No Neo4j round trip in an API process (``cache.py``); the
 community's members are one contiguous block of the read model, so a step is a few vector
 operations over that block and the added image's CSR row.
 """
@@ -46,6 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from services.retrieval.cache import ReadModelCache
 from services.retrieval.contract import (
     GraphNotReady,
     SearchDiagnostics,
@@ -53,7 +54,7 @@ from services.retrieval.contract import (
     SearchHits,
     Strategy,
 )
-from services.retrieval.readmodel import NO_COMMUNITY, GraphSnapshot, ReadModelCache
+from services.retrieval.readmodel import NO_COMMUNITY, GraphSnapshot
 
 TIE_TOLERANCE = 1e-9
 _BLAS = ThreadpoolController()
@@ -92,6 +93,7 @@ class Probe:
     def start(cls, snapshot: GraphSnapshot, query: np.ndarray, eligible: np.ndarray) -> Probe:
         centroid_scores = snapshot.centroids @ query
         order = np.lexsort((snapshot.community_ids, -centroid_scores))
+        order = order[snapshot.community_alive[order]]  # communities deleted since the layout
         unassigned = snapshot.unassigned_rows
         probe = cls(snapshot, query, eligible, order, centroid_scores, {}, unassigned,
                     np.zeros(0, np.float32))  # fmt: skip
@@ -105,9 +107,8 @@ class Probe:
     def score(self, position: int) -> np.ndarray:
         scores = self.scores.get(position)
         if scores is None:
-            block = self.snapshot.block(position)
-            scores = self.snapshot.matrix[block] @ self.query
-            eligible = self.eligible[block]
+            scores = self.snapshot.score_members(position, self.query)
+            eligible = self.eligible[self.snapshot.members(position)]
             scores[~eligible] = -np.inf
             self.scores[position] = scores
             self.scanned += int(eligible.sum())
@@ -125,7 +126,7 @@ class Probe:
         rows = [self.unassigned]
         scores = [self.unassigned_scores]
         for position, block_scores in self.scores.items():
-            rows.append(np.arange(*self.snapshot.block(position).indices(len(self.snapshot))))
+            rows.append(_rows(self.snapshot.members(position)))
             scores.append(block_scores)
         all_rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
         all_scores = np.concatenate(scores) if scores else np.zeros(0, np.float32)
@@ -134,7 +135,13 @@ class Probe:
 
     @property
     def covers_everything(self) -> bool:
-        return len(self.scores) == len(self.snapshot.community_ids)
+        return len(self.scores) == int(self.snapshot.community_alive.sum())
+
+
+def _rows(members: slice | np.ndarray) -> np.ndarray:
+    if isinstance(members, slice):
+        return np.arange(members.start, members.stop, dtype=np.int64)
+    return members
 
 
 def nearest(
@@ -207,28 +214,28 @@ class RegionGrowth:
         """Steps 6-8 in one community: adds members until R holds k images or the community has
         no eligible member left; returns how many were added."""
         snapshot = self.snapshot
-        block = snapshot.block(position)
-        start = block.start
-        available = eligible[block] & ~self.in_region[block]
+        members = snapshot.members(position)
+        rows = _rows(members)
+        available = eligible[members] & ~self.in_region[members]
         if not available.any():
             return 0
-        scaled_degree = snapshot.degree[block] / (2.0 * self.m)
-        k_jr = self.to_image[block]  # a view: add() keeps it current
+        scaled_degree = snapshot.degree[members] / (2.0 * self.m)
         added = 0
         while len(self.images) < k and available.any():
-            # m * dq(R, j) for every member; the argmax of dq itself.
-            gains = k_jr - self.sigma * scaled_degree
+            # m * dq(R, j) for every member; the argmax of dq itself. (A block's k_{j,R} is a
+            # view that add() keeps current; appended members are gathered.)
+            gains = self.to_image[members] - self.sigma * scaled_degree
             gains[~available] = -np.inf
             best = float(gains.max())
             tied = np.flatnonzero(gains >= best - TIE_TOLERANCE * max(1.0, abs(best)))
             if len(tied) == 1:
                 chosen = int(tied[0])
             else:
-                cosines = snapshot.matrix[start + tied].astype(np.float64) @ query64
-                order = np.lexsort((snapshot.keys[start + tied], -cosines))
+                cosines = snapshot.matrix[rows[tied]].astype(np.float64) @ query64
+                order = np.lexsort((snapshot.keys[rows[tied]], -cosines))
                 chosen = int(tied[order[0]])
             available[chosen] = False
-            self.add(start + chosen)
+            self.add(int(rows[chosen]))
             added += 1
         return added
 
@@ -275,7 +282,7 @@ class QueryEdgeSearch(ABC):
         """The eligible mask, the probe of the nearest communities, and the query's virtual
         edges (rows and cosine weights)."""
         check_ready(snapshot)
-        diagnostics.database_size = len(snapshot)
+        diagnostics.database_size = snapshot.live
         with diagnostics.stage("seed"):
             eligible = snapshot.eligible(filters)
             probe = Probe.start(snapshot, query, eligible)
@@ -320,7 +327,7 @@ class RegionGrowingSearch(QueryEdgeSearch):
         query64 = query.astype(np.float64)
         eligible, probe, rows, weights = self.seed(query, filters, snapshot, diagnostics)
         region = RegionGrowth(snapshot, rows, weights)
-        unvisited = np.ones(len(snapshot.community_ids), dtype=bool)
+        unvisited = snapshot.community_alive.copy()
         examined = probe.scanned
         with diagnostics.stage("grow"):
             while len(region.images) < k and unvisited.any():
@@ -331,14 +338,14 @@ class RegionGrowingSearch(QueryEdgeSearch):
                 unvisited[position] = False
                 record_visit(diagnostics, snapshot, position)
                 if position not in probe.scores:
-                    examined += int(eligible[snapshot.block(position)].sum())
+                    examined += int(eligible[snapshot.members(position)].sum())
                 region.grow_in(position, eligible, query64, k)
         diagnostics.images_examined = examined
         return hits_of(snapshot, np.array(region.images, dtype=np.int64), query64, diagnostics)
 
 
 def check_ready(snapshot: GraphSnapshot) -> None:
-    if snapshot.m is None or snapshot.m <= 0 or len(snapshot.community_ids) == 0:
+    if snapshot.m is None or snapshot.m <= 0 or not snapshot.community_alive.any():
         raise GraphNotReady(
             "region search needs a clustering run (communities and total weight m); "
             "run the clustering job first or use strategy 'exact' or 'vector'"

@@ -9,6 +9,7 @@ import numpy as np
 
 from services.config import Settings
 from services.graph.store import GraphStore
+from services.retrieval.cache import ReadModelCache
 from services.retrieval.contract import (
     FindingsUnavailable,
     SearchFilters,
@@ -21,7 +22,7 @@ from services.retrieval.contract import (
 )
 from services.retrieval.exact import ExactSearch
 from services.retrieval.ranked import CommunityRankedSearch
-from services.retrieval.readmodel import GraphSnapshot, ReadModelCache
+from services.retrieval.readmodel import GraphSnapshot
 from services.retrieval.region import RegionGrowingSearch
 from services.retrieval.rerank import (
     RERANK_CANDIDATES_PER_K,
@@ -44,12 +45,15 @@ class StoredQuery:
 
 
 class RetrievalService:
-    """Thread-safe; keep one per process (the read model lives in it)."""
+    """Thread-safe; keep one per process (the read model lives in it). ``live``: the read model
+    follows the stored graph in the background and a search makes no Neo4j round trip (the API
+    processes); otherwise every search checks the graph version first
+    (``services/retrieval/cache.py``)."""
 
-    def __init__(self, store: GraphStore, settings: Settings) -> None:
+    def __init__(self, store: GraphStore, settings: Settings, *, live: bool = False) -> None:
         self.store = store
         self.settings = settings
-        self.read_model = ReadModelCache(store)
+        self.read_model = ReadModelCache(store, settings, live=live)
         self.embedding_cache = self.read_model  # the name the `exact` cache had
         query_edges = settings.region_query_edges or settings.knn_k
         self.strategies: dict[Strategy, SearchStrategy] = {
@@ -117,7 +121,7 @@ class RetrievalService:
         reuses; for ``vector`` straight from Neo4j, so a vector-only process never loads it."""
         if strategy is None or self.strategy_of(strategy) in IN_MEMORY:
             snapshot = self.read_model.get()
-            row = snapshot.key_index.get(key)
+            row = snapshot.row_of(key)
             if row is not None:
                 probabilities = snapshot.finding_probabilities[row]
                 return StoredQuery(

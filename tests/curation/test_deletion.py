@@ -127,7 +127,8 @@ def test_deleting_five_percent_keeps_graph_communities_and_caches_exact(
             assert not set(hits.keys) & deleted, (strategy, key)
             assert len(hits.keys) == 50 or strategy == Strategy.REGION
     cached = service.embedding_cache.get()
-    assert len(cached) == len(remaining) and not set(map(str, cached.keys)) & deleted
+    live_keys = set(map(str, cached.keys[cached.alive]))  # deleted rows are tombstones
+    assert cached.live == len(remaining) and not live_keys & deleted
     deleted_rows = np.stack([graph.embedding_of[key] for key in deleted])
     assert np.max(cached.matrix @ deleted_rows.T) < 1.0 - 1e-6, "a deleted vector is cached"
 

@@ -147,6 +147,8 @@ def relabel(key: str, body: RelabelRequest) -> RelabelResponse:
         raise ApiError(422, f"invalid findings: {problem}") from None
     except UnknownImage:
         raise ApiError(404, f"no stored image has the key {key!r}") from None
+    if report.changed:  # this process's next search shows it; the others' within a second
+        context.retrieval.read_model.catch_up()
     return RelabelResponse(
         key=report.key,
         before=report.before,

@@ -1,0 +1,344 @@
+"""Which read-model snapshot a search uses, and how it follows the stored graph.
+
+The stored graph's writes are logged in Neo4j (``services/graph/changes.py``); a snapshot knows
+the sequence number of the latest change it reflects. Following = reading the cheap graph
+version (``search_graph_version.cypher``), then the log entries after the snapshot's, then the
+stored state of the images they name, and applying it (``incremental.apply_rows``): a new
+snapshot, swapped in atomically. A new partition (a clustering run), a compaction, and anything
+the log does not explain (Cypher run outside the platform: a generation, image count, SIMILAR
+count, latest ingestion or latest run that no logged change accounts for) build a whole new
+model instead, and the changes logged meanwhile are replayed on it before it is swapped in.
+
+Two ways to follow, one per kind of process:
+
+- ``live=False`` (the CLI, evaluations, tests of the strategies): every search reads the version
+  (shared among concurrent searches, ``VersionGate``) and follows before it searches; builds run
+  on the caller's thread. Never stale, one Neo4j round trip per search.
+- ``live=True`` (the API processes): a background thread follows every
+  ``search_follow_interval_s``; builds run on their own thread while searches go on with the
+  current snapshot. The search path makes no Neo4j round trip: it reads one Redis counter, the
+  latest deletion published (``changes.publish_tombstones``), and drops newly deleted keys from
+  its snapshot at once. Only a process's very first search waits, for the first load.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import redis
+
+from services.config import Settings
+from services.graph.changes import CHANGE_LOG_KEEP, ChangeKind, redis_client, tombstones_after
+from services.graph.store import GraphStore
+from services.retrieval.contract import SearchDiagnostics
+from services.retrieval.incremental import NeedsRebuild, apply_rows, relayout, with_tombstones
+from services.retrieval.readmodel import GraphSnapshot, GraphVersion, VersionGate, load_snapshot
+
+log = logging.getLogger(__name__)
+
+# Log entries applied per round; a longer backlog is applied over several rounds.
+CHANGES_PER_ROUND = 2_000
+# Rows appended or tombstoned since the layout, as a share of it, past which the model is
+# compacted (rebuilt in memory) in the background; appended rows cost a gather per search.
+COMPACT_FRACTION = 0.05
+MIN_COMPACT_ROWS = 2_000
+REBUILD = "rebuild"  # a whole new model from Neo4j
+PARTITION = "partition"  # a new layout for a new clustering run, built in memory
+COMPACT = "compact"  # the same layout, tombstones dropped, appended rows in their blocks
+_BUILD_ORDER = (REBUILD, PARTITION, COMPACT)
+
+
+class ReadModelCache:
+    """One current snapshot per process; thread-safe."""
+
+    def __init__(
+        self, store: GraphStore, settings: Settings | None = None, *, live: bool = False
+    ) -> None:
+        self.store = store
+        self.live = live
+        self.interval_s = settings.search_follow_interval_s if settings is not None else 0.2
+        self._redis = redis_client(settings) if live and settings is not None else None
+        self._snapshot: GraphSnapshot | None = None
+        self._follow_lock = threading.RLock()  # one follower (apply, replay, install) at a time
+        self._swap_lock = threading.Lock()  # the swap itself, and tombstones from Redis
+        self._gate = VersionGate(self._read_version)
+        self._pending_tombstones: list[tuple[str, int]] = []
+        self._tombstones_seen = 0
+        self._tombstone_epoch: str | None = None
+        self._build_requested: str | None = None
+        self._builder: threading.Thread | None = None
+        self._follower: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._first_load = threading.Lock()
+        # Counters the tests and benchmarks read.
+        self.loads = 0  # whole models read from Neo4j
+        self.applies = 0  # incremental changes applied
+        self.layouts = 0  # models rebuilt in memory (new partition, compaction)
+        self.last_error: str | None = None
+
+    # --- reading the stored graph --------------------------------------------------------------
+    def _read_version(self) -> GraphVersion:
+        record = self.store.read_autocommit("search_graph_version")[0]
+        run = record["run"]
+        return (
+            int(record["generation"]),
+            int(record["images"]),
+            int(record["pairs"]),
+            record["latest"],
+            None if run is None else str(run),
+            None if record["epoch"] is None else str(record["epoch"]),
+        )
+
+    def version(self) -> GraphVersion:
+        return self._gate.version()
+
+    def invalidate(self) -> None:
+        with self._swap_lock:
+            self._snapshot = None
+
+    def current(self) -> GraphSnapshot | None:
+        """The snapshot searches use now (for figures, not for searches)."""
+        return self._snapshot
+
+    # --- the search path -----------------------------------------------------------------------
+    def get(self, diagnostics: SearchDiagnostics | None = None) -> GraphSnapshot:
+        diagnostics = diagnostics or SearchDiagnostics(strategy="read-model")
+        if not self.live:
+            with diagnostics.stage("version_check"):
+                version = self.version()
+            snapshot = self._snapshot
+            if snapshot is None or snapshot.version != version:
+                with self._follow_lock, diagnostics.stage("follow_changes"):
+                    # Read again under the lock: another search may have followed meanwhile.
+                    self.follow(self._read_version())
+            assert self._snapshot is not None
+            return self._snapshot
+        if self._snapshot is None:
+            with diagnostics.stage("wait_for_model"):
+                self._load_first()
+        self._start_follower()
+        with diagnostics.stage("deleted_check"):
+            self._check_tombstones()
+        return self._snapshot  # type: ignore[return-value]
+
+    def _load_first(self) -> None:
+        with self._first_load:
+            if self._snapshot is None:
+                version = self._read_version()
+                self._install(load_snapshot(self.store, version))
+                self.loads += 1
+
+    def _check_tombstones(self) -> None:
+        assert self._redis is not None and self._snapshot is not None
+        epoch = self._snapshot.version[5] if len(self._snapshot.version) > 5 else None
+        if epoch is None:
+            # A graph the platform has not logged a change of yet: its first deletion's Redis
+            # keys are not known here, so the log is followed on this thread.
+            self.catch_up()
+            return
+        if epoch != self._tombstone_epoch:
+            # Deletions of this graph up to the snapshot's change are in it already.
+            self._tombstone_epoch, self._tombstones_seen = epoch, self._snapshot.seq
+        try:
+            latest, entries = tombstones_after(self._redis, epoch, self._tombstones_seen)
+        except redis.RedisError as problem:
+            # Without Redis the deletions are only in the log: follow it now, on this thread.
+            log.warning("deleted keys unavailable from Redis (%s): following the log", problem)
+            self.catch_up()
+            return
+        if latest <= self._tombstones_seen:
+            return
+        with self._swap_lock:
+            self._pending_tombstones.extend(entries)
+            self._tombstones_seen = max(self._tombstones_seen, latest)
+            assert self._snapshot is not None
+            self._snapshot = with_tombstones(self._snapshot, entries)
+
+    def catch_up(self) -> GraphSnapshot:
+        """Follows the log now, on the caller's thread (a process's own relabel, before it
+        answers); builds still run in the background in a live process."""
+        with self._follow_lock:
+            if self._snapshot is None:
+                self._load_first()
+            else:
+                self.follow(self._read_version())
+        assert self._snapshot is not None
+        return self._snapshot
+
+    # --- following -----------------------------------------------------------------------------
+    def follow(self, version: GraphVersion) -> None:
+        """Brings the snapshot to ``version``, read under the follow lock, which the caller
+        holds."""
+        snapshot = self._snapshot
+        if snapshot is None:
+            self._install(load_snapshot(self.store, version))
+            self.loads += 1
+            return
+        generation = version[0]
+        if snapshot.version[5:] != (None,) and snapshot.version[5:] != version[5:]:
+            self._request(REBUILD, version)  # another database (wiped or restored)
+            return
+        if generation == snapshot.seq:
+            if snapshot.version[1:] != version[1:]:
+                self._request(REBUILD, version)  # changed outside the platform
+            return
+        if generation < snapshot.seq or snapshot.seq <= generation - CHANGE_LOG_KEEP:
+            self._request(REBUILD, version)  # a restored database, or a trimmed log
+            return
+        record = self.store.read_autocommit(
+            "search_changes", after=snapshot.seq, limit=CHANGES_PER_ROUND
+        )[0]
+        changes = [c for c in record["changes"] if c is not None and c["seq"] <= generation]
+        complete = bool(changes) and changes[-1]["seq"] == generation
+        if not complete and len(record["changes"]) < CHANGES_PER_ROUND:
+            self._request(REBUILD, version)  # a generation bump no logged change explains
+            return
+        keys: list[str] = []
+        for change in changes:
+            kind = change["kind"]
+            if kind == ChangeKind.RELOAD:
+                self._request(REBUILD, version)
+                if not self.live:
+                    return  # loaded on this thread, at this version
+            elif kind == ChangeKind.PARTITION:
+                self._request(PARTITION, version)  # on this thread unless live
+            keys.extend(change["keys"] or ())
+        last = changes[-1]
+        # The counts the last change left, so that a later write outside the platform shows
+        # as a difference from them (search_graph_version.cypher).
+        target = (int(last["seq"]), last["images"], last["pairs"], *version[3:])
+        try:
+            self._apply(keys, target)
+        except NeedsRebuild as reason:
+            log.info("read model: %s; rebuilding", reason)
+            self._request(REBUILD, version)
+            return
+        self._maybe_compact(version)
+
+    def _apply(self, keys: list[str], version: GraphVersion) -> None:
+        snapshot = self._snapshot
+        assert snapshot is not None
+        unique = sorted(set(keys))
+        records = [r.data() for r in self.store.read_autocommit("search_rows", keys=unique)]
+        sums = self.store.read_autocommit("search_region_model")[0].data()
+        self._swap(apply_rows(snapshot, unique, records, sums, version))
+        self.applies += 1
+
+    def _maybe_compact(self, version: GraphVersion) -> None:
+        snapshot = self._snapshot
+        assert snapshot is not None
+        if snapshot.changed_rows > max(MIN_COMPACT_ROWS, COMPACT_FRACTION * snapshot.base_rows):
+            self._request(COMPACT, version)
+
+    # --- whole models --------------------------------------------------------------------------
+    def _request(self, kind: str, version: GraphVersion) -> None:
+        if not self.live:
+            self._build(kind, version)
+            return
+        with self._swap_lock:
+            wanted = self._build_requested
+            if wanted is None or _BUILD_ORDER.index(kind) < _BUILD_ORDER.index(wanted):
+                self._build_requested = kind
+            if self._builder is None or not self._builder.is_alive():
+                self._builder = threading.Thread(
+                    target=self._build_loop, name="read-model-build", daemon=True
+                )
+                self._builder.start()
+
+    def _build_loop(self) -> None:
+        while not self._stop.is_set():
+            with self._swap_lock:
+                kind, self._build_requested = self._build_requested, None
+            if kind is None:
+                return
+            try:
+                self._build(kind, None)
+            except Exception as problem:  # the old model keeps answering; try again later
+                self.last_error = f"{type(problem).__name__}: {problem}"
+                log.exception("read model: building a new model failed")
+                self._stop.wait(5.0)
+                with self._swap_lock:
+                    self._build_requested = self._build_requested or kind
+
+    def _build(self, kind: str, version: GraphVersion | None) -> None:
+        """A whole new model; then, under the follow lock, the changes logged since replayed
+        on it and the swap."""
+        if kind == REBUILD:
+            start = version if version is not None and not self.live else self._read_version()
+            built = load_snapshot(self.store, start)
+            self.loads += 1
+        else:
+            base = self._snapshot
+            assert base is not None
+            assignment = None
+            if kind == PARTITION:
+                stored = self.store.read_autocommit("community_assignment")[0]
+                assignment = dict(zip(stored["keys"], map(int, stored["communities"]),
+                                      strict=True))  # fmt: skip
+            sums = self.store.read_autocommit("search_region_model")[0].data()
+            built = relayout(base, assignment, sums)
+            self.layouts += 1
+        with self._follow_lock:
+            current = self._snapshot
+            if current is not None and built.seq < current.seq:
+                # Replay what the follower applied meanwhile (the stored state, read now).
+                record = self.store.read_autocommit(
+                    "search_changes", after=built.seq, limit=CHANGE_LOG_KEEP
+                )[0]
+                keys = [k for c in record["changes"] if c and c["seq"] <= current.seq
+                        for k in c["keys"] or ()]  # fmt: skip
+                records = [r.data() for r in self.store.read_autocommit("search_rows", keys=keys)]
+                sums = self.store.read_autocommit("search_region_model")[0].data()
+                built = apply_rows(built, keys, records, sums, current.version)
+            self._install(built)
+
+    # --- swapping ------------------------------------------------------------------------------
+    def _swap(self, snapshot: GraphSnapshot) -> None:
+        with self._swap_lock:
+            pending = [t for t in self._pending_tombstones if t[1] > snapshot.seq]
+            self._pending_tombstones = pending
+            self._snapshot = with_tombstones(snapshot, pending)
+
+    def _install(self, snapshot: GraphSnapshot) -> None:
+        self._swap(snapshot)
+
+    # --- the background follower ---------------------------------------------------------------
+    def _start_follower(self) -> None:
+        if self._follower is not None:
+            return
+        with self._swap_lock:
+            if self._follower is None:
+                self._follower = threading.Thread(
+                    target=self._follow_loop, name="read-model-follow", daemon=True
+                )
+                self._follower.start()
+
+    def _follow_loop(self) -> None:
+        delay = self.interval_s
+        while not self._stop.wait(delay):
+            try:
+                with self._follow_lock:
+                    self.follow(self._read_version())
+                delay = self.interval_s
+            except Exception as problem:  # Neo4j away: searches go on with the current model
+                self.last_error = f"{type(problem).__name__}: {problem}"
+                log.warning("read model: following the change log failed: %s", problem)
+                delay = min(5.0, max(delay * 2, self.interval_s))
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def stats(self) -> dict[str, Any]:
+        snapshot = self._snapshot
+        return {
+            "seq": None if snapshot is None else snapshot.seq,
+            "loads": self.loads,
+            "applies": self.applies,
+            "layouts": self.layouts,
+            "rows": None if snapshot is None else len(snapshot),
+            "live": None if snapshot is None else snapshot.live,
+            "building": self._builder is not None and self._builder.is_alive(),
+            "last_error": self.last_error,
+        }

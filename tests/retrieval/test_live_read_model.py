@@ -1,0 +1,121 @@
+"""The read model follows the writes instead of reloading: each write path's logged change is
+applied to the snapshot in place (no full load), and the answers then equal those of a model
+loaded afresh from Neo4j; Cypher run outside the platform is still noticed."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from services.communities import run_clustering
+from services.config import Settings
+from services.curation.deletion import delete_images
+from services.curation.relabel import relabel_image
+from services.graph.store import GraphStore
+from services.retrieval.contract import SearchFilters, Strategy
+from services.retrieval.service import RetrievalService
+from tests.retrieval.live_graph import STRATEGIES, answers, ingest_logged, stored_graph
+
+pytestmark = pytest.mark.neo4j
+SALT = b"test-salt"
+
+
+def fresh_answers(store: GraphStore, settings: Settings, keys: list[str]) -> dict:
+    return answers(RetrievalService(store, settings), keys)
+
+
+def test_every_write_path_changes_the_snapshot_without_a_reload(
+    clean_graph: GraphStore, settings: Settings
+) -> None:
+    graph = stored_graph(clean_graph, settings)
+    service = RetrievalService(clean_graph, settings)
+    probes = graph.keys[: graph.stored : 37]
+    assert answers(service, probes) == fresh_answers(clean_graph, settings, probes)
+    loads = service.read_model.loads
+
+    # Ingest: nodes, edges and community assignment, each its own logged change.
+    new = ingest_logged(clean_graph, graph, range(graph.stored, graph.stored + 8))
+    applies = service.read_model.applies
+    for key in new:
+        hits = service.search(graph.embedding_of(key), 3, Strategy.COMMUNITY_RANKED,
+                              SearchFilters())  # fmt: skip
+        assert hits.keys[0] == key, "an ingested image is found on the next search"
+    assert service.read_model.applies == applies + 1
+    checked = probes + new
+    assert answers(service, checked) == fresh_answers(clean_graph, settings, checked)
+    assert service.read_model.loads == loads, "ingest must not reload the read model"
+
+    # Delete (one stored image, one just ingested): never returned, neighbours re-linked.
+    gone = [graph.keys[5], new[0]]
+    report = delete_images(clean_graph, settings, gone, actor="test", salt=SALT)
+    assert sorted(report.deleted) == sorted(gone)
+    checked = [k for k in checked if k not in gone]
+    after_delete = answers(service, checked)
+    assert not {key for hits in after_delete.values() for key in hits} & set(gone)
+    assert after_delete == fresh_answers(clean_graph, settings, checked)
+    assert service.read_model.loads == loads, "a delete must not reload the read model"
+    assert service.read_model.current().live == graph.stored + 8 - 2
+
+    # Relabel: the next search's findings and filters show it.
+    target = new[1]
+    hernia = SearchFilters(finding="Hernia")
+    query = graph.embedding_of(target)
+    assert target not in service.search(query, 5, Strategy.EXACT, hernia).keys
+    relabel_image(clean_graph, target, ["Hernia"], actor="test", salt=SALT)
+    filtered = service.search(query, 5, Strategy.EXACT, hernia)
+    assert filtered.keys[0] == target
+    assert filtered.findings[0] == ("Hernia",)
+    assert service.read_model.loads == loads, "a relabel must not reload the read model"
+
+    # A new clustering run: a new layout built in memory, not read again from Neo4j.
+    layouts = service.read_model.layouts
+    run_clustering(clean_graph, settings)
+    assert answers(service, checked) == fresh_answers(clean_graph, settings, checked)
+    assert service.read_model.layouts == layouts + 1
+    assert service.read_model.loads == loads
+
+
+def test_cypher_run_outside_the_platform_is_picked_up(
+    clean_graph: GraphStore, settings: Settings
+) -> None:
+    graph = stored_graph(clean_graph, settings, n=200, extra=0)
+    service = RetrievalService(clean_graph, settings)
+    victim, relabelled = graph.keys[3], graph.keys[4]
+    query = graph.embedding_of(victim)
+    assert service.search(query, 1, Strategy.EXACT, SearchFilters()).keys == (victim,)
+    loads = service.read_model.loads
+
+    # A node deleted in the Browser: the counts no logged change explains.
+    clean_graph.run_text("MATCH (i:Image {key: $key}) DETACH DELETE i", key=victim)
+    assert victim not in service.search(query, 5, Strategy.EXACT, SearchFilters()).keys
+    assert service.read_model.loads == loads + 1
+
+    # A property set in the Browser with the generation bumped (as the README says to).
+    clean_graph.run_text(
+        "MATCH (i:Image {key: $key}) SET i.findings = ['Hernia'] WITH i "
+        "MATCH (s:GraphState {id: 'graph'}) SET s.generation = s.generation + 1",
+        key=relabelled,
+    )
+    hits = service.search(graph.embedding_of(relabelled), 3, Strategy.EXACT,
+                          SearchFilters(finding="Hernia"))  # fmt: skip
+    assert hits.keys[0] == relabelled
+    assert hits.findings[0] == ("Hernia",)
+
+    # A live process notices it in the background; no search waits on the rebuild.
+    live = RetrievalService(clean_graph, settings, live=True)
+    warm = live.search(query, 5, Strategy.COMMUNITY_RANKED, SearchFilters())
+    assert "wait_for_model" in warm.diagnostics.stage_ms
+    other = graph.keys[8]
+    clean_graph.run_text("MATCH (i:Image {key: $key}) DETACH DELETE i", key=other)
+    deadline = time.monotonic() + 30
+    while True:
+        for strategy in STRATEGIES:
+            hits = live.search(graph.embedding_of(other), 5, strategy, SearchFilters())
+            assert "wait_for_model" not in hits.diagnostics.stage_ms
+        if other not in hits.keys:
+            break
+        assert time.monotonic() < deadline, "the outside delete was never noticed"
+        time.sleep(0.1)
+    assert live.read_model.loads == 2
+    live.read_model.close()
