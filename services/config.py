@@ -176,9 +176,10 @@ class Settings(BaseSettings):
     # --- encoder (services/encoder) --------------------------------------------------------
     encoder_checkpoint: Path | None = Field(
         None,
-        description="Encoder checkpoint for image codes. Default: the shipped models/densenet121-"
-        "demo.pt when present with a matching sha256, else <models_dir>/densenet121-<image_size>"
-        "px.pt, trained on the bundled sets when missing.",
+        description="Encoder checkpoint for image codes. Default: <models_dir>/densenet121-"
+        "<image_size>px.pt when `medgraph train` wrote one, else the shipped models/densenet121-"
+        "demo.pt (sha256 verified, made for image_size), else that first path, trained on the "
+        "bundled sets.",
     )
     encoder_device: str | None = Field(
         None, description="Torch device for training and image codes. Default: cuda if present."

@@ -14,7 +14,6 @@ import numpy as np
 from services.config import get_settings
 from services.encoder.imaging import ImageReadError, read_image
 from services.encoder.labels import LABEL_FORMATS, LabelFileError
-from services.encoder.shipping import ShippingError, ship_checkpoint
 
 TOP_FINDINGS_SHOWN = 3
 
@@ -161,13 +160,6 @@ def _user_errors() -> tuple[type[Exception], ...]:
     show_default=True,
     help="Show a progress bar per epoch.",
 )
-@click.option(
-    "--ship",
-    is_flag=True,
-    help="Then make this checkpoint the repository's shipped default (models/densenet121-"
-    "demo.pt, with its sha256 and training record), if it beats the CPU checkpoint "
-    "(<models_dir>/densenet121-<image_size>px.pt) on the same validation patients.",
-)
 def train(
     labels_csv: tuple[Path, ...],
     images_dir: Path | None,
@@ -196,11 +188,9 @@ def train(
     output: Path | None,
     time_limit_s: float | None,
     progress: bool,
-    ship: bool,
 ) -> None:
     """Train the DenseNet-121 encoder and report per-finding validation AUROC."""
     # defers torch: other `medgraph` commands stay quick to start
-    from services.encoder.default_checkpoint import default_checkpoint_path
     from services.encoder.training.config import TrainConfig
     from services.encoder.training.process import train_in_own_process
 
@@ -243,17 +233,6 @@ def train(
     mean = f"{result.report.mean:.3f}" if result.report.mean is not None else "n/a"
     click.echo(f"\nmean validation AUROC: {mean}")
     click.echo(f"checkpoint: {result.checkpoint_path} ({result.duration_s:.0f}s)")
-    if ship:
-        reference = default_checkpoint_path(settings, settings.image_size)
-        try:
-            shipped = ship_checkpoint(result.checkpoint_path, reference)
-        except ShippingError as exc:
-            raise click.ClickException(f"not shipped: {exc}") from None
-        click.echo(
-            f"shipped as {shipped.path} (sha256 {shipped.sha256[:12]}…, record {shipped.record}): "
-            f"mean validation AUROC {shipped.val_mean_auroc:.3f} against the CPU checkpoint's "
-            f"{shipped.reference_val_mean_auroc:.3f}"
-        )
 
 
 @click.command("embed")

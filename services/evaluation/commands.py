@@ -4,19 +4,30 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from services.config import Settings, get_settings
 from services.encoder.imaging import ImageReadError
 from services.encoder.labels import LabelFileError, bundled_label_files, query_label_files
+from services.encoder.shipping import (
+    SHIPPED_CHECKPOINT,
+    ShippingError,
+    install_shipped_checkpoint,
+    write_half_precision,
+)
 from services.evaluation.image_collections import CollectionsFileError
 from services.evaluation.strategies import evaluate as run_evaluation
 from services.evaluation.strategies import plot_curves
 from services.graph.store import GraphStore
 from services.retrieval.contract import FindingsUnavailable, Strategy
 from services.retrieval.service import RetrievalService
+
+if TYPE_CHECKING:
+    from services.evaluation.heldout_run import HeldOutResult
 
 STRATEGY_NAMES = [strategy.value for strategy in Strategy]
 
@@ -121,20 +132,40 @@ STRATEGY_NAMES = [strategy.value for strategy in Strategy]
     show_default=True,
     help="Held-out mode: bootstrap resamples of query patients.",
 )
+@click.option(
+    "--ship",
+    is_flag=True,
+    help="Held-out mode: evaluate --checkpoint stored in fp16 and, if it passes the shipping "
+    "checks (services/evaluation/shipping_gate.py; --compare: the checkpoint it replaces), make "
+    "it the repository's shipped default (models/densenet121-demo.pt, .json record, .log).",
+)
+@click.option(
+    "--training-log",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="With --ship: the training's output, kept beside the shipped checkpoint.",
+)
 def evaluate(
     k: int, ks: str, sample: int | None, seed: int, strategies: str,
     include_same_patient: bool, output_dir: Path | None, rerank: bool,
     validation_queries: bool, held_out: bool, checkpoint: Path | None, compare: Path | None,
     label_files: tuple[Path, ...], query_files: tuple[Path, ...], json_path: Path | None,
-    resamples: int,
+    resamples: int, ship: bool, training_log: Path | None,
 ) -> None:  # fmt: skip
     """Leave-one-out retrieval metrics (ACG, ACG_p, precision@K, recall@K vs exact, fraction of
     the database examined, latency) for each strategy, as a table, JSON and a PNG plot; with
     --held-out, new patients' images against the rest, with baselines and intervals."""
+    if ship and (not held_out or checkpoint is None):
+        raise click.UsageError("--ship needs --held-out and --checkpoint (the file to ship)")
     if held_out:
         settings = get_settings()
         if not query_files and not label_files:
             query_files = tuple(query_label_files(settings.data_dir))
+        if ship and checkpoint is not None:
+            _ship(
+                settings, k, seed, output_dir, checkpoint, compare, label_files, query_files,
+                resamples, json_path, training_log,
+            )  # fmt: skip
+            return
         _held_out(
             settings, k, seed, output_dir, checkpoint, compare, label_files, query_files,
             resamples, json_path,
@@ -207,7 +238,7 @@ def _held_out(
     settings: Settings, k: int, seed: int, output_dir: Path | None, checkpoint: Path | None,
     compare: Path | None, label_files: tuple[Path, ...], query_files: tuple[Path, ...],
     resamples: int, json_path: Path | None,
-) -> None:  # fmt: skip
+) -> HeldOutResult:  # fmt: skip
     # defers torch: other `medgraph` commands stay quick to start
     from services.encoder.checkpoint import CheckpointError
     from services.encoder.default_checkpoint import default_checkpoint_path
@@ -239,3 +270,41 @@ def _held_out(
     for path in written:
         path.write_text(text)
     click.echo(f"({result.seconds:.0f} s) wrote {' and '.join(str(path) for path in written)}")
+    return result
+
+
+def _ship(
+    settings: Settings, k: int, seed: int, output_dir: Path | None, checkpoint: Path,
+    compare: Path | None, label_files: tuple[Path, ...], query_files: tuple[Path, ...],
+    resamples: int, json_path: Path | None, training_log: Path | None,
+) -> None:  # fmt: skip
+    """Judge the fp16 copy, the exact bytes that would ship, and install it if it passes."""
+    # defers torch: other `medgraph` commands stay quick to start
+    from services.evaluation.shipping_gate import shipping_checks, shipping_judgement
+
+    with tempfile.TemporaryDirectory(prefix="medgraph-ship-") as folder:
+        try:
+            candidate = write_half_precision(checkpoint, Path(folder) / SHIPPED_CHECKPOINT.name)
+        except ShippingError as problem:
+            raise click.ClickException(f"not shipped: {problem}") from None
+        result = _held_out(
+            settings, k, seed, output_dir, candidate, compare, label_files, query_files,
+            resamples, json_path,
+        )  # fmt: skip
+        checks = shipping_checks(result)
+        click.echo("\nshipping checks (paired 95% intervals, checkpoint minus the other row):")
+        for check in checks:
+            click.echo(f"  {check.line()}")
+        if not any(check.check.endswith("above random") for check in checks):
+            raise click.ClickException("not shipped: no external query set to judge it on")
+        failed = [check for check in checks if not check.passed]
+        if failed:
+            raise click.ClickException(f"not shipped: {len(failed)} check(s) fail")
+        try:
+            shipped = install_shipped_checkpoint(
+                candidate, shipping_judgement(result, checks), training_log
+            )
+        except ShippingError as problem:
+            raise click.ClickException(f"not shipped: {problem}") from None
+    click.echo(f"shipped {checkpoint} as {shipped.path} (fp16, sha256 {shipped.sha256[:12]}…, "
+               f"record {shipped.record})")  # fmt: skip

@@ -1,4 +1,4 @@
-"""Both bundled sets, the training recipes, the shipped checkpoint and `evaluate --held-out`."""
+"""Both bundled sets, the training recipes and `evaluate --held-out`."""
 
 from __future__ import annotations
 
@@ -34,7 +34,6 @@ from services.encoder.network import (
     pooled_features,
 )
 from services.encoder.preprocessing import prepare_batch
-from services.encoder.shipping import ShippingError, ship_checkpoint, shipped_checkpoint
 from services.encoder.training.best_epoch import WeightAverage
 from services.encoder.training.config import RECIPES, TrainConfig, TrainingError
 from services.encoder.training.loop import TrainResult, train_encoder
@@ -447,47 +446,6 @@ def _variant(source: Path, target: Path, **metrics: object) -> Path:
         checkpoint.state_dict, checkpoint.training, checkpoint.metrics | metrics,
     )  # fmt: skip
     return save_checkpoint(target, changed)
-
-
-def test_shipping_needs_the_same_validation_images_and_a_higher_auroc(
-    tiny_training: TrainResult, tmp_path: Path
-) -> None:
-    trained = tiny_training.checkpoint_path
-    kept = load_checkpoint(trained)
-    # The tiny run has one source set (named by its labels' folder): within it = pooled.
-    source = Path(kept.training["labels_csv"][0]).parent.name
-    assert kept.metrics["val_mean_auroc_by_source"] == {source: kept.metrics["val_mean_auroc"]}
-    sets = {"small": 0.58, "large": 0.62}
-    cpu = _variant(trained, tmp_path / "cpu.pt", val_mean_auroc=0.60,
-                   val_mean_auroc_by_source=sets)  # fmt: skip
-    worse = _variant(trained, tmp_path / "worse.pt", val_mean_auroc=0.55,
-                     val_mean_auroc_by_source={"small": 0.50, "large": 0.60})  # fmt: skip
-    # Higher pooled, lower within one set: the gain may be telling the sets apart.
-    pooled_only = _variant(trained, tmp_path / "pooled.pt", val_mean_auroc=0.70,
-                           val_mean_auroc_by_source={"small": 0.70, "large": 0.61})  # fmt: skip
-    unrecorded = _variant(trained, tmp_path / "old.pt", val_mean_auroc=0.70,
-                          val_mean_auroc_by_source=None)  # fmt: skip
-    better = _variant(trained, tmp_path / "gpu.pt", val_mean_auroc=0.70,
-                      val_mean_auroc_by_source={"small": 0.65, "large": 0.66})  # fmt: skip
-    destination = tmp_path / "models" / "densenet121-demo.pt"
-    with pytest.raises(ShippingError, match="does not beat"):
-        ship_checkpoint(worse, cpu, destination)
-    with pytest.raises(ShippingError, match="within source set large"):
-        ship_checkpoint(pooled_only, cpu, destination)
-    with pytest.raises(ShippingError, match="does not record its AUROC within each source"):
-        ship_checkpoint(unrecorded, cpu, destination)
-    assert not destination.exists()
-    shipped = ship_checkpoint(better, cpu, destination)
-    record = json.loads(shipped.record.read_text())
-    assert record["sha256"] == file_sha256(destination) == shipped.sha256
-    assert record["val_mean_auroc"] == 0.70 and record["compared_with"]["val_mean_auroc"] == 0.60
-    assert record["val_mean_auroc_by_source"]["large"] == 0.66
-    assert record["compared_with"]["val_mean_auroc_by_source"] == sets
-    assert shipped_checkpoint(destination) == destination
-    with destination.open("ab") as handle:  # a damaged or swapped file is not used
-        handle.write(b"\0")
-    assert shipped_checkpoint(destination) is None
-    assert shipped_checkpoint(tmp_path / "absent.pt") is None
 
 
 def test_evaluate_held_out_prints_views_baselines_and_intervals(

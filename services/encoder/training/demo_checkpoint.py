@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import math
 from collections.abc import Callable
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from services.encoder.checkpoint import CheckpointError, load_checkpoint
 from services.encoder.default_checkpoint import default_checkpoint_path
-from services.encoder.shipping import shipped_checkpoint
+from services.encoder.shipping import record_path, shipped_checkpoint
 from services.encoder.training.config import TrainConfig
 from services.encoder.training.loop import TrainResult, train_encoder
 
@@ -38,9 +39,12 @@ def ensure_demo_checkpoint(
     if settings.encoder_checkpoint is not None:
         load_checkpoint(path)  # raises CheckpointError naming the path when unusable
         return path
-    if path == shipped_checkpoint():
-        return path
     say = echo or logger.info
+    if path == shipped_checkpoint():
+        record = json.loads(record_path(path).read_text())
+        say(f"encoder: the shipped checkpoint {path.name} (sha256 {record['sha256'][:12]}… "
+            "verified; no training needed)")  # fmt: skip
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     with (path.parent / f".{path.name}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
