@@ -155,12 +155,16 @@ NIH_NAME = re.compile(r"(\d{8})_\d{3}")
 
 def identifying_names(seeded: SeededGraph) -> frozenset[str]:
     """What no answer, log line or graph property may hold (issue 26): every stored or uploaded
-    image file's name and stem, and the patient number an NIH name starts with."""
+    image file's name, its stem where that holds a number (NIH names, study names; a stem that
+    is a plain word such as the bad file "truncated" is also a JSON key of the answers), and the
+    patient number an NIH name starts with."""
     files = [path for path in seeded.root.rglob("*") if path.suffix in (".png", ".dcm")]
     files += [dicom.path for dicom in seeded.upload_dicoms]
     names: set[str] = set()
     for path in files:
-        names |= {path.name, path.stem}
+        names.add(path.name)
+        if any(character.isdigit() for character in path.stem):
+            names.add(path.stem)
         match = NIH_NAME.fullmatch(path.stem)
         if match:
             names.add(match.group(1))

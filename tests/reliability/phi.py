@@ -107,7 +107,9 @@ def study_tags(patient: str, number: int) -> dict[str, str]:
         "OperatorsName": f"Operqx{tag}^Bartholomew",
         "StudyID": f"SIDZQ{tag}",
         "StudyDate": f"2019082{number}",
-        "StudyTime": f"13371{number}",
+        # Fractional seconds keep the needle from occurring by chance in numeric output (a bare
+        # six-digit time matched digits in the clustering job's results kept in Redis).
+        "StudyTime": f"13371{number}.4242",
         "StudyInstanceUID": f"{UID_ROOT}.1.{ord(patient)}{number}",
         "SeriesInstanceUID": f"{UID_ROOT}.2.{ord(patient)}{number}",
         "SOPInstanceUID": f"{UID_ROOT}.3.{ord(patient)}{number}",
