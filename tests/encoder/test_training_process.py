@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import subprocess
+import sys
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from encoder_testkit import BUNDLED_DIR, TINY_TRAINING, bundled_subset
 
+from services.config import REPO_ROOT
 from services.encoder.checkpoint import load_checkpoint
 from services.encoder.training.config import TrainConfig, TrainingError
 from services.encoder.training.loop import train_encoder
@@ -90,3 +94,46 @@ def test_the_child_exits_by_itself_after_its_result(
     train_in_own_process(config)
     assert terminated == []
     assert multiprocessing.active_children() == []
+
+
+_PARENT_SCRIPT = """
+import sys
+from pathlib import Path
+from encoder_testkit import BUNDLED_DIR, TINY_TRAINING, bundled_subset
+from services.encoder.training.config import TrainConfig
+from services.encoder.training.process import train_in_own_process
+
+folder = Path(sys.argv[1])
+labels = bundled_subset(folder / "data", patients=12)
+config = TrainConfig(labels_csv=labels, images_dir=BUNDLED_DIR / "images",
+                     output=folder / "never.pt", device="cpu",
+                     **(TINY_TRAINING | {"epochs": 500, "batch_size": 8}))
+train_in_own_process(config, echo=lambda line: print(line, flush=True))
+"""
+
+
+def test_a_killed_parent_takes_its_training_child_with_it(tmp_path: Path) -> None:
+    # SIGKILL runs no `finally`: only the child's own watch can end it.
+    testkit_dir = Path(__file__).resolve().parent
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _PARENT_SCRIPT, str(tmp_path)],
+        stdout=subprocess.PIPE, text=True,
+        env=os.environ | {"PYTHONPATH": os.pathsep.join([str(testkit_dir), str(REPO_ROOT)])},
+    )  # fmt: skip
+    try:
+        assert parent.stdout is not None
+        first = parent.stdout.readline()  # the child is training once it reports
+        assert first, "the parent ended before the child said anything"
+        # The training child, not spawn's resource tracker.
+        children = [process for process in psutil.Process(parent.pid).children()
+                    if "spawn_main" in " ".join(process.cmdline())]  # fmt: skip
+        assert len(children) == 1
+        child = children[0]
+    finally:
+        parent.kill()
+        parent.wait()
+    gone, alive = psutil.wait_procs([child], timeout=15)
+    for process in alive:
+        process.kill()
+    assert gone and not alive, "the training child outlived its parent"
+    assert not (tmp_path / "never.pt").exists()

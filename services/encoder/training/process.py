@@ -9,6 +9,9 @@ policy only counts before torch is first loaded, hence a child process, started 
 with its own environment.
 The child's lines come back through a queue, so ``echo`` works as it does in-process (click's
 test runner included); a progress bar is written by the child to the terminal directly.
+A parent that dies without its ``finally`` (SIGTERM from a service manager, SIGKILL) takes the
+child with it: the child watches its parent and exits when it is gone, instead of training on
+as an orphan that holds the CPU for the rest of the run.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import multiprocessing
 import os
 import queue
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,6 +35,7 @@ from services.encoder.training.loop import TrainResult, train_encoder
 TRAINING_OPENMP_ENV = {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": "100000"}
 _POLL_SECONDS = 1.0
 _EXIT_GRACE_SECONDS = 30.0
+_ORPHANED_EXIT_CODE = 3
 _environment_lock = threading.Lock()
 
 
@@ -77,7 +82,17 @@ def train_in_own_process(
         child.join()
 
 
+def _exit_when_orphaned(parent: int) -> None:
+    while True:
+        time.sleep(_POLL_SECONDS)
+        if os.getppid() != parent:  # re-parented: the process that wanted the result is gone
+            os._exit(_ORPHANED_EXIT_CODE)
+
+
 def _train_and_report(config: TrainConfig, progress: bool, messages: Any) -> None:
+    threading.Thread(
+        target=_exit_when_orphaned, args=(os.getppid(),), name="parent-watch", daemon=True
+    ).start()
     try:
         result = train_encoder(
             config, progress=progress, echo=lambda line: messages.put(("line", line))
