@@ -131,6 +131,12 @@ def _user_errors() -> tuple[type[Exception], ...]:
 @click.option("--batch-size", type=click.IntRange(min=2), help="Default: train_batch_size.")
 @click.option("--seed", type=int, help="Default: train_seed setting.")
 @click.option(
+    "--split-seed",
+    type=int,
+    help="Seed of the patient split alone (default: --seed): another --seed on the same split "
+    "can be compared with `evaluate --held-out --compare` on the same queries.",
+)
+@click.option(
     "--val-fraction",
     type=click.FloatRange(0, 1, min_open=True, max_open=True),
     help="Default: train_val_fraction setting.",
@@ -182,6 +188,7 @@ def train(
     label_metric: float | None,
     batch_size: int | None,
     seed: int | None,
+    split_seed: int | None,
     val_fraction: float | None,
     initial_weights: Path | None,
     device: str | None,
@@ -219,6 +226,7 @@ def train(
             label_metric=label_metric,
             batch_size=batch_size,
             seed=seed,
+            split_seed=split_seed,
             val_fraction=val_fraction,
             initial_weights=initial_weights,
             device=device,

@@ -76,6 +76,9 @@ class TrainConfig:
     plateau_patience: int = 2
     val_fraction: float = 0.2
     seed: int = 0
+    # The patient split's own seed (None = ``seed``): training the same split with another
+    # ``seed`` measures how much two runs of one recipe differ on the same queries.
+    split_seed: int | None = None
     initial_weights: Path | None = None
     device: str | None = None
     workers: int = 0

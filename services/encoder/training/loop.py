@@ -297,7 +297,8 @@ def _read_data(
     """Every label file as one table, split by patient; normalisation and loss weights from the
     training side."""
     table = read_label_sets(config.label_files, config.images_dir, config.label_format)
-    split = patient_disjoint_split(table, config.val_fraction, config.seed)
+    split_seed = config.seed if config.split_seed is None else config.split_seed
+    split = patient_disjoint_split(table, config.val_fraction, split_seed)
     train_table, val_table = table.subset(split.train), table.subset(split.val)
     echo(
         f"{len(table.records)} images: {len(split.train)} train ({split.train_patients} patients), "
