@@ -70,7 +70,8 @@ def log_path(checkpoint: Path) -> Path:
     return checkpoint.with_suffix(LOG_SUFFIX)
 
 
-_verified: dict[tuple[str, int, int, int], bool] = {}
+# (path, mtime, size, record mtime) -> (sha256 matches, the input size it was made for)
+_verified: dict[tuple[str, int, int, int], tuple[bool, int | None]] = {}
 
 
 def shipped_checkpoint(path: Path | None = None, image_size: int | None = None) -> Path | None:
@@ -84,22 +85,23 @@ def shipped_checkpoint(path: Path | None = None, image_size: int | None = None) 
         return None
     stat, record_stat = path.stat(), record_path(path).stat()
     stamp = (str(path), stat.st_mtime_ns, stat.st_size, record_stat.st_mtime_ns)
-    try:
-        record = json.loads(record_path(path).read_text())
-        expected, made_for = record["sha256"], record.get("image_size")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        logger.warning("ignoring %s: unreadable record (%s)", path, exc)
-        expected, made_for = None, None
-    if image_size is not None and made_for != image_size:
-        return None
-    if stamp not in _verified:
+    if stamp not in _verified:  # read and hash once per version of the two files
+        try:
+            record = json.loads(record_path(path).read_text())
+            expected, made_for = record["sha256"], record.get("image_size")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            logger.warning("ignoring %s: unreadable record (%s)", path, exc)
+            expected, made_for = None, None
         actual = file_sha256(path)
-        _verified[stamp] = expected == actual
+        _verified[stamp] = (expected == actual, made_for)
         if expected is not None and expected != actual:
             logger.warning(
                 "ignoring %s: its sha256 %s differs from the record's %s", path, actual, expected
             )
-    return path if _verified[stamp] else None
+    verified, made_for = _verified[stamp]
+    if not verified or (image_size is not None and made_for != image_size):
+        return None
+    return path
 
 
 def write_half_precision(source: Path, target: Path) -> Path:

@@ -37,6 +37,7 @@ class GateCheck:
     passed: bool
     # The paired difference (checkpoint minus the other row) the check was made on.
     difference: Interval
+    view_kind: str  # heldout.HELD_OUT or heldout.QUERY_SET: which kind of view judged it
 
     def line(self) -> str:
         verdict = "holds" if self.passed else "FAILS"
@@ -71,7 +72,7 @@ def shipping_checks(result: HeldOutResult) -> list[GateCheck]:
         gain = _gain(view, row_name, metric)
         if gain is not None:
             checks.append(GateCheck(f"{view.view}: {_TITLES[metric]} above {what}",
-                                    gain.low > 0, gain))  # fmt: skip
+                                    gain.low > 0, gain, view.kind))  # fmt: skip
 
     for view in result.report.views:
         if view.kind == QUERY_SET:
@@ -87,21 +88,27 @@ def shipping_checks(result: HeldOutResult) -> list[GateCheck]:
                 if gain is not None:
                     checks.append(GateCheck(
                         f"{view.view}: {_TITLES[metric]} not wholly below {result.compared}",
-                        gain.high >= 0, gain,
+                        gain.high >= 0, gain, view.kind,
                     ))  # fmt: skip
     return checks
 
 
+def judged_on_uploads(checks: list[GateCheck]) -> bool:
+    """Whether an external query set (films read as uploads are) took part in the checks."""
+    return any(check.view_kind == QUERY_SET for check in checks)
+
+
 def shipping_judgement(result: HeldOutResult, checks: list[GateCheck]) -> dict[str, Any]:
     """What the shipped checkpoint's record keeps of its evaluation."""
+    evaluated = result.as_dict()
     return {
         "held_out": {
             "command": "medgraph evaluate --held-out --ship",
             "k": result.report.k,
             "resamples": result.report.resamples,
             "compared_with": result.compared,
-            "auroc": result.as_dict()["auroc"],
-            "auroc_by_query_set": result.as_dict()["auroc_by_query_set"],
+            "auroc": evaluated["auroc"],
+            "auroc_by_query_set": evaluated["auroc_by_query_set"],
             "views": {
                 view.view: {
                     row.name: {metric: row.metrics[metric].value for metric in GUARDED_METRICS}
