@@ -325,6 +325,13 @@ class Settings(BaseSettings):
         "applies the logged changes to its read model (a new image is found within this plus "
         "the apply's time of its ingest job's `done`).",
     )  # fmt: skip
+    search_layout_memory_mib: int = Field(
+        1400, ge=0,
+        description="API processes: the resident memory (MiB) up to which a new clustering run "
+        "or a compaction may lay the read model out again in a copy (briefly two matrices); "
+        "past it a new partition is adopted over the same rows (no copy; members outside a "
+        "community's longest run of rows are gathered per search) and compaction waits.",
+    )  # fmt: skip
     ranked_max_communities: int = Field(
         16, ge=1, description="Most communities one `community_ranked` search visits."
     )

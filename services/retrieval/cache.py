@@ -27,13 +27,20 @@ import logging
 import threading
 from typing import Any
 
+import psutil
 import redis
 
 from services.config import Settings
 from services.graph.changes import CHANGE_LOG_KEEP, ChangeKind, redis_client, tombstones_after
 from services.graph.store import GraphStore
 from services.retrieval.contract import SearchDiagnostics
-from services.retrieval.incremental import NeedsRebuild, apply_rows, relayout, with_tombstones
+from services.retrieval.incremental import (
+    NeedsRebuild,
+    apply_rows,
+    regroup,
+    relayout,
+    with_tombstones,
+)
 from services.retrieval.readmodel import GraphSnapshot, GraphVersion, VersionGate, load_snapshot
 
 log = logging.getLogger(__name__)
@@ -59,6 +66,9 @@ class ReadModelCache:
         self.store = store
         self.live = live
         self.interval_s = settings.search_follow_interval_s if settings is not None else 0.2
+        self.layout_memory_bytes = (
+            settings.search_layout_memory_mib * 2**20 if settings is not None else None
+        )
         self._redis = redis_client(settings) if live and settings is not None else None
         self._snapshot: GraphSnapshot | None = None
         self._follow_lock = threading.RLock()  # one follower (apply, replay, install) at a time
@@ -76,6 +86,7 @@ class ReadModelCache:
         self.loads = 0  # whole models read from Neo4j
         self.applies = 0  # incremental changes applied
         self.layouts = 0  # models rebuilt in memory (new partition, compaction)
+        self.regroups = 0  # new partitions adopted over the same rows (no copy)
         self.last_error: str | None = None
 
     # --- reading the stored graph --------------------------------------------------------------
@@ -229,8 +240,17 @@ class ReadModelCache:
     def _maybe_compact(self, version: GraphVersion) -> None:
         snapshot = self._snapshot
         assert snapshot is not None
-        if snapshot.changed_rows > max(MIN_COMPACT_ROWS, COMPACT_FRACTION * snapshot.base_rows):
+        if snapshot.changed_rows > max(
+            MIN_COMPACT_ROWS, COMPACT_FRACTION * snapshot.base_rows
+        ) and self._copy_fits(snapshot):
             self._request(COMPACT, version)
+
+    def _copy_fits(self, snapshot: GraphSnapshot) -> bool:
+        """Whether a second model the size of ``snapshot`` fits under the memory limit now."""
+        if self.layout_memory_bytes is None:
+            return True
+        resident = psutil.Process().memory_info().rss
+        return resident + snapshot.nbytes <= self.layout_memory_bytes
 
     # --- whole models --------------------------------------------------------------------------
     def _request(self, kind: str, version: GraphVersion) -> None:
@@ -278,8 +298,12 @@ class ReadModelCache:
                 assignment = dict(zip(stored["keys"], map(int, stored["communities"]),
                                       strict=True))  # fmt: skip
             sums = self.store.read_autocommit("search_region_model")[0].data()
-            built = relayout(base, assignment, sums)
-            self.layouts += 1
+            if assignment is not None and not self._copy_fits(base):
+                built = regroup(base, assignment, sums)
+                self.regroups += 1
+            else:
+                built = relayout(base, assignment, sums)
+                self.layouts += 1
         with self._follow_lock:
             current = self._snapshot
             if current is not None and built.seq < current.seq:
@@ -337,6 +361,7 @@ class ReadModelCache:
             "loads": self.loads,
             "applies": self.applies,
             "layouts": self.layouts,
+            "regroups": self.regroups,
             "rows": None if snapshot is None else len(snapshot),
             "live": None if snapshot is None else snapshot.live,
             "building": self._builder is not None and self._builder.is_alive(),

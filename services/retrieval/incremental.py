@@ -10,7 +10,10 @@ and leaves the one it was given as it was, so searches running on it are never d
 - ``with_tombstones``: deleted keys published in Redis, before the log brings the deletion.
 - ``relayout``: one new community-contiguous model from a snapshot, in memory (no Neo4j read of
   the embeddings): for a new partition (a clustering run) or to compact tombstones and appended
-  rows. It copies the matrix once.
+  rows. It copies the matrix once (written straight into the new buffers).
+- ``regroup``: a new partition over the same rows, without copying the matrix: each community's
+  longest run of consecutive rows is its block, the rest its ``extras`` (gathered when scored).
+  For a process whose memory limit leaves no room for a second matrix.
 """
 
 from __future__ import annotations
@@ -192,9 +195,9 @@ class _Apply:
             and np.array_equal(new.buffers.matrix[row], embedding)
             and _same_floats(new.buffers.probabilities[row], probabilities)
         )
-        # A laid-out row stays in its block: a new community means a new row (like new content).
+        # A row in a block stays there: a new community means a new row (like new content).
         moves_block = (
-            row is not None and row < new.base_rows and community != int(new.community[row])
+            row is not None and community != int(new.community[row]) and self._in_block(row)
         )
         if row is None or not same_content or moves_block:
             if row is not None:
@@ -211,6 +214,11 @@ class _Apply:
                 self.touched_positions.add(old_position)
             self._join(row, community)
         self.edges[row] = record["edges"]
+
+    def _in_block(self, row: int) -> bool:
+        # Not ``row < base_rows``: after a regroup, appended rows may form a block too.
+        new, position = self.new, int(self.new.community_position[row])
+        return position >= 0 and new.block_start[position] <= row < new.block_stop[position]
 
     def _describe(self, row: int, record: Mapping[str, Any]) -> None:
         new = self.new
@@ -352,9 +360,14 @@ def relayout(
     order = live[np.argsort(sort_key, kind="stable")]
     communities = np.sort(sort_key, kind="stable")
     n = len(order)
-    buffers = RowBuffers.with_headroom(
-        snapshot.matrix[order], snapshot.keys[order], snapshot.finding_probabilities[order]
+    # Gathered straight into the new buffers: a temporary copy of the matrix would make the
+    # peak three matrices instead of two.
+    buffers = RowBuffers.allocate(
+        n, snapshot.matrix.shape[1], snapshot.keys.dtype, snapshot.finding_probabilities.shape[1]
     )
+    np.take(snapshot.matrix, order, axis=0, out=buffers.matrix[:n])
+    buffers.keys[:n] = snapshot.keys[order]
+    buffers.probabilities[:n] = snapshot.finding_probabilities[order]
     # Every live row's edges (CSR rows, or the overlay's), renumbered.
     renumber = np.full(len(snapshot), -1, dtype=np.int64)
     renumber[order] = np.arange(n)
@@ -424,6 +437,78 @@ def relayout(
         row_seq=snapshot.row_seq[order],
     )
     return rebuilt
+
+
+def regroup(
+    snapshot: GraphSnapshot,
+    assignment: Mapping[str, int],
+    sums: Mapping[str, Any],
+    version: GraphVersion | None = None,
+) -> GraphSnapshot:
+    """The snapshot's rows under a new partition, sharing every row array (matrix, keys,
+    CSR, overlay): only the per-row community columns and the per-community arrays are new.
+
+    Each community's members are its longest run of consecutive rows (``block``, scored as one
+    product over a view) and the rest (``extras``, gathered): a partition that keeps most of
+    the old communities stays almost as fast as a laid-out one, a very different one pays a
+    gather per visited community until the next layout."""
+    new = copy.copy(snapshot)
+    new.version = version or snapshot.version
+    n = len(snapshot)
+    entries = sorted(
+        (int(c), float(s), int(z or 0)) for c, s, z in sums["communities"] if c is not None
+    )
+    new.community_ids = np.array([e[0] for e in entries], dtype=np.int64)
+    new.sigma_tot = np.array([e[1] for e in entries], dtype=np.float64)
+    new.community_size = np.array([e[2] for e in entries], dtype=np.int64)
+    new.position_of_community = {c: i for i, c in enumerate(new.community_ids.tolist())}
+    communities = np.full(n, NO_COMMUNITY, dtype=np.int64)
+    for row in np.flatnonzero(snapshot.alive).tolist():
+        communities[row] = assignment.get(str(snapshot.keys[row]), NO_COMMUNITY)
+    new.community = communities.astype(np.int32)
+    positions = np.full(n, -1, dtype=np.int64)
+    assigned = np.flatnonzero(communities >= 0)
+    if len(new.community_ids) and len(assigned):
+        found = np.searchsorted(new.community_ids, communities[assigned])
+        found = np.minimum(found, len(new.community_ids) - 1)
+        known = new.community_ids[found] == communities[assigned]
+        positions[assigned[known]] = found[known]
+    new.community_position = positions.astype(np.int32)
+    count = len(new.community_ids)
+    new.block_start = np.zeros(count, dtype=np.int64)
+    new.block_stop = np.zeros(count, dtype=np.int64)
+    new.extras = {}
+    new.centroid_sums = np.zeros((count, snapshot.matrix.shape[1]), dtype=np.float64)
+    members = np.flatnonzero(positions >= 0)
+    members = members[np.argsort(positions[members], kind="stable")]  # rows ascending within
+    bounds = np.searchsorted(positions[members], np.arange(count + 1))
+    for position in range(count):
+        rows = members[bounds[position] : bounds[position + 1]]
+        if len(rows) == 0:
+            continue
+        # Runs of consecutive rows: the longest is the block.
+        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+        starts = np.concatenate([[0], breaks])
+        stops = np.concatenate([breaks, [len(rows)]])
+        longest = int(np.argmax(stops - starts))
+        first, last = int(starts[longest]), int(stops[longest])
+        new.block_start[position] = rows[first]
+        new.block_stop[position] = rows[last - 1] + 1
+        rest = np.concatenate([rows[:first], rows[last:]])
+        if len(rest):
+            new.extras[position] = rest.astype(np.int64)
+        new.centroid_sums[position] = snapshot.matrix[rows].sum(axis=0, dtype=np.float64)
+    norms = np.linalg.norm(new.centroid_sums, axis=1)
+    new.centroids = np.zeros((count, snapshot.matrix.shape[1]), dtype=np.float32)
+    nonzero = norms > 0
+    new.centroids[nonzero] = new.centroid_sums[nonzero] / norms[nonzero, None]
+    new.community_alive = np.ones(count, dtype=bool)
+    new.unassigned_rows = _unassigned(new)
+    m = sums.get("m")
+    new.m = None if m is None else float(m)
+    new.run = None if sums.get("run") is None else str(sums["run"])
+    new._finding_columns = dict(snapshot._finding_columns)
+    return new
 
 
 def _unassigned(snapshot: GraphSnapshot) -> np.ndarray:

@@ -65,16 +65,21 @@ class RowBuffers:
         return int(self.matrix.shape[0])
 
     @classmethod
+    def allocate(cls, n: int, width: int, key_dtype: np.dtype, findings: int) -> RowBuffers:
+        """Empty buffers for n rows of ``width`` floats and their headroom."""
+        capacity = n + max(MIN_HEADROOM, int(n * HEADROOM_FRACTION))
+        return cls(
+            np.empty((capacity, width), dtype=np.float32),
+            np.empty(capacity, dtype=f"<U{max(64, key_dtype.itemsize // 4)}"),
+            np.full((capacity, findings), np.nan, dtype=np.float32),
+        )
+
+    @classmethod
     def with_headroom(
         cls, matrix: np.ndarray, keys: np.ndarray, probabilities: np.ndarray
     ) -> RowBuffers:
         n = len(keys)
-        capacity = n + max(MIN_HEADROOM, int(n * HEADROOM_FRACTION))
-        buffers = cls(
-            np.empty((capacity, matrix.shape[1]), dtype=np.float32),
-            np.empty(capacity, dtype=f"<U{max(64, keys.dtype.itemsize // 4)}"),
-            np.full((capacity, probabilities.shape[1]), np.nan, dtype=np.float32),
-        )
+        buffers = cls.allocate(n, matrix.shape[1], keys.dtype, probabilities.shape[1])
         buffers.matrix[:n] = matrix
         buffers.keys[:n] = keys
         buffers.probabilities[:n] = probabilities

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
 
 from services.communities import run_clustering
@@ -14,6 +15,8 @@ from services.curation.deletion import delete_images
 from services.curation.relabel import relabel_image
 from services.graph.store import GraphStore
 from services.retrieval.contract import SearchFilters, Strategy
+from services.retrieval.incremental import apply_rows, regroup, relayout
+from services.retrieval.readmodel import GraphSnapshot, load_snapshot
 from services.retrieval.service import RetrievalService
 from tests.retrieval.live_graph import STRATEGIES, answers, ingest_logged, stored_graph
 
@@ -25,9 +28,12 @@ def fresh_answers(store: GraphStore, settings: Settings, keys: list[str]) -> dic
     return answers(RetrievalService(store, settings), keys)
 
 
+@pytest.mark.parametrize("memory_mib", [100_000, 0], ids=["copied-layout", "regrouped"])
 def test_every_write_path_changes_the_snapshot_without_a_reload(
-    clean_graph: GraphStore, settings: Settings
+    clean_graph: GraphStore, settings: Settings, memory_mib: int
 ) -> None:
+    # 0 MiB: no room for a second matrix, so the clustering run is adopted over the same rows.
+    settings = settings.model_copy(update={"search_layout_memory_mib": memory_mib})
     graph = stored_graph(clean_graph, settings)
     service = RetrievalService(clean_graph, settings)
     probes = graph.keys[: graph.stored : 37]
@@ -68,12 +74,66 @@ def test_every_write_path_changes_the_snapshot_without_a_reload(
     assert filtered.findings[0] == ("Hernia",)
     assert service.read_model.loads == loads, "a relabel must not reload the read model"
 
-    # A new clustering run: a new layout built in memory, not read again from Neo4j.
-    layouts = service.read_model.layouts
+    # A new clustering run: a new layout built in memory, not read again from Neo4j; without
+    # room for a copy, the same matrix regrouped.
+    layouts, regroups = service.read_model.layouts, service.read_model.regroups
+    before = service.read_model.current()
     run_clustering(clean_graph, settings)
     assert answers(service, checked) == fresh_answers(clean_graph, settings, checked)
-    assert service.read_model.layouts == layouts + 1
+    after = service.read_model.current()
+    copied = memory_mib > 0
+    assert service.read_model.layouts == layouts + copied
+    assert service.read_model.regroups == regroups + (not copied)
+    assert np.shares_memory(before.matrix, after.matrix) is not copied
     assert service.read_model.loads == loads
+
+    # Writes after the new partition still apply in place and answer as a fresh model.
+    more = ingest_logged(clean_graph, graph, range(graph.stored + 8, graph.stored + 16))
+    delete_images(clean_graph, settings, [more[0], checked[3]], actor="test", salt=SALT)
+    relabel_image(clean_graph, more[1], ["Hernia"], actor="test", salt=SALT)
+    checked = [k for k in checked + more if k not in (more[0], checked[3])]
+    assert answers(service, checked) == fresh_answers(clean_graph, settings, checked)
+    assert service.read_model.loads == loads
+
+
+def members_by_key(snapshot: GraphSnapshot) -> dict[int, set[str]]:
+    return {
+        int(community): {str(snapshot.keys[r]) for r in np.atleast_1d(
+            np.arange(len(snapshot))[snapshot.members(position)]) if snapshot.alive[r]}
+        for position, community in enumerate(snapshot.community_ids.tolist())
+    }  # fmt: skip
+
+
+def test_a_regrouped_partition_equals_a_copied_layout(
+    clean_graph: GraphStore, settings: Settings
+) -> None:
+    """Any partition, however different from the rows' order: the same members, centroids,
+    sums and unassigned images as a laid-out copy, and the matrix shared, not copied."""
+    graph = stored_graph(clean_graph, settings, n=200, extra=0)
+    version = RetrievalService(clean_graph, settings).read_model.version()
+    snapshot = load_snapshot(clean_graph, version)
+    sums = clean_graph.read_autocommit("search_region_model")[0].data()
+    ids = [int(c) for c, _, _ in sums["communities"] if c is not None]
+    rng = np.random.default_rng(3)
+    # Every image a random stored community, a few none: runs of rows are broken everywhere.
+    assignment = {key: int(rng.choice(ids)) for key in graph.keys[:190]}
+    grouped = regroup(snapshot, assignment, sums)
+    copied = relayout(snapshot, assignment, sums)
+    assert np.shares_memory(grouped.matrix, snapshot.matrix)
+    assert not np.shares_memory(copied.matrix, snapshot.matrix)
+    assert members_by_key(grouped) == members_by_key(copied)
+    assert any(len(rows) for rows in grouped.extras.values()), "the partition was not scattered"
+    np.testing.assert_allclose(grouped.centroids, copied.centroids, atol=1e-6)
+    np.testing.assert_array_equal(grouped.sigma_tot, copied.sigma_tot)
+    unassigned = {str(grouped.keys[r]) for r in grouped.unassigned_rows}
+    assert unassigned == set(graph.keys[190:200])
+    assert unassigned == {str(copied.keys[r]) for r in copied.unassigned_rows}
+    for key in graph.keys[:200]:
+        row, other = grouped.row_of(key), copied.row_of(key)
+        assert grouped.community_of(row) == copied.community_of(other)
+        assert sorted(grouped.keys[grouped.edges_of(row)[0]]) == sorted(
+            copied.keys[copied.edges_of(other)[0]]
+        )
 
 
 def test_cypher_run_outside_the_platform_is_picked_up(
@@ -119,3 +179,22 @@ def test_cypher_run_outside_the_platform_is_picked_up(
         time.sleep(0.1)
     assert live.read_model.loads == 2
     live.read_model.close()
+
+
+def test_an_image_moved_to_another_community_leaves_its_block(
+    clean_graph: GraphStore, settings: Settings
+) -> None:
+    """A row inside a community's block (laid out, or a regrouped run) that a logged change
+    puts in another community is a member of the new one only."""
+    graph = stored_graph(clean_graph, settings, n=200, extra=0)
+    version = RetrievalService(clean_graph, settings).read_model.version()
+    snapshot = load_snapshot(clean_graph, version)
+    sums = clean_graph.read_autocommit("search_region_model")[0].data()
+    key = graph.keys[17]
+    record = clean_graph.read_autocommit("search_rows", keys=[key])[0].data()
+    old = int(record["community"])
+    other = next(int(c) for c, _, _ in sums["communities"] if c is not None and int(c) != old)
+    moved = apply_rows(snapshot, [key], [{**record, "community": other}], sums, version)
+    members = members_by_key(moved)
+    assert key in members[other]
+    assert key not in members[old]
