@@ -445,6 +445,10 @@ def run_size(n: int, arguments: argparse.Namespace, home: Path) -> dict[str, Any
         "api_rss_mib_at_end": round(log.rss[-1][1] / 2**20) if log.rss else None,
         "api_peak_rss_mib": peak,
         "clustering": log.clustering,
+        # The API's own account of each whole model it built (services/retrieval/cache.py).
+        "read_model_builds": [line.split("read model: ", 1)[1].strip() for line in
+                              (logs / "api.log").read_text(errors="replace").splitlines()
+                              if "read model: " in line],
         "jobs": log.jobs,
         "load_average_1m_at_end": round(os.getloadavg()[0], 2),
     })  # fmt: skip

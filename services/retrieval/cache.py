@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 import psutil
@@ -285,6 +286,8 @@ class ReadModelCache:
     def _build(self, kind: str, version: GraphVersion | None) -> None:
         """A whole new model; then, under the follow lock, the changes logged since replayed
         on it and the swap."""
+        started = time.monotonic()
+        how = "loaded from Neo4j"
         if kind == REBUILD:
             start = version if version is not None and not self.live else self._read_version()
             built = load_snapshot(self.store, start)
@@ -301,9 +304,11 @@ class ReadModelCache:
             if assignment is not None and not self._copy_fits(base):
                 built = regroup(base, assignment, sums)
                 self.regroups += 1
+                how = "regrouped over the same rows (no room for a copy)"
             else:
                 built = relayout(base, assignment, sums)
                 self.layouts += 1
+                how = "laid out in a copy"
         with self._follow_lock:
             current = self._snapshot
             if current is not None and built.seq < current.seq:
@@ -317,6 +322,14 @@ class ReadModelCache:
                 sums = self.store.read_autocommit("search_region_model")[0].data()
                 built = apply_rows(built, keys, records, sums, current.version)
             self._install(built)
+        log.info(
+            "read model: %s %s in %.1f s, %d rows, resident %d MiB",
+            kind,
+            how,
+            time.monotonic() - started,
+            len(built),
+            psutil.Process().memory_info().rss >> 20,
+        )
 
     # --- swapping ------------------------------------------------------------------------------
     def _swap(self, snapshot: GraphSnapshot) -> None:
