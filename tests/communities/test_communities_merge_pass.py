@@ -151,3 +151,24 @@ def test_a_run_stores_the_merged_partition_and_records_the_merges(
     assert summary.community_count == len(set(assignment.values()))
     assert _ari(planted_graph, assignment) >= 0.9  # type: ignore[arg-type]
     assert summary.reported_modularity == pytest.approx(summary.modularity, abs=1e-6)
+
+
+def test_labels_leave_out_an_image_deleted_during_the_run(
+    planted_graph: dict[str, int], clean_graph: GraphStore
+) -> None:
+    """A curator may delete images while the clustering job works on its projection: the labels
+    read back leave those out instead of failing (the live-load benchmark's clustering run at
+    223,648 images failed so, 2026-12-05)."""
+    keys = sorted(planted_graph)
+    try:
+        _project(clean_graph, keys)
+        clean_graph.query(
+            "community_gds_leiden", graph_name=GRAPH_NAME, property="leiden",
+            resolution=1.0, seed=42, seed_property=None, concurrency=1, max_levels=10,
+        )  # fmt: skip
+        gone = keys[7]
+        clean_graph.run_text("MATCH (i:Image {key: $key}) DETACH DELETE i", key=gone)
+        labels = detection._gds_labels(clean_graph, GRAPH_NAME, "leiden")
+    finally:
+        clean_graph.query("community_gds_drop", graph_name=GRAPH_NAME)
+    assert set(labels) == set(keys) - {gone}
