@@ -19,6 +19,7 @@ and leaves the one it was given as it was, so searches running on it are never d
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -35,8 +36,8 @@ from services.retrieval.readmodel import (
 
 
 class NeedsRebuild(RuntimeError):
-    """The change does not fit the snapshot (spare rows used up, a longer key, another number
-    of predicted findings): the caller rebuilds instead."""
+    """The change does not fit the snapshot (spare rows used up, a longer key): the caller
+    rebuilds instead."""
 
 
 def with_tombstones(snapshot: GraphSnapshot, entries: Iterable[tuple[str, int]]) -> GraphSnapshot:
@@ -110,6 +111,7 @@ class _Apply:
         self, keys: Sequence[str], records: Sequence[Mapping[str, Any]], sums: Mapping[str, Any]
     ) -> GraphSnapshot:
         self._sums(sums)
+        self._widen_probabilities(records)
         found = {str(record["key"]): record for record in records}
         for key in dict.fromkeys(keys):
             record = found.get(key)
@@ -173,6 +175,24 @@ class _Apply:
             return -1
         position = self.new.position_of_community.get(community, -1)
         return position if position >= 0 and self.new.community_alive[position] else -1
+
+    def _widen_probabilities(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """The first predicted findings in a model that had none (a graph built without a
+        checkpoint's predictions, then an ingest with one): a probability column of their
+        length, NaN for every earlier row — what a fresh load makes of the same graph
+        (``readmodel._probability_matrix``). The matrix and keys stay shared."""
+        new = self.new
+        if new.buffers.probabilities.shape[1] != 0:
+            return
+        lengths = Counter(len(r["finding_probabilities"]) for r in records
+                          if r["finding_probabilities"])  # fmt: skip
+        if not lengths:
+            return
+        width = lengths.most_common(1)[0][0]
+        old = new.buffers
+        probabilities = np.full((old.capacity, width), np.nan, dtype=np.float32)
+        new.buffers = RowBuffers(old.matrix, old.keys, probabilities)
+        new.finding_probabilities = probabilities[: self.n]
 
     # --- rows --------------------------------------------------------------------------------
     def _tombstone(self, row: int) -> None:
@@ -259,12 +279,11 @@ class _Apply:
             key = str(record["key"])
             if len(key) * 4 > buffers.keys.dtype.itemsize:
                 raise NeedsRebuild("a key longer than the read model's key column")
-            stored = record["finding_probabilities"]
-            if stored and len(stored) != width:
-                raise NeedsRebuild("predicted findings of another length than the model's")
             row = self.n + offset
             buffers.matrix[row] = np.asarray(record["embedding"], dtype=np.float32)
             buffers.keys[row] = key
+            # Another length than the model's (another checkpoint): none, as a load makes of a
+            # length fewer images have.
             buffers.probabilities[row] = _probabilities(record, width)
         new.matrix = buffers.matrix[:total]
         new.keys = buffers.keys[:total]

@@ -53,15 +53,21 @@ def stored_graph(store: GraphStore, settings: Settings, n: int = 300, extra: int
     return LiveGraph(keys, embeddings, findings, patient, n)
 
 
-def ingest_logged(store: GraphStore, graph: LiveGraph, indices: Sequence[int]) -> list[str]:
+def ingest_logged(
+    store: GraphStore, graph: LiveGraph, indices: Sequence[int], findings_width: int = 0
+) -> list[str]:
     """What an ingest job writes for these images, through the same logged statements: the
-    nodes, every kNN edge between them and the stored images, then community assignment."""
+    nodes, every kNN edge between them and the stored images, then community assignment.
+    ``findings_width`` > 0: each image also gets that many predicted finding probabilities."""
     keys = [graph.keys[i] for i in indices]
+    rng = np.random.default_rng(len(keys))
+    predicted = {i: rng.random(findings_width).tolist() if findings_width else None
+                 for i in indices}  # fmt: skip
     rows = [
         {"key": graph.keys[i], "source": f"synthetic://{graph.keys[i]}",
          "findings": list(graph.findings[i]), "patient_key": patient_key(int(graph.patient[i])),
          "file_bytes": 1, "model_version": "test", "modality": "PNG", "width": 8, "height": 8,
-         "embedding": graph.embeddings[i], "finding_probabilities": None}
+         "embedding": graph.embeddings[i], "finding_probabilities": predicted[i]}
         for i in indices
     ]  # fmt: skip
     write_image_rows(store, rows, 100)

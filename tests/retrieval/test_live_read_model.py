@@ -198,3 +198,27 @@ def test_an_image_moved_to_another_community_leaves_its_block(
     members = members_by_key(moved)
     assert key in members[other]
     assert key not in members[old]
+
+
+def test_the_first_predicted_findings_join_the_model_without_a_reload(
+    clean_graph: GraphStore, settings: Settings
+) -> None:
+    """A graph stored without predicted findings, then an ingest with a checkpoint that
+    predicts them: applied in place (not one full reload per ingest, as on 2026-12-05 at
+    223,648 images), with the probabilities a fresh load reads."""
+    graph = stored_graph(clean_graph, settings, n=200, extra=8)
+    service = RetrievalService(clean_graph, settings)
+    probes = graph.keys[:200:23]
+    answers(service, probes)
+    loads = service.read_model.loads
+    new = ingest_logged(clean_graph, graph, range(200, 208), findings_width=14)
+    assert answers(service, probes + new) == fresh_answers(clean_graph, settings, probes + new)
+    assert service.read_model.loads == loads, "predicted findings must not reload the model"
+    applied = service.read_model.current()
+    fresh = load_snapshot(clean_graph, service.read_model.version())
+    assert applied.finding_probabilities.shape[1] == fresh.finding_probabilities.shape[1] == 14
+    for key in probes + new:
+        np.testing.assert_array_equal(
+            applied.finding_probabilities[applied.row_of(key)],
+            fresh.finding_probabilities[fresh.row_of(key)],
+        )
