@@ -97,3 +97,29 @@ def test_a_start_with_unassigned_images_is_not_kept(
     run = latest_run(clean_graph)
     assert (run["seeded"], run["seed_kept"], run["seed_discarded"]) == (False, False, True)
     assert_stored_sums_match_graph(clean_graph)
+
+
+def test_a_start_whose_modularity_gds_cannot_compute_is_not_kept(
+    clean_graph: GraphStore, community_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At 223,648 images GDS refused the seeded Leiden and then failed to score the start: the
+    run starts over from singletons instead of failing."""
+    write_subset(clean_graph, realistic_set(), np.arange(REALISTIC_SIZE))
+    run_clustering(clean_graph, community_settings)
+    monkeypatch.setattr(detection, "_run_gds", failing_seeded_leiden(detection._run_gds))
+    real_modularity = detection._gds_modularity
+
+    def failing_on_the_start(store: GraphStore, graph_name: str, prop: str) -> float:
+        if prop == detection.SEED_PROPERTY:
+            raise ClientError("java.lang.ArrayIndexOutOfBoundsException (as GDS 2.13 threw)")
+        return real_modularity(store, graph_name, prop)
+
+    monkeypatch.setattr(detection, "_gds_modularity", failing_on_the_start)
+
+    run_clustering(clean_graph, community_settings)
+
+    after = stored_assignment(clean_graph)
+    assert len(after) == REALISTIC_SIZE and all(c is not None for c in after.values())
+    run = latest_run(clean_graph)
+    assert (run["seeded"], run["seed_kept"], run["seed_discarded"]) == (False, False, True)
+    assert_stored_sums_match_graph(clean_graph)
