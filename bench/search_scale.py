@@ -119,7 +119,7 @@ def build_graph(
     clock = time.perf_counter()
     keys = synthetic_keys(range(n))
     write_graph(store, keys, synthetic.embeddings, synthetic.findings, synthetic.patient, edges,
-                progress=say)  # fmt: skip
+                knn_k=KNN_K, progress=say)  # fmt: skip
     store.run_text("CALL db.awaitIndexes(3600)")
     report["write_graph_and_index_s"] = round(time.perf_counter() - clock, 1)
     clock = time.perf_counter()
