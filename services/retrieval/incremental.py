@@ -374,7 +374,7 @@ def relayout(
     if assignment is None:
         communities = snapshot.community[live].astype(np.int64)
     else:
-        communities = np.array([assignment.get(str(key), NO_COMMUNITY) for key in keys], np.int64)
+        communities = _communities_of(keys, assignment)
     sort_key = np.where(communities < 0, np.iinfo(np.int64).max, communities)
     order = live[np.argsort(sort_key, kind="stable")]
     communities = np.sort(sort_key, kind="stable")
@@ -482,8 +482,8 @@ def regroup(
     new.community_size = np.array([e[2] for e in entries], dtype=np.int64)
     new.position_of_community = {c: i for i, c in enumerate(new.community_ids.tolist())}
     communities = np.full(n, NO_COMMUNITY, dtype=np.int64)
-    for row in np.flatnonzero(snapshot.alive).tolist():
-        communities[row] = assignment.get(str(snapshot.keys[row]), NO_COMMUNITY)
+    live = np.flatnonzero(snapshot.alive)
+    communities[live] = _communities_of(snapshot.keys[live], assignment)
     new.community = communities.astype(np.int32)
     positions = np.full(n, -1, dtype=np.int64)
     assigned = np.flatnonzero(communities >= 0)
@@ -528,6 +528,11 @@ def regroup(
     new.run = None if sums.get("run") is None else str(sums["run"])
     new._finding_columns = dict(snapshot._finding_columns)
     return new
+
+
+def _communities_of(keys: np.ndarray, assignment: Mapping[str, int]) -> np.ndarray:
+    """int64 (len(keys),): each key's community in ``assignment`` (NO_COMMUNITY: none)."""
+    return np.array([assignment.get(str(key), NO_COMMUNITY) for key in keys], dtype=np.int64)
 
 
 def _unassigned(snapshot: GraphSnapshot) -> np.ndarray:
