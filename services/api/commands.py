@@ -12,6 +12,7 @@ from services.api.serving import serve_guarded
 from services.config import Settings, get_settings
 from services.graph.store import GraphStore
 from services.ingest.sealing import seal_stored_sources
+from services.runtime.memory import bound_heap_growth
 
 
 def serve_api(
@@ -20,6 +21,8 @@ def serve_api(
     """Blocks serving the API (and whatever else create_app mounts) until interrupted."""
     host = host or settings.api_host
     port = port or settings.api_port
+    # Before the read model exists: its copy-on-write arrays must not settle in the heap.
+    bound_heap_growth()
     app = create_app(settings)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

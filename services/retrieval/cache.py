@@ -43,6 +43,7 @@ from services.retrieval.incremental import (
     with_tombstones,
 )
 from services.retrieval.readmodel import GraphSnapshot, GraphVersion, VersionGate, load_snapshot
+from services.runtime.memory import release_free_heap
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,9 @@ REBUILD = "rebuild"  # a whole new model from Neo4j
 PARTITION = "partition"  # a new layout for a new clustering run, built in memory
 COMPACT = "compact"  # the same layout, tombstones dropped, appended rows in their blocks
 _BUILD_ORDER = (REBUILD, PARTITION, COMPACT)
+# How long after a swap the follower hands the freed heap back (services/runtime/memory.py): by
+# then the searches still running on the old snapshot (milliseconds each) have let it go.
+RELEASE_HEAP_AFTER_S = 1.0
 
 
 class ReadModelCache:
@@ -83,11 +87,13 @@ class ReadModelCache:
         self._follower: threading.Thread | None = None
         self._stop = threading.Event()
         self._first_load = threading.Lock()
+        self._swapped_at: float | None = None  # the first swap since the heap was released
         # Counters the tests and benchmarks read.
         self.loads = 0  # whole models read from Neo4j
         self.applies = 0  # incremental changes applied
         self.layouts = 0  # models rebuilt in memory (new partition, compaction)
         self.regroups = 0  # new partitions adopted over the same rows (no copy)
+        self.heap_releases = 0  # freed heap handed back to the system after swaps
         self.last_error: str | None = None
 
     # --- reading the stored graph --------------------------------------------------------------
@@ -337,6 +343,8 @@ class ReadModelCache:
             pending = [t for t in self._pending_tombstones if t[1] > snapshot.seq]
             self._pending_tombstones = pending
             self._snapshot = with_tombstones(snapshot, pending)
+            if self._swapped_at is None:
+                self._swapped_at = time.monotonic()
 
     def _install(self, snapshot: GraphSnapshot) -> None:
         self._swap(snapshot)
@@ -363,6 +371,17 @@ class ReadModelCache:
                 self.last_error = f"{type(problem).__name__}: {problem}"
                 log.warning("read model: following the change log failed: %s", problem)
                 delay = min(5.0, max(delay * 2, self.interval_s))
+            self._release_heap()
+
+    def _release_heap(self) -> None:
+        """Hands the heap the replaced snapshots freed back to the system, once they are gone;
+        without it a process under writes grew by ~550 MiB at 223,648 images (memory.py)."""
+        swapped = self._swapped_at
+        if swapped is None or time.monotonic() - swapped < RELEASE_HEAP_AFTER_S:
+            return
+        self._swapped_at = None
+        if release_free_heap():
+            self.heap_releases += 1
 
     def close(self) -> None:
         self._stop.set()
@@ -375,6 +394,7 @@ class ReadModelCache:
             "applies": self.applies,
             "layouts": self.layouts,
             "regroups": self.regroups,
+            "heap_releases": self.heap_releases,
             "rows": None if snapshot is None else len(snapshot),
             "live": None if snapshot is None else snapshot.live,
             "building": self._builder is not None and self._builder.is_alive(),

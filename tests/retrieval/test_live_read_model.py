@@ -267,3 +267,25 @@ def test_changes_applied_while_a_partition_builds_survive_its_swap(
     checked = probes + before + during
     assert answers(live, checked) == fresh_answers(clean_graph, settings, checked)
     live.read_model.close()
+
+
+def test_a_live_process_hands_the_heap_freed_by_a_change_back(
+    clean_graph: GraphStore, settings: Settings
+) -> None:
+    # Without it the heap of replaced snapshots stayed resident: +550 MiB at 223,648 images.
+    graph = stored_graph(clean_graph, settings, n=200, extra=8)
+    live = RetrievalService(clean_graph, settings, live=True)
+    try:
+        query = graph.embedding_of(graph.keys[0])
+        live.search(query, 5, Strategy.COMMUNITY_RANKED, SearchFilters())
+        released = live.read_model.heap_releases
+        new = ingest_logged(clean_graph, graph, range(graph.stored, graph.stored + 4))
+        deadline = time.monotonic() + 30
+        while live.read_model.heap_releases == released:
+            assert time.monotonic() < deadline, "the heap was never released after the change"
+            time.sleep(0.1)
+        assert live.read_model.applies >= 1
+        hits = live.search(graph.embedding_of(new[0]), 1, Strategy.EXACT, SearchFilters())
+        assert hits.keys == (new[0],)
+    finally:
+        live.read_model.close()
