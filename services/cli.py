@@ -19,7 +19,7 @@ from services.communities.commands import cluster
 from services.config import REPO_ROOT, Settings, get_settings, settings_problem
 from services.curation.commands import audit, delete, find_name, relabel
 from services.demo import run_demo
-from services.encoder.commands import embed, train
+from services.encoder.commands import average_encoders, embed, train
 from services.evaluation.commands import evaluate
 from services.graph.store import GraphStore
 from services.ingest.commands import follow_feed, ingest, ingest_status, worker
@@ -199,6 +199,7 @@ def demo(serve: bool, with_orthanc: bool) -> None:
 # --- commands of each part, registered with one line each ----------------------------------
 main.add_command(train)  # services/encoder
 main.add_command(embed)
+main.add_command(average_encoders)
 main.add_command(cluster)  # services/communities
 main.add_command(ingest)  # services/ingest
 main.add_command(ingest_status)

@@ -3,6 +3,11 @@
 A checkpoint is a ``torch.save``d dict of plain Python values and tensors only, so it loads with
 ``weights_only=True`` (no pickled code runs on load). It records the findings list, the input
 resolution, the normalisation, the training settings and the validation metrics.
+
+An *averaged* checkpoint (format ``medgraph-encoder/2``, written by ``averaging.py``) holds
+further networks trained on the same split with other seeds (``members``); an image's code is
+the re-normalised mean of every network's unit code, its findings the mean of their
+probabilities. Code that only knows format 1 refuses it rather than using one network of it.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from services.encoder.network import ARCHITECTURE
 from services.encoder.preprocessing import Normalisation
 
 CHECKPOINT_FORMAT = "medgraph-encoder/1"
+AVERAGED_FORMAT = "medgraph-encoder/2"
 _REQUIRED_KEYS = ("format", "architecture", "state_dict", "findings", "image_size", "normalisation")
 
 
@@ -29,6 +35,22 @@ class CheckpointError(ValueError):
 
     def __init__(self, path: Path | str, reason: str) -> None:
         super().__init__(f"{path}: {reason}")
+
+
+@dataclass(frozen=True)
+class NetworkWeights:
+    """One network of a checkpoint: its weights, how it was trained, and its label metric."""
+
+    state_dict: dict[str, torch.Tensor]
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    code_metric: CodeMetric | None = None
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"training": self.training, "metrics": self.metrics,
+                "state_dict": self.state_dict} | (
+            {"code_metric": self.code_metric.to_payload()} if self.code_metric else {}
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -42,6 +64,15 @@ class EncoderCheckpoint:
     architecture: str = ARCHITECTURE
     # The label metric the codes pass through after L2 (code_metric.py); None = the plain code.
     code_metric: CodeMetric | None = None
+    # Further networks whose unit codes are averaged with the first one's (same input, findings,
+    # split and loss weights; ``averaging.py``). Empty: a single network.
+    members: tuple[NetworkWeights, ...] = ()
+
+    @property
+    def networks(self) -> tuple[NetworkWeights, ...]:
+        """Every network of the checkpoint, the first one (this object's own fields) first."""
+        first = NetworkWeights(self.state_dict, self.training, self.metrics, self.code_metric)
+        return (first, *self.members)
 
     def calibrated(self, predicted: np.ndarray) -> np.ndarray:
         """Predicted probabilities (n, F) with the weighted BCE's prior shift undone.
@@ -62,22 +93,27 @@ class EncoderCheckpoint:
         return 1.0 / (1.0 + np.exp(-logits))
 
     def to_payload(self) -> dict[str, Any]:
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "architecture": self.architecture,
-            "findings": list(self.findings),
-            "image_size": self.image_size,
-            "normalisation": {
-                "mean": self.normalisation.mean,
-                "std": self.normalisation.std,
-                "equalise": self.normalisation.equalise,
-            },
-            "input": "grey image replicated to 3 channels, bilinear antialiased square resize"
-            + (", each image histogram-equalised" if self.normalisation.equalise else ""),
-            "training": self.training,
-            "metrics": self.metrics,
-            "state_dict": self.state_dict,
-        } | ({"code_metric": self.code_metric.to_payload()} if self.code_metric else {})
+        members = {"members": [member.to_payload() for member in self.members]}
+        return (
+            {
+                "format": AVERAGED_FORMAT if self.members else CHECKPOINT_FORMAT,
+                "architecture": self.architecture,
+                "findings": list(self.findings),
+                "image_size": self.image_size,
+                "normalisation": {
+                    "mean": self.normalisation.mean,
+                    "std": self.normalisation.std,
+                    "equalise": self.normalisation.equalise,
+                },
+                "input": "grey image replicated to 3 channels, bilinear antialiased square resize"
+                + (", each image histogram-equalised" if self.normalisation.equalise else ""),
+                "training": self.training,
+                "metrics": self.metrics,
+                "state_dict": self.state_dict,
+            }
+            | ({"code_metric": self.code_metric.to_payload()} if self.code_metric else {})
+            | (members if self.members else {})
+        )
 
 
 def save_checkpoint(path: Path, checkpoint: EncoderCheckpoint) -> Path:
@@ -99,18 +135,22 @@ def load_checkpoint(path: Path) -> EncoderCheckpoint:
     except Exception as exc:  # torch raises several types for files that are not checkpoints
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(path, f"not a loadable checkpoint ({first_line})") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(path, f"not a {CHECKPOINT_FORMAT} checkpoint")
+    if not isinstance(payload, dict) or payload.get("format") not in (
+        CHECKPOINT_FORMAT, AVERAGED_FORMAT,
+    ):  # fmt: skip
+        raise CheckpointError(path, f"not a {CHECKPOINT_FORMAT} or {AVERAGED_FORMAT} checkpoint")
     missing = [key for key in _REQUIRED_KEYS if key not in payload]
     if missing:
         raise CheckpointError(path, f"the checkpoint lacks {missing}")
     if payload["architecture"] != ARCHITECTURE:
         raise CheckpointError(path, f"unsupported architecture {payload['architecture']!r}")
-    metric = payload.get("code_metric")
-    try:
-        code_metric = CodeMetric.from_payload(metric) if metric is not None else None
-    except (CodeMetricError, KeyError, AttributeError, TypeError) as exc:
-        raise CheckpointError(path, f"unusable label metric ({exc})") from None
+    code_metric = _code_metric(path, payload.get("code_metric"))
+    members = payload.get("members", []) if payload["format"] == AVERAGED_FORMAT else []
+    if not isinstance(members, list) or not all(
+        isinstance(member, dict) and isinstance(member.get("state_dict"), dict)
+        for member in members
+    ):
+        raise CheckpointError(path, "its further networks (members) are not weights")
     return EncoderCheckpoint(
         findings=tuple(payload["findings"]),
         image_size=int(payload["image_size"]),
@@ -125,7 +165,23 @@ def load_checkpoint(path: Path) -> EncoderCheckpoint:
         metrics=payload.get("metrics", {}),
         architecture=payload["architecture"],
         code_metric=code_metric,
+        members=tuple(
+            NetworkWeights(
+                member["state_dict"],
+                member.get("training", {}),
+                member.get("metrics", {}),
+                _code_metric(path, member.get("code_metric")),
+            )  # fmt: skip
+            for member in members
+        ),
     )
+
+
+def _code_metric(path: Path, payload: Any) -> CodeMetric | None:
+    try:
+        return CodeMetric.from_payload(payload) if payload is not None else None
+    except (CodeMetricError, KeyError, AttributeError, TypeError) as exc:
+        raise CheckpointError(path, f"unusable label metric ({exc})") from None
 
 
 def file_sha256(path: Path) -> str:

@@ -296,3 +296,30 @@ def embed(
             click.echo(f"wrote {codes.shape} codes to {output}")
     if failures:
         sys.exit(1)
+
+
+@click.command("average-encoders")
+@click.argument(
+    "checkpoints", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False)
+)
+@click.option(
+    "--output",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The averaged checkpoint to write.",
+)
+def average_encoders(checkpoints: tuple[Path, ...], output: Path) -> None:
+    """One checkpoint whose codes are the mean of several networks' (other seeds, same split).
+
+    Judge it like any checkpoint: `medgraph evaluate --held-out --checkpoint OUTPUT`. Every
+    image then passes through each network, so embedding costs that many times more."""
+    # defers torch: other `medgraph` commands stay quick to start
+    from services.encoder.averaging import average_checkpoints
+    from services.encoder.checkpoint import save_checkpoint
+
+    try:
+        averaged = average_checkpoints(checkpoints)
+    except _user_errors() as exc:
+        raise click.ClickException(str(exc)) from None
+    save_checkpoint(output, averaged)
+    click.echo(f"wrote {output}: the mean of {len(averaged.networks)} networks' codes")

@@ -1,5 +1,6 @@
 """Image codes: the paper's L2-normalised 1024-d DenseNet-121 pooling output (passed through
-the checkpoint's label metric, ``code_metric.py``, when it has one).
+the checkpoint's label metric, ``code_metric.py``, when it has one). For an averaged checkpoint
+(``averaging.py``), the re-normalised mean of its networks' codes.
 
 Load once per process, then call :meth:`FeatureExtractor.embed` as often as needed::
 
@@ -10,14 +11,20 @@ Load once per process, then call :meth:`FeatureExtractor.embed` as often as need
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.nn import functional
 
-from services.encoder.checkpoint import EncoderCheckpoint, file_sha256, load_checkpoint
+from services.encoder.checkpoint import (
+    EncoderCheckpoint,
+    NetworkWeights,
+    file_sha256,
+    load_checkpoint,
+)
+from services.encoder.code_metric import CodeMetric
 from services.encoder.network import ARCHITECTURE, FEATURE_DIM, build_densenet121, classify
 from services.encoder.network import pooled_features as network_pooled_features
 from services.encoder.preprocessing import prepare_batch
@@ -27,6 +34,25 @@ from services.encoder.training.demo_checkpoint import ensure_demo_checkpoint
 __all__ = ["FEATURE_DIM", "FeatureExtractor", "ensure_demo_checkpoint"]
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class _LoadedNetwork:
+    model: torch.nn.Module
+    code_metric: CodeMetric | None
+
+
+def _load_network(
+    network: NetworkWeights, finding_count: int, device: torch.device
+) -> _LoadedNetwork:
+    model = build_densenet121(
+        finding_count,
+        unit_code_scale=float(network.training.get("unit_code_scale") or 0.0),
+        code_batchnorm=bool(network.training.get("code_batchnorm")),
+    )
+    model.load_state_dict(network.state_dict)
+    metric = network.code_metric.to(device) if network.code_metric is not None else None
+    return _LoadedNetwork(model.to(device).eval(), metric)
 
 
 class FeatureExtractor:
@@ -49,32 +75,32 @@ class FeatureExtractor:
         self.device = resolve_device(device)
         self.batch_size = batch_size
         self.precision = precision
-        self._model: torch.nn.Module | None = None
+        self._networks: tuple[_LoadedNetwork, ...] = ()
         self._checkpoint: EncoderCheckpoint | None = None
         self._model_version: str | None = None
 
     def load(self) -> FeatureExtractor:
         checkpoint = load_checkpoint(self.checkpoint_path)
-        model = build_densenet121(
-            len(checkpoint.findings),
-            unit_code_scale=float(checkpoint.training.get("unit_code_scale") or 0.0),
-            code_batchnorm=bool(checkpoint.training.get("code_batchnorm")),
-        )
-        model.load_state_dict(checkpoint.state_dict)
         if self.device.type == "cuda":
             # Fixed convolution algorithms, so the same image always gives the same code.
             torch.backends.cudnn.benchmark = False
             torch.backends.cudnn.deterministic = True
-        self._model = model.to(self.device).eval()
-        if checkpoint.code_metric is not None:
-            checkpoint = replace(checkpoint, code_metric=checkpoint.code_metric.to(self.device))
+        self._networks = tuple(
+            _load_network(network, len(checkpoint.findings), self.device)
+            for network in checkpoint.networks
+        )
         self._checkpoint = checkpoint
         self._model_version = f"{ARCHITECTURE}-{file_sha256(self.checkpoint_path)[:12]}"
         return self
 
     @property
     def loaded(self) -> bool:
-        return self._model is not None
+        return bool(self._networks)
+
+    @property
+    def network_count(self) -> int:
+        """How many networks each image passes through (2 or more: an averaged checkpoint)."""
+        return len(self._require_loaded()[0])
 
     @property
     def model_version(self) -> str:
@@ -122,7 +148,7 @@ class FeatureExtractor:
     def _run(
         self, images: Sequence[np.ndarray], *, with_findings: bool
     ) -> tuple[np.ndarray, np.ndarray]:
-        model, checkpoint = self._require_loaded()
+        networks, checkpoint = self._require_loaded()
         for position, pixels in enumerate(images):
             if not isinstance(pixels, np.ndarray) or pixels.ndim != 2 or min(pixels.shape) == 0:
                 shape = getattr(pixels, "shape", type(pixels).__name__)
@@ -136,22 +162,31 @@ class FeatureExtractor:
                 batch = prepare_batch(
                     chunk, checkpoint.image_size, checkpoint.normalisation, self.device
                 )
-                with torch.autocast(
-                    self.device.type, dtype=PRECISIONS[self.precision], enabled=autocast
-                ):
-                    features = network_pooled_features(model, batch)
+                unit_codes, chunk_probabilities = [], []
+                for network in networks:
+                    with torch.autocast(
+                        self.device.type, dtype=PRECISIONS[self.precision], enabled=autocast
+                    ):
+                        features = network_pooled_features(network.model, batch)
+                        if with_findings:
+                            logits = classify(network.model, features)
+                    unit = functional.normalize(features.float(), dim=1)
+                    if network.code_metric is not None:
+                        unit = network.code_metric.apply(unit)
+                    unit_codes.append(unit)
                     if with_findings:
-                        logits = classify(model, features)
-                unit = functional.normalize(features.float(), dim=1)
-                if checkpoint.code_metric is not None:
-                    unit = checkpoint.code_metric.apply(unit)
+                        chunk_probabilities.append(torch.sigmoid(logits.float()))
+                if len(unit_codes) > 1:
+                    # Left alone for one network, so its codes stay bit-identical to before.
+                    unit = functional.normalize(torch.stack(unit_codes).sum(dim=0), dim=1)
                 stop = start + len(chunk)
                 codes[start:stop] = unit.cpu().numpy()
                 if with_findings:
-                    probabilities[start:stop] = torch.sigmoid(logits.float()).cpu().numpy()
+                    mean = torch.stack(chunk_probabilities).mean(dim=0)
+                    probabilities[start:stop] = mean.cpu().numpy()
         return codes, probabilities
 
-    def _require_loaded(self) -> tuple[torch.nn.Module, EncoderCheckpoint]:
-        if self._model is None or self._checkpoint is None:
+    def _require_loaded(self) -> tuple[tuple[_LoadedNetwork, ...], EncoderCheckpoint]:
+        if not self._networks or self._checkpoint is None:
             raise RuntimeError("FeatureExtractor.load() must be called before use")
-        return self._model, self._checkpoint
+        return self._networks, self._checkpoint

@@ -18,11 +18,14 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.config import REPO_ROOT
+
+if TYPE_CHECKING:
+    from services.encoder.checkpoint import NetworkWeights
 
 logger = logging.getLogger(__name__)
 
@@ -121,18 +124,25 @@ def write_half_precision(source: Path, target: Path) -> Path:
         checkpoint = load_checkpoint(source)
     except CheckpointError as exc:
         raise ShippingError(str(exc)) from None
-    halved = {
-        name: tensor.half() if tensor.is_floating_point() else tensor
-        for name, tensor in checkpoint.state_dict.items()
-    }
+
+    def halved(state_dict: dict[str, Any]) -> dict[str, Any]:
+        return {
+            name: tensor.half() if tensor.is_floating_point() else tensor
+            for name, tensor in state_dict.items()
+        }
+
     training = checkpoint.training | {
         "stored_weights": "fp16",
         "stored_from_sha256": file_sha256(source),
     }
-    changed = type(checkpoint)(
-        checkpoint.findings, checkpoint.image_size, checkpoint.normalisation, halved, training,
-        checkpoint.metrics, checkpoint.architecture, checkpoint.code_metric,
-    )  # fmt: skip
+    changed = replace(
+        checkpoint,
+        state_dict=halved(checkpoint.state_dict),
+        training=training,
+        members=tuple(
+            replace(member, state_dict=halved(member.state_dict)) for member in checkpoint.members
+        ),
+    )
     return save_checkpoint(target, changed)
 
 
@@ -176,6 +186,19 @@ def install_shipped_checkpoint(
         "val_mean_auroc_by_source": checkpoint.metrics.get("val_mean_auroc_by_source"),
         "val_auroc": checkpoint.metrics.get("val_auroc"),
         "selected_epoch": checkpoint.metrics.get("selected_epoch"),
+        # Every network whose codes are averaged (one for a plain checkpoint); the fields above
+        # describe the first.
+        "networks": [_network_summary(network) for network in checkpoint.networks],
     } | judgement
     record_path(destination).write_text(json.dumps(record, indent=2) + "\n")
     return ShipResult(destination, record_path(destination), digest)
+
+
+def _network_summary(network: NetworkWeights) -> dict[str, Any]:
+    """What the record keeps of one network: its source file, training facts, validation."""
+    return {
+        "averaged_from": network.training.get("averaged_from"),
+        "training": {key: network.training.get(key) for key in RECORD_TRAINING_KEYS},
+        "val_mean_auroc": network.metrics.get("val_mean_auroc"),
+        "selected_epoch": network.metrics.get("selected_epoch"),
+    }

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from encoder_testkit import (
     BUNDLED_DIR,
     TWELVE_BIT_MAX,
@@ -162,9 +163,9 @@ def test_bad_checkpoints_are_refused(tmp_path: Path) -> None:
     garbage.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="not a loadable checkpoint"):
         FeatureExtractor(garbage, device="cpu").load()
-    import torch
-
     other = tmp_path / "other.pt"
     torch.save({"state_dict": {}}, other)
-    with pytest.raises(CheckpointError, match="not a medgraph-encoder/1 checkpoint"):
+    with pytest.raises(
+        CheckpointError, match="not a medgraph-encoder/1 or medgraph-encoder/2 checkpoint"
+    ):
         FeatureExtractor(other, device="cpu").load()
