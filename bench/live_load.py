@@ -154,6 +154,10 @@ class Log:
     searches: list[tuple[float, float, float, str]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     deleted_at: dict[str, float] = field(default_factory=dict)
+    # Keys whose DELETE has been sent (answered or not): a search by such a key that answers
+    # 404 raced the deletion and got the right answer, so it is counted apart, not an error.
+    deleting: set[str] = field(default_factory=set)
+    not_found_while_deleted: int = 0
     deleted_returned: int = 0
     visible_after: list[float] = field(default_factory=list)
     rss: list[tuple[float, int]] = field(default_factory=list)
@@ -209,7 +213,10 @@ def searcher(port: int, token: str, keys: list[str], log: Log, stop: threading.E
         elapsed = (time.monotonic() - sent) * 1000.0
         if status != 200:
             with log.lock:
-                log.errors.append(f"HTTP {status}: {str(body)[:200]}")
+                if status == 404 and key in log.deleting:
+                    log.not_found_while_deleted += 1
+                else:
+                    log.errors.append(f"HTTP {status}: {str(body)[:200]}")
             continue
         returned = {hit["key"] for hit in body["results"]}
         wait = float(body["diagnostics"]["stage_ms"].get("wait_for_model", 0.0))
@@ -242,14 +249,18 @@ def ingest_job(settings: Settings, files: list[Path], tracker: JobTracker, port:
     done = time.monotonic()
     probe = Client(port, token)
     others = set(keys[1:])
-    visible = None
+    visible = sent_after = None
     while time.monotonic() - done < 30:
         # `exact`: whether the process's model holds the job's images, not whether an
         # approximate strategy's probe reaches them (community_ranked missed the job-mates of 3
         # of 60 jobs at 223,648 on 2026-12-05, a freshly loaded model as well: its recall).
+        sent = time.monotonic() - done
         status, body = probe.search(keys[0], "exact")
         if status == 200 and others & {hit["key"] for hit in body["results"]}:
             visible = time.monotonic() - done
+            # When that search was sent: the part of `visible` it spent queued and searching
+            # behind the 16 clients is visible - sent_after.
+            sent_after = sent
             break
         time.sleep(0.02)
     with log.lock:
@@ -259,6 +270,9 @@ def ingest_job(settings: Settings, files: list[Path], tracker: JobTracker, port:
                 "status": progress.status,
                 "seconds": round(done - submitted, 2),
                 "visible_after_done_s": None if visible is None else round(visible, 3),
+                "found_by_search_sent_after_done_s": None
+                if sent_after is None
+                else round(sent_after, 3),
             }
         )
         if visible is not None:
@@ -271,6 +285,8 @@ def curate(client: Client, keys: list[str], log: Log, rng: random.Random) -> Non
     for _ in range(DELETES):
         key = rng.choice(keys)
         keys.remove(key)
+        with log.lock:
+            log.deleting.add(key)
         status, body = client.call("DELETE", f"/api/v1/images/{key}")
         with log.lock:
             log.curation.append({"delete": key[:16], "status": status})
@@ -441,6 +457,7 @@ def run_size(n: int, arguments: argparse.Namespace, home: Path) -> dict[str, Any
         "deletes_refused_during_clustering": len(log.refused),
         "jobs_unfinished": dict(log.pending),
         "deleted_returned": log.deleted_returned,
+        "not_found_while_deleted": log.not_found_while_deleted,
         "errors": len(log.errors),  # searches that failed, and curation calls other than 409
         "error_examples": log.errors[:5],
         "rebuild_wait_ms_max": max(waits) if waits else None,

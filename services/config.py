@@ -320,7 +320,7 @@ class Settings(BaseSettings):
         "false: every search checks the graph version in Neo4j first.",
     )
     search_follow_interval_s: float = Field(
-        0.2, gt=0, le=0.5,
+        0.1, gt=0, le=0.5,
         description="How often each API process reads the graph version in the background and "
         "applies the logged changes to its read model (a new image is found within this plus "
         "the apply's time of its ingest job's `done`).",

@@ -70,7 +70,7 @@ class ReadModelCache:
     ) -> None:
         self.store = store
         self.live = live
-        self.interval_s = settings.search_follow_interval_s if settings is not None else 0.2
+        self.interval_s = settings.search_follow_interval_s if settings is not None else 0.1
         self.layout_memory_bytes = (
             settings.search_layout_memory_mib * 2**20 if settings is not None else None
         )
