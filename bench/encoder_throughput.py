@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from services.encoder.checkpoint import EncoderCheckpoint, save_checkpoint
+from services.encoder.checkpoint import EncoderCheckpoint, load_checkpoint, save_checkpoint
 from services.encoder.extractor import PRECISIONS, FeatureExtractor
 from services.encoder.labels import FINDINGS_NIH
 from services.encoder.network import build_densenet121
@@ -86,14 +86,25 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=list(PRECISIONS))
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="Measure this checkpoint (at its own input size; --sizes is ignored) instead of an "
+        "untrained network, e.g. models/densenet121-demo.pt: an averaged one runs each image "
+        "through every network it holds.",
+    )
     args = parser.parse_args()
 
     rows: list[dict[str, object]] = []
     # Other processes on the machine slow a CPU run down; the load says how busy it was.
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as folder:
-        for size in args.sizes:
-            checkpoint = fresh_checkpoint(Path(folder), size)
+        chosen = (
+            [(load_checkpoint(args.checkpoint).image_size, args.checkpoint)]
+            if (args.checkpoint)
+            else [(size, fresh_checkpoint(Path(folder), size)) for size in args.sizes]
+        )
+        for size, checkpoint in chosen:
             for precision in args.precision:
                 for batch_size in args.batch_sizes:
                     extractor = FeatureExtractor(
@@ -101,9 +112,11 @@ def main() -> None:
                     ).load()
                     result = measure(extractor, size, batch_size)
                     rows.append(
-                        {"image_size": size, "batch_size": batch_size, "precision": precision}
+                        {"image_size": size, "batch_size": batch_size, "precision": precision,
+                         "checkpoint": str(args.checkpoint) if args.checkpoint else "untrained",
+                         "networks": extractor.network_count}
                         | result
-                    )
+                    )  # fmt: skip
                     print(
                         f"{size:>4} px  batch {batch_size:>4}  {precision}  "
                         f"{result['images_per_s']:9.1f} images/s",

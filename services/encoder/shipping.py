@@ -179,17 +179,21 @@ def install_shipped_checkpoint(
         "stored_from_sha256": checkpoint.training.get("stored_from_sha256"),
         "image_size": checkpoint.image_size,
         "equalise": checkpoint.normalisation.equalise,
-        "training": {key: checkpoint.training.get(key) for key in RECORD_TRAINING_KEYS},
         "training_log": log,
         "split": {key: value for key, value in split.items() if key != "val_image_sha256"},
-        "val_mean_auroc": checkpoint.metrics.get("val_mean_auroc"),
-        "val_mean_auroc_by_source": checkpoint.metrics.get("val_mean_auroc_by_source"),
-        "val_auroc": checkpoint.metrics.get("val_auroc"),
-        "selected_epoch": checkpoint.metrics.get("selected_epoch"),
-        # Every network whose codes are averaged (one for a plain checkpoint); the fields above
-        # describe the first.
+        # Every network whose codes are averaged (one for a plain checkpoint), each with its
+        # own training facts and validation AUROC; the average's own AUROC is the held-out
+        # evaluation's (``held_out.auroc``).
         "networks": [_network_summary(network) for network in checkpoint.networks],
     } | judgement
+    if not checkpoint.members:  # one network: its facts at the top, as records always had them
+        record |= {
+            "training": {key: checkpoint.training.get(key) for key in RECORD_TRAINING_KEYS},
+            "val_mean_auroc": checkpoint.metrics.get("val_mean_auroc"),
+            "val_mean_auroc_by_source": checkpoint.metrics.get("val_mean_auroc_by_source"),
+            "val_auroc": checkpoint.metrics.get("val_auroc"),
+            "selected_epoch": checkpoint.metrics.get("selected_epoch"),
+        }
     record_path(destination).write_text(json.dumps(record, indent=2) + "\n")
     return ShipResult(destination, record_path(destination), digest)
 

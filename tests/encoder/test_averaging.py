@@ -149,3 +149,6 @@ def test_the_fp16_copy_and_the_record_keep_every_network(averaged: Path, tmp_pat
     record = json.loads(shipped.record.read_text())
     assert [network["training"]["seed"] for network in record["networks"]][1] == 99
     assert all(network["averaged_from"]["sha256"] for network in record["networks"])
+    # No single network's figures at the top of an averaged record, where they would read as
+    # the average's.
+    assert "val_mean_auroc" not in record and "training" not in record
