@@ -47,10 +47,14 @@ class NetworkWeights:
     code_metric: CodeMetric | None = None
 
     def to_payload(self) -> dict[str, Any]:
-        return {"training": self.training, "metrics": self.metrics,
-                "state_dict": self.state_dict} | (
-            {"code_metric": self.code_metric.to_payload()} if self.code_metric else {}
-        )  # fmt: skip
+        payload = {
+            "training": self.training,
+            "metrics": self.metrics,
+            "state_dict": self.state_dict,
+        }
+        if self.code_metric is not None:
+            payload["code_metric"] = self.code_metric.to_payload()
+        return payload
 
 
 @dataclass(frozen=True)
@@ -93,27 +97,27 @@ class EncoderCheckpoint:
         return 1.0 / (1.0 + np.exp(-logits))
 
     def to_payload(self) -> dict[str, Any]:
-        members = {"members": [member.to_payload() for member in self.members]}
-        return (
-            {
-                "format": AVERAGED_FORMAT if self.members else CHECKPOINT_FORMAT,
-                "architecture": self.architecture,
-                "findings": list(self.findings),
-                "image_size": self.image_size,
-                "normalisation": {
-                    "mean": self.normalisation.mean,
-                    "std": self.normalisation.std,
-                    "equalise": self.normalisation.equalise,
-                },
-                "input": "grey image replicated to 3 channels, bilinear antialiased square resize"
-                + (", each image histogram-equalised" if self.normalisation.equalise else ""),
-                "training": self.training,
-                "metrics": self.metrics,
-                "state_dict": self.state_dict,
-            }
-            | ({"code_metric": self.code_metric.to_payload()} if self.code_metric else {})
-            | (members if self.members else {})
-        )
+        optional: dict[str, Any] = {}
+        if self.code_metric is not None:
+            optional["code_metric"] = self.code_metric.to_payload()
+        if self.members:
+            optional["members"] = [member.to_payload() for member in self.members]
+        return {
+            "format": AVERAGED_FORMAT if self.members else CHECKPOINT_FORMAT,
+            "architecture": self.architecture,
+            "findings": list(self.findings),
+            "image_size": self.image_size,
+            "normalisation": {
+                "mean": self.normalisation.mean,
+                "std": self.normalisation.std,
+                "equalise": self.normalisation.equalise,
+            },
+            "input": "grey image replicated to 3 channels, bilinear antialiased square resize"
+            + (", each image histogram-equalised" if self.normalisation.equalise else ""),
+            "training": self.training,
+            "metrics": self.metrics,
+            "state_dict": self.state_dict,
+        } | optional
 
 
 def save_checkpoint(path: Path, checkpoint: EncoderCheckpoint) -> Path:
