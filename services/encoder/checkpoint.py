@@ -47,7 +47,7 @@ class NetworkWeights:
     code_metric: CodeMetric | None = None
 
     def to_payload(self) -> dict[str, Any]:
-        payload = {
+        payload: dict[str, Any] = {
             "training": self.training,
             "metrics": self.metrics,
             "state_dict": self.state_dict,
