@@ -304,8 +304,7 @@ class ReadModelCache:
             assignment = None
             if kind == PARTITION:
                 stored = self.store.read_autocommit("community_assignment")[0]
-                assignment = dict(zip(stored["keys"], map(int, stored["communities"]),
-                                      strict=True))  # fmt: skip
+                assignment = (stored["keys"], stored["communities"])
             sums = self.store.read_autocommit("search_region_model")[0].data()
             if assignment is not None and not self._copy_fits(base):
                 built = regroup(base, assignment, sums)

@@ -34,6 +34,10 @@ from services.retrieval.readmodel import (
     finding_matches,
 )
 
+# A clustering run's assignment as ``community_assignment.cypher`` returns it: the stored keys
+# and their communities, two parallel sequences.
+Assignment = tuple[Sequence[str], Sequence[int]]
+
 
 class NeedsRebuild(RuntimeError):
     """The change does not fit the snapshot (spare rows used up, a longer key): the caller
@@ -362,19 +366,18 @@ class _Apply:
 
 def relayout(
     snapshot: GraphSnapshot,
-    assignment: Mapping[str, int] | None,
+    assignment: Assignment | None,
     sums: Mapping[str, Any],
     version: GraphVersion | None = None,
 ) -> GraphSnapshot:
     """A new community-contiguous model of the live rows: communities from ``assignment``
-    (key -> community; None: the snapshot's own) and ``sums`` (``search_region_model``);
+    (None: the snapshot's own) and ``sums`` (``search_region_model``);
     tombstones dropped, the overlay merged into one CSR."""
     live = np.flatnonzero(snapshot.alive)
-    keys = snapshot.keys[live]
     if assignment is None:
         communities = snapshot.community[live].astype(np.int64)
     else:
-        communities = _communities_of(keys, assignment)
+        communities = _communities_by_row(snapshot, assignment)[live]
     sort_key = np.where(communities < 0, np.iinfo(np.int64).max, communities)
     order = live[np.argsort(sort_key, kind="stable")]
     communities = np.sort(sort_key, kind="stable")
@@ -460,7 +463,7 @@ def relayout(
 
 def regroup(
     snapshot: GraphSnapshot,
-    assignment: Mapping[str, int],
+    assignment: Assignment,
     sums: Mapping[str, Any],
     version: GraphVersion | None = None,
 ) -> GraphSnapshot:
@@ -481,9 +484,7 @@ def regroup(
     new.sigma_tot = np.array([e[1] for e in entries], dtype=np.float64)
     new.community_size = np.array([e[2] for e in entries], dtype=np.int64)
     new.position_of_community = {c: i for i, c in enumerate(new.community_ids.tolist())}
-    communities = np.full(n, NO_COMMUNITY, dtype=np.int64)
-    live = np.flatnonzero(snapshot.alive)
-    communities[live] = _communities_of(snapshot.keys[live], assignment)
+    communities = _communities_by_row(snapshot, assignment)
     new.community = communities.astype(np.int32)
     positions = np.full(n, -1, dtype=np.int64)
     assigned = np.flatnonzero(communities >= 0)
@@ -530,9 +531,21 @@ def regroup(
     return new
 
 
-def _communities_of(keys: np.ndarray, assignment: Mapping[str, int]) -> np.ndarray:
-    """int64 (len(keys),): each key's community in ``assignment`` (NO_COMMUNITY: none)."""
-    return np.array([assignment.get(str(key), NO_COMMUNITY) for key in keys], dtype=np.int64)
+def _communities_by_row(snapshot: GraphSnapshot, assignment: Assignment) -> np.ndarray:
+    """int64 (len(snapshot),): each live row's community in ``assignment`` (NO_COMMUNITY: none,
+    or a tombstone).
+
+    Looked up through the snapshot's key index, so neither a copy of the key column (57 MiB of
+    fixed-width strings at 223,648 rows) nor a dict of the assignment is made while the old
+    model still serves: at 223,648 those made most of a new partition's transient memory."""
+    keys, communities = assignment
+    index = snapshot.key_index
+    rows = np.fromiter((index.get(key, -1) for key in keys), dtype=np.int64, count=len(keys))
+    by_row = np.full(len(snapshot), NO_COMMUNITY, dtype=np.int64)
+    known = rows >= 0
+    by_row[rows[known]] = np.asarray(communities, dtype=np.int64)[known]
+    by_row[~snapshot.alive] = NO_COMMUNITY
+    return by_row
 
 
 def _unassigned(snapshot: GraphSnapshot) -> np.ndarray:

@@ -17,8 +17,8 @@ from services.curation.relabel import relabel_image
 from services.graph.store import GraphStore
 from services.retrieval import cache as cache_module
 from services.retrieval.contract import SearchFilters, Strategy
-from services.retrieval.incremental import apply_rows, regroup, relayout
-from services.retrieval.readmodel import GraphSnapshot, load_snapshot
+from services.retrieval.incremental import apply_rows, regroup, relayout, with_tombstones
+from services.retrieval.readmodel import NO_COMMUNITY, GraphSnapshot, load_snapshot
 from services.retrieval.service import RetrievalService
 from tests.retrieval.live_graph import STRATEGIES, answers, ingest_logged, stored_graph
 
@@ -118,9 +118,15 @@ def test_a_regrouped_partition_equals_a_copied_layout(
     ids = [int(c) for c, _, _ in sums["communities"] if c is not None]
     rng = np.random.default_rng(3)
     # Every image a random stored community, a few none: runs of rows are broken everywhere.
-    assignment = {key: int(rng.choice(ids)) for key in graph.keys[:190]}
+    chosen = {key: int(rng.choice(ids)) for key in graph.keys[:190]}
+    assignment = (list(chosen), list(chosen.values()))
+    # A deleted image the stored assignment still names (deleted after the run read it).
+    snapshot = with_tombstones(snapshot, [(graph.keys[7], int(snapshot.row_seq.max()) + 1)])
     grouped = regroup(snapshot, assignment, sums)
     copied = relayout(snapshot, assignment, sums)
+    assert copied.row_of(graph.keys[7]) is None is grouped.row_of(graph.keys[7])
+    assert grouped.community[grouped.key_index[graph.keys[7]]] == NO_COMMUNITY
+    assert graph.keys[7] not in set().union(*members_by_key(grouped).values())
     assert np.shares_memory(grouped.matrix, snapshot.matrix)
     assert not np.shares_memory(copied.matrix, snapshot.matrix)
     assert members_by_key(grouped) == members_by_key(copied)
@@ -130,12 +136,14 @@ def test_a_regrouped_partition_equals_a_copied_layout(
     unassigned = {str(grouped.keys[r]) for r in grouped.unassigned_rows}
     assert unassigned == set(graph.keys[190:200])
     assert unassigned == {str(copied.keys[r]) for r in copied.unassigned_rows}
-    for key in graph.keys[:200]:
+    dead = graph.keys[7]
+    for key in graph.keys[:7] + graph.keys[8:200]:
         row, other = grouped.row_of(key), copied.row_of(key)
         assert grouped.community_of(row) == copied.community_of(other)
-        assert sorted(grouped.keys[grouped.edges_of(row)[0]]) == sorted(
-            copied.keys[copied.edges_of(other)[0]]
-        )
+        # The regrouped model shares the CSR, edges to the tombstone included (searches skip
+        # dead rows); the copy dropped them.
+        neighbours = [k for k in grouped.keys[grouped.edges_of(row)[0]] if k != dead]
+        assert sorted(neighbours) == sorted(copied.keys[copied.edges_of(other)[0]])
 
 
 def test_cypher_run_outside_the_platform_is_picked_up(
