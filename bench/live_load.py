@@ -230,7 +230,7 @@ def key_of(path: Path) -> str:
 
 
 def ingest_job(settings: Settings, files: list[Path], tracker: JobTracker, port: int,
-               token: str, log: Log) -> None:  # fmt: skip
+               token: str, log: Log, stop: threading.Event) -> None:  # fmt: skip
     keys = [key_of(path) for path in files]
     plan = plan_ingest([files[0].parent], settings)
     submitted = time.monotonic()
@@ -243,6 +243,8 @@ def ingest_job(settings: Settings, files: list[Path], tracker: JobTracker, port:
             )
         if progress.finished:
             break
+        if stop.is_set():  # past the drain: counted as unfinished, before the stack stops
+            return
         time.sleep(0.02)
     with log.lock:
         log.pending.pop(job, None)
@@ -250,7 +252,7 @@ def ingest_job(settings: Settings, files: list[Path], tracker: JobTracker, port:
     probe = Client(port, token)
     others = set(keys[1:])
     visible = sent_after = None
-    while time.monotonic() - done < 30:
+    while time.monotonic() - done < 30 and not stop.is_set():
         # `exact`: whether the process's model holds the job's images, not whether an
         # approximate strategy's probe reaches them (community_ranked missed the job-mates of 3
         # of 60 jobs at 223,648 on 2026-12-05, a freshly loaded model as well: its recall).
@@ -354,6 +356,7 @@ def run_size(n: int, arguments: argparse.Namespace, home: Path) -> dict[str, Any
     log = Log()
     stop = threading.Event()
     threads: list[threading.Thread] = []
+    writers: list[threading.Thread] = []  # ingest jobs, each timed to its images' visibility
     try:
         wait_for_api(api, settings.api_port, logs / "api.log")
         warm = Client(settings.api_port, token)
@@ -377,7 +380,6 @@ def run_size(n: int, arguments: argparse.Namespace, home: Path) -> dict[str, Any
         curator = Client(settings.api_port, token)
         rng = random.Random(arguments.seed + 1)
         candidates = list(pool)
-        writers: list[threading.Thread] = []
         next_ingest, next_curate, job = writes_start, writes_start + CURATE_EVERY_S, 0
         clustering: threading.Thread | None = None
 
@@ -397,7 +399,8 @@ def run_size(n: int, arguments: argparse.Namespace, home: Path) -> dict[str, Any
                 clustering.start()
             if now >= next_ingest and job < len(folders):
                 writer = threading.Thread(target=ingest_job, args=(
-                    settings, folders[job], tracker, settings.api_port, token, log))  # fmt: skip
+                    settings, folders[job], tracker, settings.api_port, token, log,
+                    stop))  # fmt: skip
                 writer.start()
                 writers.append(writer)
                 job += 1
@@ -417,7 +420,7 @@ def run_size(n: int, arguments: argparse.Namespace, home: Path) -> dict[str, Any
             clustering.join(timeout=600)
     finally:
         stop.set()
-        for thread in threads:
+        for thread in threads + writers:
             thread.join(timeout=60)
         peak = peak_rss_mib(api.pid)
         for process in (api, worker):
