@@ -279,6 +279,8 @@ def ingest_job(settings: Settings, files: list[Path], tracker: JobTracker, port:
         )
         if visible is not None:
             log.visible_after.append(visible)
+        elif stop.is_set():  # the run ended while it looked: not timed
+            log.pending[job] = "done; the run ended before a search returned its images"
         else:
             log.errors.append(f"job {job}: its images were not found within 30 s of done")
 
