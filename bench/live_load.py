@@ -377,6 +377,8 @@ def run_size(n: int, arguments: argparse.Namespace, home: Path) -> dict[str, Any
         say(f"n={n}: quiet for {arguments.quiet_s:.0f} s")
         time.sleep(arguments.quiet_s)
         writes_start = time.monotonic()
+        # The highest RSS so far: the first load and the quiet searches, before any write.
+        peak_before_writes = peak_rss_mib(api.pid)
         say(f"n={n}: writes for {arguments.writes_s:.0f} s")
         tracker = JobTracker.from_settings(settings)
         curator = Client(settings.api_port, token)
@@ -469,6 +471,10 @@ def run_size(n: int, arguments: argparse.Namespace, home: Path) -> dict[str, Any
         "api_rss_mib": round(max(r for _, r in log.rss) / 2**20) if log.rss else None,
         "api_rss_mib_at_end": round(log.rss[-1][1] / 2**20) if log.rss else None,
         "api_peak_rss_mib": peak,
+        "api_peak_rss_mib_before_writes": peak_before_writes,
+        "api_rss_mib_max_during_writes": round(
+            max((r for t, r in log.rss if writes_start <= t), default=0) / 2**20
+        ),
         "clustering": log.clustering,
         # The API's own account of each whole model it built (services/retrieval/cache.py).
         "read_model_builds": [line.split("read model: ", 1)[1].strip() for line in
