@@ -3,8 +3,9 @@ in one checkpoint (``medgraph average-encoders``).
 
 Each network's unit code carries its own seed's noise as well as the findings; the mean of the
 unit codes keeps what they agree on. On the 268 full-size films (issue 28) the mean of two
-``retrieval --equalise`` seeds raised ACG_p@50 over either seed alone (figures in
-``services/encoder/README.md``). The price is one forward pass per network for every image.
+``retrieval --equalise`` seeds gave ACG_p@50 0.156 against 0.151 and 0.153 for the seeds alone
+(point estimates; paired intervals against the older recipe in ``services/encoder/README.md``).
+The price is one forward pass per network for every image.
 
 The networks must agree on everything that shapes a code's meaning or an evaluation's fairness:
 architecture, findings, input size, normalisation, the validation images (so held-out figures
