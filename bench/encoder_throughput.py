@@ -99,11 +99,10 @@ def main() -> None:
     # Other processes on the machine slow a CPU run down; the load says how busy it was.
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as folder:
-        chosen = (
-            [(load_checkpoint(args.checkpoint).image_size, args.checkpoint)]
-            if (args.checkpoint)
-            else [(size, fresh_checkpoint(Path(folder), size)) for size in args.sizes]
-        )
+        if args.checkpoint:
+            chosen = [(load_checkpoint(args.checkpoint).image_size, args.checkpoint)]
+        else:
+            chosen = [(size, fresh_checkpoint(Path(folder), size)) for size in args.sizes]
         for size, checkpoint in chosen:
             for precision in args.precision:
                 for batch_size in args.batch_sizes:

@@ -70,7 +70,11 @@ class ReadModelCache:
     ) -> None:
         self.store = store
         self.live = live
-        self.interval_s = settings.search_follow_interval_s if settings is not None else 0.1
+        self.interval_s = (
+            settings.search_follow_interval_s
+            if settings is not None
+            else Settings.model_fields["search_follow_interval_s"].default
+        )
         self.layout_memory_bytes = (
             settings.search_layout_memory_mib * 2**20 if settings is not None else None
         )
