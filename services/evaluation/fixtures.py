@@ -2,7 +2,8 @@
 
 For tests and benchmarks that need a graph with known embeddings, edges and communities without
 running ingestion and clustering: :Image nodes (with :Patient), one SIMILAR per pair (smaller
-key -> larger), :Community nodes with their sums (``size``, ``sigma_tot``, ``internal_weight``) and
+key -> larger), :Community nodes with their sums (``size``, ``sigma_tot``, ``internal_weight``,
+``centroid``, ``mean_norm``) and
 a finished :ClusteringRun with the total weight ``total_weight_m``, all computed here from the
 edges given.
 """
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from services.communities.statistics import CommunitySums
 from services.graph.store import GraphStore
 from services.retrieval.contract import NO_FINDING
 
@@ -44,6 +46,7 @@ class GraphSums:
     degree: dict[str, float] = field(default_factory=dict)
     findings: dict[int, Counter[str]] = field(default_factory=dict)
     edges: int = 0
+    embedding_sum: dict[int, np.ndarray] = field(default_factory=dict)  # float64 per community
 
     @property
     def modularity(self) -> float:
@@ -65,8 +68,10 @@ def graph_sums(
     communities: dict[str, int | None],
     edges: Sequence[tuple[str, str, float]],
     findings: dict[str, tuple[str, ...]] | None = None,
+    embeddings: dict[str, np.ndarray] | None = None,
 ) -> GraphSums:
-    """m, weighted degrees, and per community size / sigma_tot / internal weight / findings."""
+    """m, weighted degrees, and per community size / sigma_tot / internal weight / findings
+    (and the sum of its members' embeddings, when given)."""
     degree: dict[str, float] = defaultdict(float)
     internal: dict[int, float] = defaultdict(float)
     m = 0.0
@@ -86,6 +91,10 @@ def graph_sums(
         sums.findings.setdefault(community, Counter()).update(names)
         sums.sigma_tot[community] = sums.sigma_tot.get(community, 0.0) + degree.get(key, 0.0)
         sums.internal_weight.setdefault(community, internal.get(community, 0.0))
+        if embeddings is not None and key in embeddings:
+            vector = np.asarray(embeddings[key], dtype=np.float64)
+            total = sums.embedding_sum.get(community)
+            sums.embedding_sum[community] = vector if total is None else total + vector
     return sums
 
 
@@ -114,6 +123,7 @@ def write_graph(
         {image.key: image.community for image in images},
         edge_list,
         {image.key: image.findings for image in images},
+        {image.key: image.embedding for image in images},
     )
     write_clustering(store, sums, run_id=run_id)
     return sums
@@ -130,6 +140,7 @@ def write_clustering(store: GraphStore, sums: GraphSums, *, run_id: str) -> None
                 "internal_weight": sums.internal_weight.get(community, 0.0),
                 "finding_names": [name for name, _ in _histogram(sums, community)],
                 "finding_counts": [count for _, count in _histogram(sums, community)],
+                **_centroid(sums, community),
             }
             for community in sorted(sums.size)
         ),
@@ -146,6 +157,14 @@ def write_clustering(store: GraphStore, sums: GraphSums, *, run_id: str) -> None
         edge_count=sums.edges,
         next_community_id=max(sums.size, default=-1) + 1,
     )
+
+
+def _centroid(sums: GraphSums, community: int) -> dict[str, object]:
+    """The stored centroid and mean norm, as the clustering job writes them."""
+    stored = CommunitySums(
+        id=community, size=sums.size[community], embedding_sum=sums.embedding_sum.get(community)
+    ).properties()
+    return {"centroid": stored["centroid"], "mean_norm": stored["mean_norm"]}
 
 
 def _histogram(sums: GraphSums, community: int) -> list[tuple[str, int]]:

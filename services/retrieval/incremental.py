@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from services.retrieval.layout import CommunityLayout
 from services.retrieval.readmodel import (
     NO_COMMUNITY,
     GraphSnapshot,
@@ -378,9 +379,12 @@ def relayout(
         communities = snapshot.community[live].astype(np.int64)
     else:
         communities = _communities_by_row(snapshot, assignment)[live]
-    sort_key = np.where(communities < 0, np.iinfo(np.int64).max, communities)
-    order = live[np.argsort(sort_key, kind="stable")]
-    communities = np.sort(sort_key, kind="stable")
+    layout = CommunityLayout.by_mean_row(communities)
+    sort_key = layout.row_keys(communities)
+    by_layout = np.argsort(sort_key, kind="stable")
+    order = live[by_layout]
+    communities = communities[by_layout]
+    sort_key = sort_key[by_layout]
     n = len(order)
     # Gathered straight into the new buffers: a temporary copy of the matrix would make the
     # peak three matrices instead of two.
@@ -423,8 +427,7 @@ def relayout(
         (int(c), float(s), int(z or 0)) for c, s, z in sums["communities"] if c is not None
     )
     community_ids = np.array([e[0] for e in entries], dtype=np.int64)
-    starts = np.searchsorted(communities, community_ids, side="left")
-    stops = np.searchsorted(communities, community_ids, side="right")
+    starts, stops = layout.blocks(sort_key, community_ids)
     matrix = buffers.matrix[:n]
     patient_codes = snapshot.patient_codes[order]
     findings = [snapshot.findings[r] for r in order.tolist()]
@@ -439,9 +442,7 @@ def relayout(
         modality_codes=snapshot.modality_codes[order],
         modality_code_of=dict(snapshot.modality_code_of),
         findings=findings,
-        community=np.where(communities == np.iinfo(np.int64).max, NO_COMMUNITY, communities).astype(
-            np.int32
-        ),  # fmt: skip
+        community=communities.astype(np.int32),
         indptr=indptr,
         neighbours=new_targets[by_source].astype(np.int32),
         weights=weights[by_source].astype(np.float64),

@@ -93,7 +93,7 @@ class CommunityRankedSearch(QueryEdgeSearch):
                 near = probe.centroid_scores[position] >= best_centroid - self.centroid_margin
                 if visited >= self.min_communities and k_qc[position] <= 0 and not near:
                     break
-                probe.score(position)
+                probe.score([position])
                 record_visit(diagnostics, snapshot, position)
             chosen, _ = nearest(snapshot, query, *probe.candidates(), k)
         diagnostics.images_examined = probe.scanned

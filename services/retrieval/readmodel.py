@@ -40,6 +40,7 @@ import numpy as np
 from services.graph.cypher import load_cypher
 from services.graph.store import GraphStore
 from services.retrieval.contract import EMBEDDING_DIM, SearchFilters
+from services.retrieval.layout import CommunityLayout
 
 # generation (the latest logged change's sequence number), images, SIMILAR pairs, latest
 # ingested_at, latest finished clustering run, the graph's epoch
@@ -322,7 +323,15 @@ def load_snapshot(store: GraphStore, version: GraphVersion) -> GraphSnapshot:
         (NO_COMMUNITY if r["community"] is None else int(r["community"])): int(r["images"])
         for r in store.query("search_community_counts")
     }
-    order = sorted(counts, key=lambda c: (c == NO_COMMUNITY, c))
+    centroids = {
+        int(r["community"]): np.asarray(r["centroid"], dtype=np.float32)
+        for r in store.query("search_community_centroids")
+    }
+    counted = np.array(list(counts), dtype=np.int64)
+    layout = CommunityLayout.by_centroids(counted, centroids)
+    del centroids
+    layout_keys = dict(zip(counts, layout.row_keys(counted).tolist(), strict=True))
+    order = sorted(counts, key=lambda c: (layout_keys[c], c))
     offsets: dict[int, int] = {}
     total = 0
     for community in order:
@@ -376,12 +385,13 @@ def load_snapshot(store: GraphStore, version: GraphVersion) -> GraphSnapshot:
     rows = np.flatnonzero(used)
     communities = communities[rows]
     # Images deleted meanwhile leave gaps, images added meanwhile sit in the overflow area:
-    # either way, one stable sort by community restores the blocks.
-    permutation = np.argsort(np.where(communities < 0, np.iinfo(np.int32).max, communities),
-                             kind="stable")  # fmt: skip
+    # either way, one stable sort by the layout restores the blocks.
+    sort_key = layout.row_keys(communities)
+    permutation = np.argsort(sort_key, kind="stable")
     if len(rows) != total or not np.array_equal(permutation, np.arange(len(rows))):
         rows = rows[permutation]
         communities = communities[permutation]
+        sort_key = sort_key[permutation]
     key_array = np.array([keys[i] for i in rows], dtype=str)
     finding_probabilities = _probability_matrix([probabilities[i] for i in rows])
     del probabilities
@@ -406,9 +416,7 @@ def load_snapshot(store: GraphStore, version: GraphVersion) -> GraphSnapshot:
         if cid is not None
     )
     community_ids = np.array([e[0] for e in entries], dtype=np.int64)
-    sort_key = np.where(communities < 0, np.iinfo(np.int32).max, communities)
-    starts = np.searchsorted(sort_key, community_ids, side="left")
-    stops = np.searchsorted(sort_key, community_ids, side="right")
+    starts, stops = layout.blocks(sort_key, community_ids)
     centroids = block_centroids(matrix, starts, stops)
     m = sums["m"]
     return GraphSnapshot(

@@ -77,16 +77,19 @@ FLOAT32_SLACK = 1e-4
 
 @dataclass
 class Probe:
-    """The communities scored so far for one query: float32 cosines per block position."""
+    """The rows scored so far for one query: float32 cosines, ineligible rows -inf.
+
+    Blocks that touch in the layout (services/retrieval/layout.py lays near communities out
+    next to each other) are scored as one product over a view of the matrix; each row is
+    scored once."""
 
     snapshot: GraphSnapshot
     query: np.ndarray  # float32 (1024,)
     eligible: np.ndarray  # bool (N,)
     centroid_order: np.ndarray  # block positions, nearest centroid first
     centroid_scores: np.ndarray  # float32 (C,)
-    scores: dict[int, np.ndarray]  # position -> float32 cosines of the block (ineligible: -inf)
-    unassigned: np.ndarray  # rows without a community (always scored)
-    unassigned_scores: np.ndarray
+    scored: np.ndarray  # bool (C,): every member of the block position was scored
+    chunks: list[tuple[np.ndarray, np.ndarray]]  # (rows, cosines), each scored row once
     scanned: int = 0  # eligible images scored
 
     @classmethod
@@ -94,48 +97,67 @@ class Probe:
         centroid_scores = snapshot.centroids @ query
         order = np.lexsort((snapshot.community_ids, -centroid_scores))
         order = order[snapshot.community_alive[order]]  # communities deleted since the layout
+        scored = np.zeros(len(snapshot.community_ids), dtype=bool)
+        probe = cls(snapshot, query, eligible, order, centroid_scores, scored, [])
         unassigned = snapshot.unassigned_rows
-        probe = cls(snapshot, query, eligible, order, centroid_scores, {}, unassigned,
-                    np.zeros(0, np.float32))  # fmt: skip
         if len(unassigned):
-            scores = snapshot.matrix[unassigned] @ query
-            scores[~eligible[unassigned]] = -np.inf
-            probe.unassigned_scores = scores
-            probe.scanned += int(eligible[unassigned].sum())
+            probe._add(unassigned, snapshot.matrix[unassigned] @ query)
         return probe
 
-    def score(self, position: int) -> np.ndarray:
-        scores = self.scores.get(position)
-        if scores is None:
-            scores = self.snapshot.score_members(position, self.query)
-            eligible = self.eligible[self.snapshot.members(position)]
-            scores[~eligible] = -np.inf
-            self.scores[position] = scores
-            self.scanned += int(eligible.sum())
-        return scores
+    def _add(self, rows: np.ndarray, scores: np.ndarray) -> None:
+        eligible = self.eligible[rows]
+        scores[~eligible] = -np.inf
+        self.chunks.append((rows, scores))
+        self.scanned += int(eligible.sum())
+
+    def score(self, positions: np.ndarray | list[int]) -> None:
+        """Scores every member of these block positions not scored yet."""
+        snapshot = self.snapshot
+        new = np.asarray(positions, dtype=np.int64)
+        new = new[~self.scored[new]]
+        if len(new) == 0:
+            return
+        self.scored[new] = True
+        starts, stops = snapshot.block_start[new], snapshot.block_stop[new]
+        filled = stops > starts
+        starts, stops = np.sort(starts[filled]), np.sort(stops[filled])  # blocks are disjoint
+        if len(starts):
+            breaks = np.flatnonzero(starts[1:] != stops[:-1]) + 1
+            run_starts = starts[np.concatenate([[0], breaks])].tolist()
+            run_stops = stops[np.concatenate([breaks - 1, [len(stops) - 1]])].tolist()
+            for start, stop in zip(run_starts, run_stops, strict=True):
+                self._add(np.arange(start, stop), snapshot.matrix[start:stop] @ self.query)
+        if snapshot.extras:
+            extra = [snapshot.extras[p] for p in new.tolist() if p in snapshot.extras]
+            if extra:
+                rows = np.concatenate(extra)
+                self._add(rows, snapshot.matrix[rows] @ self.query)
 
     def scan_nearest_communities(self, min_images: int, min_communities: int = 1) -> None:
         """Scores blocks in centroid order until ``min_images`` eligible images (0: all)."""
-        for visited, position in enumerate(self.centroid_order):
-            if min_images > 0 and self.scanned >= min_images and visited >= min_communities:
-                break
-            self.score(int(position))
+        order = self.centroid_order
+        if min_images <= 0:
+            self.score(order)
+            return
+        # Stored community sizes estimate how many blocks are needed; a shortfall (members
+        # not eligible) takes another batch.
+        sizes = self.snapshot.community_size[order]
+        done = 0
+        while done < len(order) and (self.scanned < min_images or done < min_communities):
+            need = min_images - self.scanned
+            take = int(np.searchsorted(np.cumsum(sizes[done:]), need)) + 1 if need > 0 else 0
+            take = max(take, min_communities - done, 1)
+            self.score(order[done : done + take])
+            done += take
 
     def candidates(self) -> tuple[np.ndarray, np.ndarray]:
         """Rows and float32 cosines of every eligible image scored so far."""
-        rows = [self.unassigned]
-        scores = [self.unassigned_scores]
-        for position, block_scores in self.scores.items():
-            rows.append(_rows(self.snapshot.members(position)))
-            scores.append(block_scores)
-        all_rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-        all_scores = np.concatenate(scores) if scores else np.zeros(0, np.float32)
+        if not self.chunks:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        all_rows = np.concatenate([rows for rows, _ in self.chunks])
+        all_scores = np.concatenate([scores for _, scores in self.chunks])
         keep = np.isfinite(all_scores)
         return all_rows[keep], all_scores[keep]
-
-    @property
-    def covers_everything(self) -> bool:
-        return len(self.scores) == int(self.snapshot.community_alive.sum())
 
 
 def _rows(members: slice | np.ndarray) -> np.ndarray:
@@ -337,7 +359,7 @@ class RegionGrowingSearch(QueryEdgeSearch):
                 assert position is not None
                 unvisited[position] = False
                 record_visit(diagnostics, snapshot, position)
-                if position not in probe.scores:
+                if not probe.scored[position]:
                     examined += int(eligible[snapshot.members(position)].sum())
                 region.grow_in(position, eligible, query64, k)
         diagnostics.images_examined = examined
