@@ -310,6 +310,12 @@ class Settings(BaseSettings):
         description="Eligible images (members of the communities nearest the query) among which "
         "region search looks for the query's nearest images; 0 = every image (exact).",
     )  # fmt: skip
+    ranked_seed_candidates: int = Field(
+        6144, ge=0,
+        description="Eligible images `community_ranked` scores at least, in the communities "
+        "whose centroids are nearest the query (its nprobe); 0 = every image (exact). "
+        "bench/search_scale.py measures recall against it.",
+    )  # fmt: skip
     ranked_min_communities: int = Field(
         1, ge=1, description="Communities `community_ranked` always visits."
     )

@@ -477,6 +477,7 @@ def regroup(
     gather per visited community until the next layout."""
     new = copy.copy(snapshot)
     new.version = version or snapshot.version
+    new.grouped_centroids, new._groups_built = None, False  # positions mean new communities
     n = len(snapshot)
     entries = sorted(
         (int(c), float(s), int(z or 0)) for c, s, z in sums["communities"] if c is not None

@@ -14,6 +14,8 @@ centroids give the same order.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 LEAF = 4
@@ -116,3 +118,48 @@ class CommunityLayout:
         starts = np.searchsorted(sorted_row_keys, keys, side="left")
         stops = np.searchsorted(sorted_row_keys, keys, side="right")
         return starts.astype(np.int64), stops.astype(np.int64)
+
+
+# Below this many communities every centroid is scored (the whole table is a few MiB at most).
+GROUPED_FROM = 256
+# A search scores the centroids of the nearest groups holding this many times the rows it
+# will scan (and at least MIN_GROUPS groups), so that the communities it scans are among them.
+GROUP_ROWS_FACTOR = 4
+MIN_GROUPS = 4
+
+
+@dataclass(frozen=True)
+class CentroidGroups:
+    """A two-level index over the community centroids: ~sqrt(C) groups of communities that are
+    adjacent in the layout (so near each other), each with the unit mean of its members'
+    centroids. A search scores the group centroids, then the centroids of the nearest groups
+    only: at 2,827 communities ~430 centroids instead of 2,827 (11 MiB read per query)."""
+
+    members: tuple[np.ndarray, ...]  # block positions of each group
+    centroids: np.ndarray  # float32 (G, D)
+    rows: np.ndarray  # int64 (G,): stored members of each group
+    count: int  # block positions covered; later ones (new communities) are always scored
+
+    @classmethod
+    def of(
+        cls, centroids: np.ndarray, block_start: np.ndarray, sizes: np.ndarray
+    ) -> CentroidGroups | None:
+        count = len(centroids)
+        if count < GROUPED_FROM:
+            return None
+        in_layout = np.argsort(block_start, kind="stable")
+        members = tuple(np.array_split(in_layout, int(np.ceil(np.sqrt(count)))))
+        sums = np.stack([centroids[group].sum(axis=0, dtype=np.float64) for group in members])
+        norms = np.linalg.norm(sums, axis=1, keepdims=True)
+        unit = np.divide(sums, norms, out=np.zeros_like(sums), where=norms > 0)
+        rows = np.array([int(sizes[group].sum()) for group in members], dtype=np.int64)
+        return cls(members, unit.astype(np.float32), rows, count)
+
+    def nearest(self, query: np.ndarray, rows: int, communities: int) -> np.ndarray:
+        """Block positions of the groups nearest ``query`` that hold ``rows`` stored members
+        (at least MIN_GROUPS groups), and every position past ``count``."""
+        order = np.argsort(-(self.centroids @ query), kind="stable")
+        enough = int(np.searchsorted(np.cumsum(self.rows[order]), rows * GROUP_ROWS_FACTOR))
+        chosen = order[: max(enough + 1, MIN_GROUPS)]
+        later = np.arange(self.count, communities, dtype=np.int64)
+        return np.concatenate([*(self.members[g] for g in chosen.tolist()), later])

@@ -40,7 +40,7 @@ import numpy as np
 from services.graph.cypher import load_cypher
 from services.graph.store import GraphStore
 from services.retrieval.contract import EMBEDDING_DIM, SearchFilters
-from services.retrieval.layout import CommunityLayout
+from services.retrieval.layout import CentroidGroups, CommunityLayout
 
 # generation (the latest logged change's sequence number), images, SIMILAR pairs, latest
 # ingested_at, latest finished clustering run, the graph's epoch
@@ -132,6 +132,10 @@ class GraphSnapshot:
     community_alive: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     centroid_sums: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float64))
     changed_rows: int = 0  # rows appended or tombstoned since the layout (compaction)
+    # Built on first use; carried over by incremental changes (positions past its count are
+    # scored always); a new partition starts without (services/retrieval/layout.py).
+    grouped_centroids: CentroidGroups | None = field(default=None, repr=False)
+    _groups_built: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         n = len(self.keys)
@@ -194,13 +198,14 @@ class GraphSnapshot:
             return block
         return np.concatenate([np.arange(block.start, block.stop), extra])
 
-    def score_members(self, position: int, query: np.ndarray) -> np.ndarray:
-        """float32 cosines of ``members(position)`` (the block as one product over a view)."""
-        scores = self.matrix[self.block(position)] @ query
-        extra = self.extras.get(position)
-        if extra is not None and len(extra):
-            scores = np.concatenate([scores, self.matrix[extra] @ query])
-        return scores
+    def centroid_groups(self) -> CentroidGroups | None:
+        """The two-level index over the centroids (None below ``GROUPED_FROM`` communities)."""
+        if not self._groups_built:
+            self.grouped_centroids = CentroidGroups.of(
+                self.centroids, self.block_start, self.community_size
+            )
+            self._groups_built = True
+        return self.grouped_centroids
 
     @property
     def nbytes(self) -> int:

@@ -91,18 +91,49 @@ class Probe:
     scored: np.ndarray  # bool (C,): every member of the block position was scored
     chunks: list[tuple[np.ndarray, np.ndarray]]  # (rows, cosines), each scored row once
     scanned: int = 0  # eligible images scored
+    complete: bool = True  # False: centroid_order holds the nearest groups' communities only
 
     @classmethod
-    def start(cls, snapshot: GraphSnapshot, query: np.ndarray, eligible: np.ndarray) -> Probe:
-        centroid_scores = snapshot.centroids @ query
-        order = np.lexsort((snapshot.community_ids, -centroid_scores))
-        order = order[snapshot.community_alive[order]]  # communities deleted since the layout
-        scored = np.zeros(len(snapshot.community_ids), dtype=bool)
-        probe = cls(snapshot, query, eligible, order, centroid_scores, scored, [])
+    def start(
+        cls, snapshot: GraphSnapshot, query: np.ndarray, eligible: np.ndarray, min_images: int
+    ) -> Probe:
+        """``min_images``: how many the search will scan (0: all); with a two-level centroid
+        index only the centroids of the groups nearest the query are scored for that."""
+        count = len(snapshot.community_ids)
+        groups = snapshot.centroid_groups() if min_images > 0 else None
+        if groups is None:
+            positions = np.arange(count, dtype=np.int64)
+            centroid_scores = snapshot.centroids @ query
+        else:
+            positions = groups.nearest(query, min_images, count)
+            centroid_scores = np.full(count, -np.inf, dtype=np.float32)
+            centroid_scores[positions] = snapshot.centroids[positions] @ query
+        scored = np.zeros(count, dtype=bool)
+        probe = cls(snapshot, query, eligible, cls._order(snapshot, positions, centroid_scores),
+                    centroid_scores, scored, [], complete=groups is None)  # fmt: skip
         unassigned = snapshot.unassigned_rows
         if len(unassigned):
             probe._add(unassigned, snapshot.matrix[unassigned] @ query)
         return probe
+
+    @staticmethod
+    def _order(
+        snapshot: GraphSnapshot, positions: np.ndarray, centroid_scores: np.ndarray
+    ) -> np.ndarray:
+        """Live block positions, nearest centroid first (ties: smaller id)."""
+        positions = positions[snapshot.community_alive[positions]]  # deleted since the layout
+        by_score = np.lexsort((snapshot.community_ids[positions], -centroid_scores[positions]))
+        return positions[by_score]
+
+    def _complete_order(self) -> None:
+        """Every live centroid in the order (the nearest groups held too few images)."""
+        snapshot = self.snapshot
+        rest = np.flatnonzero(np.isneginf(self.centroid_scores))
+        self.centroid_scores[rest] = snapshot.centroids[rest] @ self.query
+        self.centroid_order = np.concatenate(
+            [self.centroid_order, self._order(snapshot, rest, self.centroid_scores)]
+        )
+        self.complete = True
 
     def _add(self, rows: np.ndarray, scores: np.ndarray) -> None:
         eligible = self.eligible[rows]
@@ -135,17 +166,23 @@ class Probe:
 
     def scan_nearest_communities(self, min_images: int, min_communities: int = 1) -> None:
         """Scores blocks in centroid order until ``min_images`` eligible images (0: all)."""
-        order = self.centroid_order
         if min_images <= 0:
-            self.score(order)
+            if not self.complete:
+                self._complete_order()
+            self.score(self.centroid_order)
             return
         # Stored community sizes estimate how many blocks are needed; a shortfall (members
         # not eligible) takes another batch.
-        sizes = self.snapshot.community_size[order]
         done = 0
-        while done < len(order) and (self.scanned < min_images or done < min_communities):
+        while self.scanned < min_images or done < min_communities:
+            if done >= len(self.centroid_order):
+                if self.complete:
+                    return
+                self._complete_order()
+            order = self.centroid_order
             need = min_images - self.scanned
-            take = int(np.searchsorted(np.cumsum(sizes[done:]), need)) + 1 if need > 0 else 0
+            sizes = np.cumsum(self.snapshot.community_size[order[done:]])
+            take = int(np.searchsorted(sizes, need)) + 1 if need > 0 else 0
             take = max(take, min_communities - done, 1)
             self.score(order[done : done + take])
             done += take
@@ -307,7 +344,7 @@ class QueryEdgeSearch(ABC):
         diagnostics.database_size = snapshot.live
         with diagnostics.stage("seed"):
             eligible = snapshot.eligible(filters)
-            probe = Probe.start(snapshot, query, eligible)
+            probe = Probe.start(snapshot, query, eligible, self.seed_candidates)
             probe.scan_nearest_communities(self.seed_candidates)
             rows, weights = nearest(snapshot, query, *probe.candidates(), self.query_edges)
         return eligible, probe, rows, weights

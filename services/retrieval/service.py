@@ -66,7 +66,7 @@ class RetrievalService:
             Strategy.COMMUNITY_RANKED: CommunityRankedSearch(
                 self.read_model,
                 query_edges=query_edges,
-                seed_candidates=settings.region_seed_candidates,
+                seed_candidates=settings.ranked_seed_candidates,
                 min_communities=settings.ranked_min_communities,
                 max_communities=settings.ranked_max_communities,
                 centroid_margin=settings.ranked_centroid_margin,

@@ -11,7 +11,7 @@ from services.graph.store import GraphStore
 from services.retrieval.cache import ReadModelCache
 from services.retrieval.contract import SearchFilters, Strategy
 from services.retrieval.incremental import relayout
-from services.retrieval.layout import CommunityLayout, similarity_order
+from services.retrieval.layout import CentroidGroups, CommunityLayout, similarity_order
 from services.retrieval.readmodel import GraphSnapshot
 from services.retrieval.region import Probe
 from services.retrieval.service import RetrievalService
@@ -84,7 +84,7 @@ def test_the_read_model_lays_near_communities_next_to_each_other(
 
     # The three near communities touch: one product scores them, as the rows one by one would.
     query = graph.embeddings["img-0-0"]
-    probe = Probe.start(snapshot, query, snapshot.eligible(SearchFilters()))
+    probe = Probe.start(snapshot, query, snapshot.eligible(SearchFilters()), 0)
     probe.score([snapshot.position_of_community[c] for c in (0, 2, 4)])
     assert len(probe.chunks) == 1
     rows, scores = probe.candidates()
@@ -113,3 +113,61 @@ def blocks_in_row_order(snapshot: GraphSnapshot) -> list[int]:
 def block_range(snapshot: GraphSnapshot, community: int) -> tuple[int, int]:
     block = snapshot.block(snapshot.position_of_community[community])
     return block.start, block.stop
+
+
+def test_centroid_groups_hold_the_nearest_communities() -> None:
+    rng = np.random.default_rng(5)
+    centres = rng.standard_normal((20, DIM))
+    centroids = np.stack(
+        [unit(centres[i % 20] + rng.standard_normal(DIM) * 0.05) for i in range(400)]
+    )
+    order = similarity_order(centroids)
+    block_start = np.empty(400, dtype=np.int64)
+    block_start[order] = np.arange(400) * 3
+    groups = CentroidGroups.of(centroids, block_start, np.full(400, 3))
+    assert groups is not None and len(groups.members) == 20
+
+    for position in (0, 137, 399):
+        chosen = groups.nearest(centroids[position], 30, 403)
+        near = np.argsort(-(centroids @ centroids[position]))[:10]
+        assert set(near.tolist()) <= set(chosen.tolist())
+        assert len(chosen) < 400 // 2
+        assert {400, 401, 402} <= set(chosen.tolist())  # communities newer than the groups
+    assert CentroidGroups.of(centroids[:100], block_start[:100], np.full(100, 3)) is None
+
+
+@pytest.mark.neo4j
+def test_ranked_search_over_centroid_groups_answers_as_over_every_centroid(
+    clean_graph: GraphStore, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(8)
+    centres = rng.standard_normal((30, DIM))
+    embeddings: dict[str, np.ndarray] = {}
+    community_of: dict[str, int] = {}
+    for community in range(300):
+        centre = centres[community % 30] + rng.standard_normal(DIM) * 0.05
+        for member in range(3):
+            key = f"img-{community:03d}-{member}"
+            embeddings[key] = unit(centre + rng.standard_normal(DIM) * 0.02)
+            community_of[key] = community
+    SmallGraph(embeddings, knn_edges(embeddings, 4), community_of, {}, {}).write(clean_graph)
+    tuned = settings.model_copy(update={"ranked_seed_candidates": 60})
+    grouped = RetrievalService(clean_graph, tuned)
+    snapshot = grouped.read_model.get()
+    assert snapshot.centroid_groups() is not None
+
+    keys = sorted(embeddings)[::97]
+    filters = {key: SearchFilters(exclude_keys=frozenset({key})) for key in keys}
+    answers = {
+        key: grouped.search(embeddings[key], 20, Strategy.COMMUNITY_RANKED, filters[key])
+        for key in keys
+    }
+    monkeypatch.setattr("services.retrieval.layout.GROUPED_FROM", 10**6)
+    everything = RetrievalService(clean_graph, tuned)
+    assert everything.read_model.get().centroid_groups() is None
+    for key in keys:
+        hits = everything.search(embeddings[key], 20, Strategy.COMMUNITY_RANKED, filters[key])
+        assert hits.keys == answers[key].keys
+        assert hits.diagnostics.communities_visited == answers[key].diagnostics.communities_visited
+    probe = Probe.start(snapshot, embeddings[keys[0]], snapshot.eligible(SearchFilters()), 60)
+    assert np.isneginf(probe.centroid_scores).sum() > len(snapshot.community_ids) // 2

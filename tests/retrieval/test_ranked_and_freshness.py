@@ -28,7 +28,7 @@ def test_ranked_visiting_every_community_is_exact(
     graph.write(clean_graph)
     everything = settings.model_copy(
         update={"ranked_max_communities": 1000, "ranked_centroid_margin": 2.0,
-                "region_seed_candidates": 1}
+                "ranked_seed_candidates": 1}
     )  # fmt: skip
     service = RetrievalService(clean_graph, everything)
     keys = sorted(graph.embeddings)
@@ -50,7 +50,7 @@ def test_ranked_examines_a_part_and_ranks_by_cosine(
     graph.write(clean_graph)
     few = settings.model_copy(
         update={"ranked_max_communities": 1, "ranked_centroid_margin": 0.0,
-                "region_seed_candidates": 1}
+                "ranked_seed_candidates": 1}
     )  # fmt: skip
     service = RetrievalService(clean_graph, few)
     query_key = sorted(graph.embeddings)[7]
