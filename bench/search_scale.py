@@ -19,7 +19,9 @@ cache 3g):
    includes Redis);
 5. faiss-cpu on the same matrix and queries (the ``bench`` extra): IVF-Flat with 4·sqrt(n)
    lists at nprobe 8/16/32/64 and HNSW (M 32) at efSearch 32/64/128/256, single queries on one
-   thread, recall@50 against ``exact`` (``strategies.faiss_ivf_flat`` / ``faiss_hnsw``).
+   thread, recall@50 against ``exact`` (``strategies.faiss_ivf_flat`` / ``faiss_hnsw``);
+   beside them ``community_ranked`` at ``ranked_seed_candidates`` 2,048/4,096/6,144/8,192
+   (``strategies.community_ranked_sweep``), its own nprobe.
 
 Run: ``.venv/bin/python -m bench.search_scale`` measures both generated sets, hard then easy,
 in one run (one ``run_id`` in both results files), at every size (about an hour on the idle
@@ -31,6 +33,7 @@ unless ``--keep-neo4j``. Writes ``bench/results/search_scale_easy.json`` and
 from __future__ import annotations
 
 import argparse
+import copy
 import http.client
 import json
 import os
@@ -38,6 +41,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -266,6 +270,9 @@ def measure(
                 over_http["client"]["p50_ms"] / numpy_summary.p50_ms, 3
             )
         strategies[strategy.value] = entry
+    strategies["community_ranked_sweep"] = ranked_sweep(
+        service, stored, chosen, filters, answers[Strategy.EXACT]
+    )
     anchors = faiss_anchor(snapshot, stored, chosen, answers[Strategy.EXACT])
     strategies.update(anchors["strategies"])
     report["faiss"] = anchors["build"]
@@ -274,6 +281,39 @@ def measure(
         report["api_process"] = http["api_process"]
     service.read_model.close()
     return report
+
+
+RANKED_SWEEP = (2048, 4096, 6144, 8192)
+
+
+def ranked_sweep(
+    service: RetrievalService,
+    stored: dict[str, Any],
+    chosen: list[str],
+    filters: Callable[[str], SearchFilters],
+    exact: list[tuple[str, ...]],
+) -> list[dict[str, Any]]:
+    """``community_ranked`` at several ``ranked_seed_candidates`` (its nprobe), over the same
+    read model and queries, timed like the strategies (the Redis deleted-keys read included):
+    the rows to set beside faiss IVF-Flat's nprobe rows."""
+    rows = []
+    for candidates in RANKED_SWEEP:
+        ranked = copy.copy(service.strategies[Strategy.COMMUNITY_RANKED])
+        ranked.seed_candidates = candidates  # type: ignore[attr-defined]
+        for key in chosen[:10]:
+            ranked.search(stored[key].embedding, K, filters(key))
+        samples, recalls = [], []
+        for key, expected in zip(chosen, exact, strict=True):
+            clock = time.perf_counter()
+            hits = ranked.search(stored[key].embedding, K, filters(key))
+            samples.append((time.perf_counter() - clock) * 1000.0)
+            recalls.append(recall_at_k(hits.keys, expected, K))
+        p50 = float(np.percentile(samples, 50))
+        say(f"  community_ranked {candidates}: p50 {p50:.2f} ms, recall {np.mean(recalls):.3f}")
+        rows.append({"setting": f"ranked_seed_candidates {candidates}", "p50_ms": round(p50, 3),
+                     "p99_ms": round(float(np.percentile(samples, 99)), 3),
+                     "recall_at_50_vs_exact": round(float(np.mean(recalls)), 4)})  # fmt: skip
+    return rows
 
 
 def faiss_anchor(
@@ -757,7 +797,7 @@ def markdown_report(paths: tuple[Path, ...] = (RESULTS_HARD, RESULTS)) -> str:
             rows = [("numpy top-50", "", numpy_p50, 1.0),
                     ("community_ranked (server)", "", ranked["server"]["p50_ms"],
                      ranked["recall_at_50_vs_exact"])]  # fmt: skip
-            for name in ("faiss_ivf_flat", "faiss_hnsw"):
+            for name in ("community_ranked_sweep", "faiss_ivf_flat", "faiss_hnsw"):
                 rows += [(name, r["setting"], r["p50_ms"], r["recall_at_50_vs_exact"])
                          for r in entry["strategies"].get(name, [])]  # fmt: skip
             for index, (name, setting, p50, recall) in enumerate(rows):
