@@ -1,7 +1,8 @@
 """Strategy ``community_ranked``: the paper's communities as the inverted lists of an IVF index.
 
 1. The query's virtual edges, as in ``region`` (its ``n`` nearest eligible images among the
-   communities whose centroids are nearest, :class:`services.retrieval.region.Probe`).
+   communities whose centroids are nearest, :class:`services.retrieval.region.Probe`), from a
+   scan of at least ``ranked_seed_candidates`` eligible images (its nprobe).
 2. Communities in Algorithm 1's step-5 order: the modularity gain of assigning the query to the
    community, ``dQ(q, c) = k_{q,c}/m - sigma_tot_c * k_q / (2 m^2)`` (ties: larger ``k_{q,c}``,
    smaller ``sigma_tot_c``, smaller id). The communities the query has no edge to all have
