@@ -328,10 +328,12 @@ def load_snapshot(store: GraphStore, version: GraphVersion) -> GraphSnapshot:
         (NO_COMMUNITY if r["community"] is None else int(r["community"])): int(r["images"])
         for r in store.query("search_community_counts")
     }
-    centroids = {
-        int(r["community"]): np.asarray(r["centroid"], dtype=np.float32)
-        for r in store.query("search_community_centroids")
-    }
+    with store.driver.session(database=store.database) as session:
+        # Streamed: 1,024 Python floats a community would otherwise pile up before conversion.
+        centroids = {
+            int(r["community"]): np.asarray(r["centroid"], dtype=np.float32)
+            for r in session.run(load_cypher("search_community_centroids"))
+        }
     counted = np.array(list(counts), dtype=np.int64)
     layout = CommunityLayout.by_centroids(counted, centroids)
     del centroids
