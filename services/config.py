@@ -311,11 +311,11 @@ class Settings(BaseSettings):
         "region search looks for the query's nearest images; 0 = every image (exact).",
     )  # fmt: skip
     ranked_seed_candidates: int = Field(
-        8192, ge=0,
+        4096, ge=0,
         description="Eligible images `community_ranked` scores at least, in the communities "
         "whose centroids are nearest the query (its nprobe); 0 = every image (exact). At "
-        "223,648 generated images (hard set) 8,192 gave recall@50 0.996 and 6,144 0.989 "
-        "(bench/search_scale.py, community_ranked_sweep).",
+        "223,648 generated images (hard set) 4,096 gave recall@50 0.973 in 2.4 ms, 8,192 "
+        "0.996 in 3.9 ms (bench/search_scale.py, community_ranked_sweep).",
     )  # fmt: skip
     ranked_min_communities: int = Field(
         1, ge=1, description="Communities `community_ranked` always visits."

@@ -48,18 +48,20 @@ def test_unknown_communities_and_unassigned_rows_go_last() -> None:
     ]
 
 
-def interleaved_graph() -> SmallGraph:
-    """Six communities: the even ids around one direction, the odd ids around another, so that
-    id order alternates between the two."""
-    rng = np.random.default_rng(11)
-    directions = rng.standard_normal((2, DIM))
+def communities_around(
+    directions: int, communities: int, members: int, *, spread: float, seed: int
+) -> SmallGraph:
+    """Community c around direction ``c % directions`` (its own centre ``spread`` off it),
+    ``members`` images each, and their kNN edges."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((directions, DIM))
     embeddings: dict[str, np.ndarray] = {}
     community_of: dict[str, int] = {}
-    for community in range(6):
-        centre = directions[community % 2] + rng.standard_normal(DIM) * 0.03
-        for member in range(5):
-            key = f"img-{community}-{member}"
-            embeddings[key] = unit(centre + rng.standard_normal(DIM) * 0.01)
+    for community in range(communities):
+        centre = centres[community % directions] + rng.standard_normal(DIM) * spread
+        for member in range(members):
+            key = f"img-{community:03d}-{member}"
+            embeddings[key] = unit(centre + rng.standard_normal(DIM) * spread / 3)
             community_of[key] = community
     return SmallGraph(embeddings, knn_edges(embeddings, 4), community_of, {}, {})
 
@@ -68,7 +70,8 @@ def interleaved_graph() -> SmallGraph:
 def test_the_read_model_lays_near_communities_next_to_each_other(
     clean_graph: GraphStore, settings: Settings
 ) -> None:
-    graph = interleaved_graph()
+    # Even ids around one direction, odd ids around another: id order alternates.
+    graph = communities_around(2, 6, 5, spread=0.03, seed=11)
     graph.write(clean_graph)
 
     snapshot = ReadModelCache(clean_graph, settings).get()
@@ -83,7 +86,7 @@ def test_the_read_model_lays_near_communities_next_to_each_other(
     assert blocks_in_row_order(relayout(snapshot, None, sums)) == laid_out
 
     # The three near communities touch: one product scores them, as the rows one by one would.
-    query = graph.embeddings["img-0-0"]
+    query = graph.embeddings["img-000-0"]
     probe = Probe.start(snapshot, query, snapshot.eligible(SearchFilters()), 0)
     probe.score([snapshot.position_of_community[c] for c in (0, 2, 4)])
     assert len(probe.chunks) == 1
@@ -95,7 +98,7 @@ def test_the_read_model_lays_near_communities_next_to_each_other(
 
     # Answers over this layout are Algorithm 1's.
     service = RetrievalService(clean_graph, settings.model_copy(update={"region_query_edges": 4}))
-    excluded = {"img-0-0"}
+    excluded = {"img-000-0"}
     hits = service.search(
         query, 12, Strategy.REGION, SearchFilters(exclude_keys=frozenset(excluded))
     )
@@ -140,17 +143,9 @@ def test_centroid_groups_hold_the_nearest_communities() -> None:
 def test_ranked_search_over_centroid_groups_answers_as_over_every_centroid(
     clean_graph: GraphStore, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    rng = np.random.default_rng(8)
-    centres = rng.standard_normal((30, DIM))
-    embeddings: dict[str, np.ndarray] = {}
-    community_of: dict[str, int] = {}
-    for community in range(300):
-        centre = centres[community % 30] + rng.standard_normal(DIM) * 0.05
-        for member in range(3):
-            key = f"img-{community:03d}-{member}"
-            embeddings[key] = unit(centre + rng.standard_normal(DIM) * 0.02)
-            community_of[key] = community
-    SmallGraph(embeddings, knn_edges(embeddings, 4), community_of, {}, {}).write(clean_graph)
+    graph = communities_around(30, 300, 3, spread=0.05, seed=8)
+    graph.write(clean_graph)
+    embeddings = graph.embeddings
     tuned = settings.model_copy(update={"ranked_seed_candidates": 60})
     grouped = RetrievalService(clean_graph, tuned)
     snapshot = grouped.read_model.get()
