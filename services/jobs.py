@@ -99,8 +99,13 @@ def send(
     return client(settings).send_task(name, args=args, kwargs=kwargs, **options)
 
 
-def result(settings: Settings, task_id: str) -> AsyncResult:
-    return client(settings).AsyncResult(task_id)
+def task_meta(settings: Settings, task_id: str) -> dict[str, Any]:
+    """A task's stored ``status`` and ``result`` (an exception for FAILURE), read together.
+
+    One GET of the task's result key, which the worker writes whole: a snapshot. Reading
+    ``AsyncResult.state`` and then ``.result`` asks Redis again each time while the task is
+    unfinished, so the two can come from either side of the task finishing."""
+    return client(settings).backend.get_task_meta(task_id)
 
 
 # Celery answers PENDING for a task id it has never seen, so the ids of the jobs the API starts

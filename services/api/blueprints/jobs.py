@@ -141,14 +141,20 @@ CELERY_STATES = {
 
 def cluster_status(job_id: str) -> JobStatus:
     settings = api_context().settings
-    result = jobs.result(settings, job_id)
-    if result.state == "PENDING" and not jobs.job_was_sent(settings, job_id):
+    meta = jobs.task_meta(settings, job_id)  # state and result from one read, never mixed
+    if meta["status"] == "PENDING" and not jobs.job_was_sent(settings, job_id):
         raise ApiError(404, f"no job has the id {job_id!r}")
+    return cluster_job_status(job_id, meta)
+
+
+def cluster_job_status(job_id: str, meta: dict[str, Any]) -> JobStatus:
+    """The job status of one snapshot of the task's stored meta (``status``, ``result``)."""
+    state, value = meta["status"], meta.get("result")
     detail: dict[str, Any] = {}
-    if result.state == "SUCCESS" and isinstance(result.result, dict):
-        detail = result.result
-    elif result.state == "FAILURE":
-        detail = {"error": f"{type(result.result).__name__}: {result.result}"}
+    if state == "SUCCESS" and isinstance(value, dict):
+        detail = value
+    elif state == "FAILURE":
+        detail = {"error": f"{type(value).__name__}: {value}"}
     return JobStatus(
-        id=job_id, kind="cluster", state=CELERY_STATES.get(result.state, "running"), detail=detail
+        id=job_id, kind="cluster", state=CELERY_STATES.get(state, "running"), detail=detail
     )
