@@ -35,6 +35,7 @@ from services.config import REPO_ROOT
 from services.evaluation.metrics import LatencySummary, recall_at_k
 from services.retrieval.contract import SearchFilters
 from services.retrieval.exact import ExactSearch
+from services.retrieval.incremental import relayout
 from services.retrieval.ranked import CommunityRankedSearch
 from services.retrieval.readmodel import GraphSnapshot
 from services.retrieval.region import RegionGrowingSearch
@@ -81,9 +82,6 @@ def build_snapshot(n: int, generated: str, seed: int) -> tuple[GraphSnapshot, di
     starts = np.searchsorted(community, ids, side="left")
     stops = np.searchsorted(community, ids, side="right")
     sigma = np.array([degree[a:b].sum() for a, b in zip(starts, stops, strict=True)])
-    blocks = zip(starts, stops, strict=True)
-    centroids = np.stack([matrix[a:b].mean(axis=0, dtype=np.float64) for a, b in blocks])
-    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
     generator = np.random.default_rng(seed + 1)
     patients = generator.integers(0, max(1, int(n / 3.5)), size=n).astype(np.int32)
     snapshot = GraphSnapshot(
@@ -105,10 +103,14 @@ def build_snapshot(n: int, generated: str, seed: int) -> tuple[GraphSnapshot, di
         community_size=(stops - starts).astype(np.int64),
         block_start=starts.astype(np.int64),
         block_stop=stops.astype(np.int64),
-        centroids=centroids.astype(np.float32),
         m=float(weight.sum() / 2.0),
         run="generated",
     )
+    # As a compaction lays a model out: each block cut into its scan lists.
+    sums = {"communities": list(zip(ids.tolist(), sigma.tolist(), (stops - starts).tolist(),
+                                    strict=True)),
+            "m": snapshot.m, "run": snapshot.run}  # fmt: skip
+    snapshot = relayout(snapshot, None, sums)
     report["communities"] = len(ids)
     report["community_size_median"] = float(np.median(stops - starts))
     return snapshot, report

@@ -20,7 +20,7 @@ cache 3g):
 5. faiss-cpu on the same matrix and queries (the ``bench`` extra): IVF-Flat with 4·sqrt(n)
    lists at nprobe 8/16/32/64 and HNSW (M 32) at efSearch 32/64/128/256, single queries on one
    thread, recall@50 against ``exact`` (``strategies.faiss_ivf_flat`` / ``faiss_hnsw``);
-   beside them ``community_ranked`` at ``ranked_seed_candidates`` 2,048/4,096/6,144/8,192
+   beside them ``community_ranked`` at ``ranked_seed_candidates`` 512/768/1,024/1,536/2,048
    (``strategies.community_ranked_sweep``), its own nprobe.
 
 Run: ``.venv/bin/python -m bench.search_scale`` measures both generated sets, hard then easy,
@@ -283,7 +283,7 @@ def measure(
     return report
 
 
-RANKED_SWEEP = (2048, 4096, 6144, 8192)
+RANKED_SWEEP = (512, 768, 1024, 1536, 2048)
 
 
 def ranked_sweep(

@@ -306,16 +306,17 @@ class Settings(BaseSettings):
         32, ge=1, description="Most communities one region search visits before it stops."
     )
     region_seed_candidates: int = Field(
-        4096, ge=0,
-        description="Eligible images (members of the communities nearest the query) among which "
-        "region search looks for the query's nearest images; 0 = every image (exact).",
+        8192, ge=0,
+        description="Eligible images (rows of the scan lists nearest the query) among which "
+        "region search looks for the query's nearest images; 0 = every image (exact). Scan "
+        "lists are tight neighbourhoods on clustered data but arbitrary slices of a diffuse "
+        "community, so the floor is set by the diffuse case.",
     )  # fmt: skip
     ranked_seed_candidates: int = Field(
-        4096, ge=0,
-        description="Eligible images `community_ranked` scores at least, in the communities "
-        "whose centroids are nearest the query (its nprobe); 0 = every image (exact). At "
-        "223,648 generated images (hard set) 4,096 gave recall@50 0.973 in 2.4 ms, 8,192 "
-        "0.996 in 3.9 ms (bench/search_scale.py, community_ranked_sweep).",
+        1024, ge=0,
+        description="Eligible images `community_ranked` scores at least, in the scan lists "
+        "(k-means lists inside the communities) whose centroids are nearest the query (its "
+        "nprobe); 0 = every image (exact).",
     )  # fmt: skip
     ranked_min_communities: int = Field(
         1, ge=1, description="Communities `community_ranked` always visits."
@@ -345,7 +346,7 @@ class Settings(BaseSettings):
     ranked_centroid_margin: float = Field(
         0.05, ge=0, le=2,
         description="`community_ranked` also visits a community the query has no edge to while "
-        "its centroid's cosine to the query is within this margin of the best centroid's.",
+        "its nearest scan list's cosine to the query is within this margin of the best list's.",
     )  # fmt: skip
     search_max_k: int = Field(1000, ge=1, le=100_000, description="Largest k a search accepts.")
     search_rerank: Literal["none", "findings"] = Field(

@@ -5,15 +5,18 @@ and leaves the one it was given as it was, so searches running on it are never d
   community's sums after a logged change: new images are appended into the shared buffers' spare
   rows (and their community's ``extras``), deleted ones tombstoned, changed findings, patients,
   modalities and communities updated, each re-read image's edges put in the ``overlay`` with its
-  degree, and the sums, ``m`` and centroids refreshed. Only the per-row arrays (a few bytes per
-  image) and the per-community ones are copied; the matrix never is.
+  degree, and the sums and ``m`` refreshed. Only the per-row arrays (a few bytes per image) and
+  the per-community ones are copied; the matrix and the scan lists never are (a community's
+  appended rows are scanned with its first list, whatever their cosine to its lists).
 - ``with_tombstones``: deleted keys published in Redis, before the log brings the deletion.
 - ``relayout``: one new community-contiguous model from a snapshot, in memory (no Neo4j read of
   the embeddings): for a new partition (a clustering run) or to compact tombstones and appended
-  rows. It copies the matrix once (written straight into the new buffers).
+  rows. It copies the matrix once (written straight into the new buffers) and cuts each block
+  into new scan lists.
 - ``regroup``: a new partition over the same rows, without copying the matrix: each community's
-  longest run of consecutive rows is its block, the rest its ``extras`` (gathered when scored).
-  For a process whose memory limit leaves no room for a second matrix.
+  longest run of consecutive rows is its block, the rest its ``extras`` (gathered when scored);
+  the blocks are cut where the old lists and blocks were. For a process whose memory limit
+  leaves no room for a second matrix.
 """
 
 from __future__ import annotations
@@ -25,13 +28,12 @@ from typing import Any
 
 import numpy as np
 
-from services.retrieval.layout import CommunityLayout
+from services.retrieval.layout import CommunityLayout, ScanLists, key_runs, split_into_lists
 from services.retrieval.readmodel import (
     NO_COMMUNITY,
     GraphSnapshot,
     GraphVersion,
     RowBuffers,
-    block_centroids,
     finding_matches,
 )
 
@@ -99,14 +101,12 @@ class _Apply:
         new.block_start = old.block_start.copy()
         new.block_stop = old.block_stop.copy()
         new.community_alive = old.community_alive.copy()
-        new.centroid_sums = old.centroid_sums.copy()
         new.position_of_community = dict(old.position_of_community)
         new._finding_columns = {}
         self.new = new
         self.n = n
         self.appended: list[Mapping[str, Any]] = []
         self.changed_rows: list[int] = []  # existing rows whose findings changed
-        self.touched_positions: set[int] = set()
         self.edges: dict[int, list[Any]] = {}  # final row -> stored edge list
         self.moved: dict[int, int] = {}  # old row -> new row of the same key
         self.dead: list[int] = []  # rows tombstoned by this change
@@ -157,12 +157,6 @@ class _Apply:
             new.block_start = np.concatenate([new.block_start, np.zeros(count, np.int64)])
             new.block_stop = np.concatenate([new.block_stop, np.zeros(count, np.int64)])
             new.community_alive = np.concatenate([new.community_alive, np.ones(count, bool)])
-            new.centroid_sums = np.concatenate(
-                [new.centroid_sums, np.zeros((count, new.centroid_sums.shape[1]))]
-            )
-            new.centroids = np.concatenate(
-                [new.centroids, np.zeros((count, new.centroids.shape[1]), np.float32)]
-            )
         ids = new.community_ids
         values = np.array([stored.get(int(c), (0.0, 0)) for c in ids], dtype=np.float64)
         present = np.array([int(c) in stored for c in ids], dtype=bool)
@@ -204,10 +198,6 @@ class _Apply:
         new = self.new
         new.alive[row] = False
         self.dead.append(row)
-        position = int(new.community_position[row])
-        if position >= 0:
-            new.centroid_sums[position] -= new.matrix[row]
-            self.touched_positions.add(position)
         new.changed_rows += 1
 
     def _update(self, key: str, row: int | None, record: Mapping[str, Any]) -> None:
@@ -235,8 +225,6 @@ class _Apply:
             old_position = int(new.community_position[row])
             if old_position >= 0:
                 new.extras[old_position] = new.extras[old_position][new.extras[old_position] != row]
-                new.centroid_sums[old_position] -= new.matrix[row]
-                self.touched_positions.add(old_position)
             self._join(row, community)
         self.edges[row] = record["edges"]
 
@@ -266,8 +254,6 @@ class _Apply:
             new.extras[position] = np.append(extra if extra is not None else [], row).astype(
                 np.int64
             )
-            new.centroid_sums[position] += new.buffers.matrix[row]
-            self.touched_positions.add(position)
 
     def _append_rows(self) -> None:
         if not self.appended:
@@ -343,13 +329,6 @@ class _Apply:
 
     def _finish(self) -> GraphSnapshot:
         new = self.new
-        for position in self.touched_positions:
-            total = new.centroid_sums[position]
-            norm = float(np.linalg.norm(total))
-            if position < len(new.centroids):
-                if new.centroids is self.old.centroids:
-                    new.centroids = self.old.centroids.copy()
-                new.centroids[position] = total / norm if norm > 0 else 0.0
         new.unassigned_rows = _unassigned(new)
         if self.dead:
             # A deleted image's code and predicted findings leave memory now, not at the next
@@ -386,6 +365,9 @@ def relayout(
     communities = communities[by_layout]
     sort_key = sort_key[by_layout]
     n = len(order)
+    runs = key_runs(sort_key, layout.unranked)
+    within, list_cuts = split_into_lists(lambda a, b: snapshot.matrix[order[a:b]], *runs, n)
+    order = order[within]
     # Gathered straight into the new buffers: a temporary copy of the matrix would make the
     # peak three matrices instead of two.
     buffers = RowBuffers.allocate(
@@ -452,12 +434,12 @@ def relayout(
         community_size=np.array([e[2] for e in entries], dtype=np.int64),
         block_start=starts.astype(np.int64),
         block_stop=stops.astype(np.int64),
-        centroids=block_centroids(matrix, starts, stops),
         m=None if m is None else float(m),
         run=None if run is None else str(run),
         finding_probabilities=buffers.probabilities[:n],
         buffers=buffers,
         row_seq=snapshot.row_seq[order],
+        list_cuts=list_cuts,
     )
     return rebuilt
 
@@ -477,7 +459,6 @@ def regroup(
     gather per visited community until the next layout."""
     new = copy.copy(snapshot)
     new.version = version or snapshot.version
-    new.grouped_centroids, new._groups_built = None, False  # positions mean new communities
     n = len(snapshot)
     entries = sorted(
         (int(c), float(s), int(z or 0)) for c, s, z in sums["communities"] if c is not None
@@ -500,7 +481,6 @@ def regroup(
     new.block_start = np.zeros(count, dtype=np.int64)
     new.block_stop = np.zeros(count, dtype=np.int64)
     new.extras = {}
-    new.centroid_sums = np.zeros((count, snapshot.matrix.shape[1]), dtype=np.float64)
     members = np.flatnonzero(positions >= 0)
     members = members[np.argsort(positions[members], kind="stable")]  # rows ascending within
     bounds = np.searchsorted(positions[members], np.arange(count + 1))
@@ -519,13 +499,14 @@ def regroup(
         rest = np.concatenate([rows[:first], rows[last:]])
         if len(rest):
             new.extras[position] = rest.astype(np.int64)
-        new.centroid_sums[position] = snapshot.matrix[rows].sum(axis=0, dtype=np.float64)
-    norms = np.linalg.norm(new.centroid_sums, axis=1)
-    new.centroids = np.zeros((count, snapshot.matrix.shape[1]), dtype=np.float32)
-    nonzero = norms > 0
-    new.centroids[nonzero] = new.centroid_sums[nonzero] / norms[nonzero, None]
     new.community_alive = np.ones(count, dtype=bool)
     new.unassigned_rows = _unassigned(new)
+    # The old lists and blocks still cut the rows into near neighbours: the new blocks are cut
+    # where they were (a block of rows from two old communities: two lists at least).
+    new.list_cuts = np.unique(
+        np.concatenate([snapshot.list_cuts, snapshot.block_start, snapshot.block_stop])
+    )
+    new.scan_lists = ScanLists.of(snapshot.matrix, new.block_start, new.block_stop, new.list_cuts)
     m = sums.get("m")
     new.m = None if m is None else float(m)
     new.run = None if sums.get("run") is None else str(sums["run"])

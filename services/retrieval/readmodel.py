@@ -9,8 +9,9 @@ What it holds (N images, E stored SIMILAR pairs, C communities):
   each community's members are one contiguous block (a view, never a copy, when a strategy scores
   them); ``keys``, patient/modality codes and finding columns for the filters;
 - ``community``: int32 (N,), the stored ``Image.community`` (-1 = not assigned yet), and per
-  community its block ``[start, stop)``, its stored ``sigma_tot`` and ``size``, and the unit mean of
-  its members' embeddings (``centroids``, computed here from the stored embeddings);
+  community its block ``[start, stop)`` and its stored ``sigma_tot`` and ``size``; each block is
+  cut into k-means *scan lists* of ~20 rows, with the unit mean of each list's rows
+  (``scan_lists``, services/retrieval/layout.py), the inverted lists a search ranks;
 - CSR adjacency of the SIMILAR edges (``indptr`` int64, ``neighbours`` int32, ``weights``
   float64, both directions) and the weighted degrees ``degree`` (float64, the sum of each image's
   stored edge weights, as ``k_i`` is defined in cypher/README.md);
@@ -40,7 +41,7 @@ import numpy as np
 from services.graph.cypher import load_cypher
 from services.graph.store import GraphStore
 from services.retrieval.contract import EMBEDDING_DIM, SearchFilters
-from services.retrieval.layout import CentroidGroups, CommunityLayout
+from services.retrieval.layout import CommunityLayout, ScanLists, key_runs, split_into_lists
 
 # generation (the latest logged change's sequence number), images, SIMILAR pairs, latest
 # ingested_at, latest finished clustering run, the graph's epoch
@@ -107,7 +108,6 @@ class GraphSnapshot:
     community_size: np.ndarray  # int64 (C,), stored
     block_start: np.ndarray  # int64 (C,), rows [start, stop) of each community's members
     block_stop: np.ndarray  # int64 (C,)
-    centroids: np.ndarray  # float32 (C, 1024), unit mean of the members' embeddings
     m: float | None
     run: str | None
     load_s: float = 0.0
@@ -130,12 +130,11 @@ class GraphSnapshot:
     extras: dict[int, np.ndarray] = field(default_factory=dict)  # position -> appended rows
     overlay: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # row edges
     community_alive: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
-    centroid_sums: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float64))
     changed_rows: int = 0  # rows appended or tombstoned since the layout (compaction)
-    # Built on first use; carried over by incremental changes (positions past its count are
-    # scored always); a new partition starts without (services/retrieval/layout.py).
-    grouped_centroids: CentroidGroups | None = field(default=None, repr=False)
-    _groups_built: bool = field(default=False, repr=False)
+    # Rows where a scan list starts inside a block (services/retrieval/layout.py); the lists
+    # are made once per layout and carried over by incremental changes.
+    list_cuts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    scan_lists: ScanLists | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         n = len(self.keys)
@@ -152,12 +151,6 @@ class GraphSnapshot:
             self.base_rows = n
         if len(self.community_alive) != len(self.community_ids):
             self.community_alive = np.ones(len(self.community_ids), dtype=bool)
-        if self.centroid_sums.shape[0] != len(self.community_ids):
-            self.centroid_sums = np.zeros((len(self.community_ids), self.matrix.shape[1]))
-            for position in range(len(self.community_ids)):
-                self.centroid_sums[position] = self.matrix[self.block(position)].sum(
-                    axis=0, dtype=np.float64
-                )
         self.key_index = {str(key): i for i, key in enumerate(self.keys)}
         self.position_of_community = {int(c): i for i, c in enumerate(self.community_ids)}
         # Each row's community as a position in community_ids (-1: none, or no stored sums).
@@ -168,6 +161,10 @@ class GraphSnapshot:
         self.patient_of_code = [""] * len(self.patient_code_of)
         for patient, code in self.patient_code_of.items():
             self.patient_of_code[code] = patient
+        if self.scan_lists is None:
+            self.scan_lists = ScanLists.of(
+                self.matrix, self.block_start, self.block_stop, self.list_cuts
+            )
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -180,7 +177,7 @@ class GraphSnapshot:
     @property
     def live(self) -> int:
         """Images a search may return (rows less tombstones)."""
-        return int(self.alive.sum())
+        return int(np.count_nonzero(self.alive))
 
     def row_of(self, key: str) -> int | None:
         """The live row of a stored key in this snapshot, or None."""
@@ -198,21 +195,13 @@ class GraphSnapshot:
             return block
         return np.concatenate([np.arange(block.start, block.stop), extra])
 
-    def centroid_groups(self) -> CentroidGroups | None:
-        """The two-level index over the centroids (None below ``GROUPED_FROM`` communities)."""
-        if not self._groups_built:
-            self.grouped_centroids = CentroidGroups.of(
-                self.centroids, self.block_start, self.community_size
-            )
-            self._groups_built = True
-        return self.grouped_centroids
-
     @property
     def nbytes(self) -> int:
         arrays = (self.matrix, self.indptr, self.neighbours, self.weights, self.degree,
-                  self.community, self.centroids, self.patient_codes, self.modality_codes,
-                  self.keys, self.finding_probabilities)  # fmt: skip
-        return int(sum(a.nbytes for a in arrays))
+                  self.community, self.patient_codes, self.modality_codes, self.keys,
+                  self.finding_probabilities)  # fmt: skip
+        lists = 0 if self.scan_lists is None else self.scan_lists.centroids.nbytes
+        return int(sum(a.nbytes for a in arrays)) + lists
 
     def patient_of(self, row: int) -> str | None:
         code = int(self.patient_codes[row])
@@ -399,8 +388,16 @@ def load_snapshot(store: GraphStore, version: GraphVersion) -> GraphSnapshot:
         rows = rows[permutation]
         communities = communities[permutation]
         sort_key = sort_key[permutation]
-    key_array = np.array([keys[i] for i in rows], dtype=str)
-    finding_probabilities = _probability_matrix([probabilities[i] for i in rows])
+    # Each block cut into scan lists; the matrix rows move inside their block, one block at a
+    # time, so ``rows`` still addresses the matrix and ``source`` the streamed records.
+    runs = key_runs(sort_key, layout.unranked)
+    within, list_cuts = split_into_lists(lambda a, b: matrix[rows[a:b]], *runs, len(rows))
+    source = rows[within]
+    for start, stop in zip(*(r.tolist() for r in runs), strict=True):
+        if not np.array_equal(within[start:stop], np.arange(start, stop)):
+            matrix[rows[start:stop]] = matrix[source[start:stop]]
+    key_array = np.array([keys[i] for i in source], dtype=str)
+    finding_probabilities = _probability_matrix([probabilities[i] for i in source])
     del probabilities
     if np.array_equal(rows, np.arange(len(rows))):
         buffers = _buffers_around(matrix, len(rows), key_array, finding_probabilities)
@@ -409,9 +406,9 @@ def load_snapshot(store: GraphStore, version: GraphVersion) -> GraphSnapshot:
     del matrix
     n = len(rows)
     matrix = buffers.matrix[:n]
-    findings = [findings[i] for i in rows]
-    patient_codes = patient_codes[rows]
-    modality_codes = modality_codes[rows]
+    findings = [findings[i] for i in source]
+    patient_codes = patient_codes[source]
+    modality_codes = modality_codes[source]
     del keys
     key_index = {str(key): i for i, key in enumerate(key_array)}
 
@@ -424,7 +421,6 @@ def load_snapshot(store: GraphStore, version: GraphVersion) -> GraphSnapshot:
     )
     community_ids = np.array([e[0] for e in entries], dtype=np.int64)
     starts, stops = layout.blocks(sort_key, community_ids)
-    centroids = block_centroids(matrix, starts, stops)
     m = sums["m"]
     return GraphSnapshot(
         version=version,
@@ -445,25 +441,13 @@ def load_snapshot(store: GraphStore, version: GraphVersion) -> GraphSnapshot:
         community_size=np.array([e[2] for e in entries], dtype=np.int64),
         block_start=starts.astype(np.int64),
         block_stop=stops.astype(np.int64),
-        centroids=centroids,
         m=None if m is None else float(m),
         run=None if sums["run"] is None else str(sums["run"]),
         load_s=time.perf_counter() - started,
         finding_probabilities=buffers.probabilities[:n],
         buffers=buffers,
+        list_cuts=list_cuts,
     )
-
-
-def block_centroids(matrix: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
-    """float32 (C, 1024): the unit mean of each block's rows (zeros for an empty block)."""
-    centroids = np.zeros((len(starts), matrix.shape[1]), dtype=np.float32)
-    for position, (start, stop) in enumerate(zip(starts, stops, strict=True)):
-        if stop > start:
-            mean = matrix[start:stop].mean(axis=0, dtype=np.float64)
-            norm = float(np.linalg.norm(mean))
-            if norm > 0:
-                centroids[position] = mean / norm
-    return centroids
 
 
 def _buffers_around(

@@ -7,11 +7,12 @@ graph and the latest :ClusteringRun into the read model; nothing is recomputed p
 - The query ``q`` joins the graph with *virtual* edges to its ``n`` nearest eligible images
   (``n`` = ``region_query_edges``, default the graph's kNN ``k``); the weight of each edge is the
   exact cosine, and ties go to the smaller key. ``k_q`` = sum of those weights. Nothing is
-  written. The nearest are looked for among the members of the communities whose centroids are
-  nearest the query (:func:`probe`), until at least ``region_seed_candidates`` eligible images
-  were scored (0: every image, the exact nearest). When the probe covers every image the seed is
-  the exact nearest; otherwise it is an inverted-file approximation of it, as the vector index's
-  candidates were before (the benchmark reports how often it equals the exact nearest).
+  written. The nearest are looked for among the rows of the scan lists (k-means lists inside the
+  communities) whose centroids are nearest the query (:class:`Probe`), until at least
+  ``region_seed_candidates`` eligible images were scored (0: every image, the exact nearest).
+  When the probe covers every image the seed is the exact nearest; otherwise it is an
+  inverted-file approximation of it, as the vector index's candidates were before (the
+  benchmark reports how often it equals the exact nearest).
 - The region ``R`` starts as ``{q}``; ``sigma_R = k_q + sum of k_i over the images in R``;
   ``k_{R,c}`` = weight of the edges (virtual ones included) between R and the members of
   community c; ``k_{j,R}`` = weight of the edges between image j and R (virtual ones included);
@@ -54,6 +55,7 @@ from services.retrieval.contract import (
     SearchHits,
     Strategy,
 )
+from services.retrieval.layout import ScanLists
 from services.retrieval.readmodel import NO_COMMUNITY, GraphSnapshot
 
 TIE_TOLERANCE = 1e-9
@@ -79,113 +81,163 @@ FLOAT32_SLACK = 1e-4
 class Probe:
     """The rows scored so far for one query: float32 cosines, ineligible rows -inf.
 
-    Blocks that touch in the layout (services/retrieval/layout.py lays near communities out
-    next to each other) are scored as one product over a view of the matrix; each row is
-    scored once."""
+    What it ranks and scans are the snapshot's scan lists (services/retrieval/layout.py: each
+    community's block cut into k-means lists of ~20 rows), nearest list centroid first. Lists
+    that touch in the layout are scored as one product over a view of the matrix; each row is
+    scored once; the rows appended to a community since the layout (``extras``) are scored with
+    its first list. Rows of no community, and communities newer than the lists (rare: the
+    layout is remade for every clustering run), are scored at the start."""
 
     snapshot: GraphSnapshot
     query: np.ndarray  # float32 (1024,)
     eligible: np.ndarray  # bool (N,)
-    centroid_order: np.ndarray  # block positions, nearest centroid first
-    centroid_scores: np.ndarray  # float32 (C,)
-    scored: np.ndarray  # bool (C,): every member of the block position was scored
+    lists: ScanLists
+    unit_scores: np.ndarray  # float32 (L,): centroid cosine of each ranked list, -inf: not yet
+    order: np.ndarray  # ranked lists of live communities, nearest centroid first
+    scored: np.ndarray  # bool (L,): every row of the list was scored
+    extras_scored: np.ndarray  # bool (C,)
     chunks: list[tuple[np.ndarray, np.ndarray]]  # (rows, cosines), each scored row once
     scanned: int = 0  # eligible images scored
-    complete: bool = True  # False: centroid_order holds the nearest groups' communities only
+    complete: bool = True  # False: only the lists of the groups nearest the query are ranked
 
     @classmethod
     def start(
         cls, snapshot: GraphSnapshot, query: np.ndarray, eligible: np.ndarray, min_images: int
     ) -> Probe:
-        """``min_images``: how many the search will scan (0: all); with a two-level centroid
-        index only the centroids of the groups nearest the query are scored for that."""
-        count = len(snapshot.community_ids)
-        groups = snapshot.centroid_groups() if min_images > 0 else None
-        if groups is None:
-            positions = np.arange(count, dtype=np.int64)
-            centroid_scores = snapshot.centroids @ query
-        else:
-            positions = groups.nearest(query, min_images, count)
-            centroid_scores = np.full(count, -np.inf, dtype=np.float32)
-            centroid_scores[positions] = snapshot.centroids[positions] @ query
-        scored = np.zeros(count, dtype=bool)
-        probe = cls(snapshot, query, eligible, cls._order(snapshot, positions, centroid_scores),
-                    centroid_scores, scored, [], complete=groups is None)  # fmt: skip
-        unassigned = snapshot.unassigned_rows
-        if len(unassigned):
-            probe._add(unassigned, snapshot.matrix[unassigned] @ query)
+        """``min_images``: how many the search will scan (0: all); with groups of lists only
+        the centroids of the lists in the groups nearest the query are scored for that."""
+        lists = snapshot.scan_lists
+        assert lists is not None
+        count = len(lists.start)
+        unit_scores = np.full(count, -np.inf, dtype=np.float32)
+        candidates = lists.score_nearest(query, min_images if min_images > 0 else None,
+                                         unit_scores)  # fmt: skip
+        probe = cls(snapshot, query, eligible, lists, unit_scores, np.zeros(0, np.int64),
+                    np.zeros(count, dtype=bool), np.zeros(len(snapshot.community_ids), bool),
+                    [], complete=len(candidates) == count)  # fmt: skip
+        probe.order = probe._order(candidates)
+        unlisted = [snapshot.unassigned_rows]
+        for position in range(lists.count, len(snapshot.community_ids)):
+            probe.extras_scored[position] = True
+            if snapshot.community_alive[position]:
+                unlisted.append(_rows(snapshot.members(position)))
+        rows = np.concatenate(unlisted)
+        if len(rows):
+            probe._add(rows, snapshot.matrix[rows] @ query)
         return probe
 
-    @staticmethod
-    def _order(
-        snapshot: GraphSnapshot, positions: np.ndarray, centroid_scores: np.ndarray
-    ) -> np.ndarray:
-        """Live block positions, nearest centroid first (ties: smaller id)."""
-        positions = positions[snapshot.community_alive[positions]]  # deleted since the layout
-        by_score = np.lexsort((snapshot.community_ids[positions], -centroid_scores[positions]))
-        return positions[by_score]
+    def units_of(self, position: int) -> np.ndarray:
+        """The lists of a block position (none for a community newer than the lists)."""
+        lists = self.lists
+        if position < lists.count:
+            return np.arange(lists.first[position], lists.last[position], dtype=np.int64)
+        return np.zeros(0, dtype=np.int64)
+
+    def _order(self, units: np.ndarray) -> np.ndarray:
+        """The units of live communities, nearest centroid first (ties: layout order)."""
+        units = units[self.snapshot.community_alive[self.lists.position[units]]]
+        return units[np.lexsort((units, -self.unit_scores[units]))]
 
     def _complete_order(self) -> None:
-        """Every live centroid in the order (the nearest groups held too few images)."""
-        snapshot = self.snapshot
-        rest = np.flatnonzero(np.isneginf(self.centroid_scores))
-        self.centroid_scores[rest] = snapshot.centroids[rest] @ self.query
-        self.centroid_order = np.concatenate(
-            [self.centroid_order, self._order(snapshot, rest, self.centroid_scores)]
-        )
+        """Every list in the order (the lists of the nearest groups held too few images)."""
+        rest = np.flatnonzero(np.isneginf(self.unit_scores))
+        self.unit_scores[rest] = self.lists.centroids_of(rest) @ self.query
+        self.order = np.concatenate([self.order, self._order(rest)])
         self.complete = True
 
     def _add(self, rows: np.ndarray, scores: np.ndarray) -> None:
         eligible = self.eligible[rows]
         scores[~eligible] = -np.inf
         self.chunks.append((rows, scores))
-        self.scanned += int(eligible.sum())
+        self.scanned += int(np.count_nonzero(eligible))
 
-    def score(self, positions: np.ndarray | list[int]) -> None:
-        """Scores every member of these block positions not scored yet."""
+    def score(self, units: np.ndarray) -> None:
+        """Scores every row of these units not scored yet."""
         snapshot = self.snapshot
-        new = np.asarray(positions, dtype=np.int64)
+        new = np.asarray(units, dtype=np.int64)
         new = new[~self.scored[new]]
         if len(new) == 0:
             return
         self.scored[new] = True
-        starts, stops = snapshot.block_start[new], snapshot.block_stop[new]
+        lists = self.lists
+        starts, stops, positions = lists.start[new], lists.stop[new], lists.position[new]
         filled = stops > starts
-        starts, stops = np.sort(starts[filled]), np.sort(stops[filled])  # blocks are disjoint
+        starts, stops = np.sort(starts[filled]), np.sort(stops[filled])  # units are disjoint
         if len(starts):
             breaks = np.flatnonzero(starts[1:] != stops[:-1]) + 1
-            run_starts = starts[np.concatenate([[0], breaks])].tolist()
-            run_stops = stops[np.concatenate([breaks - 1, [len(stops) - 1]])].tolist()
-            for start, stop in zip(run_starts, run_stops, strict=True):
-                self._add(np.arange(start, stop), snapshot.matrix[start:stop] @ self.query)
+            run_starts = starts[np.concatenate([[0], breaks])]
+            run_stops = stops[np.concatenate([breaks - 1, [len(stops) - 1]])]
+            lengths = run_stops - run_starts
+            # One buffer for every run's cosines and one eligibility pass: at ~30 rows a list
+            # the runs are many and short, and per-run array overhead would be most of the time.
+            offsets = np.cumsum(lengths) - lengths
+            rows = np.arange(int(lengths.sum()), dtype=np.int64)
+            rows += np.repeat(run_starts - offsets, lengths)
+            scores = np.empty(len(rows), dtype=np.float32)
+            for start, stop, offset in zip(
+                run_starts.tolist(), run_stops.tolist(), offsets.tolist(), strict=True
+            ):
+                np.dot(
+                    snapshot.matrix[start:stop],
+                    self.query,
+                    out=scores[offset : offset + stop - start],
+                )
+            self._add(rows, scores)
+        positions = np.unique(positions)
+        positions = positions[~self.extras_scored[positions]]
+        self.extras_scored[positions] = True
         if snapshot.extras:
-            extra = [snapshot.extras[p] for p in new.tolist() if p in snapshot.extras]
+            extra = [snapshot.extras[p] for p in positions.tolist() if p in snapshot.extras]
             if extra:
                 rows = np.concatenate(extra)
                 self._add(rows, snapshot.matrix[rows] @ self.query)
 
-    def scan_nearest_communities(self, min_images: int, min_communities: int = 1) -> None:
-        """Scores blocks in centroid order until ``min_images`` eligible images (0: all)."""
+    def unscored_eligible(self, position: int) -> int:
+        """Eligible members of the community no unit scored yet."""
+        units = self.units_of(position)
+        units = units[~self.scored[units]]
+        starts, stops = self.lists.start[units].tolist(), self.lists.stop[units].tolist()
+        count = sum(
+            int(np.count_nonzero(self.eligible[a:b])) for a, b in zip(starts, stops, strict=True)
+        )
+        extra = self.snapshot.extras.get(position)
+        if extra is not None and not self.extras_scored[position]:
+            count += int(np.count_nonzero(self.eligible[extra]))
+        return count
+
+    def scan_nearest(self, min_images: int) -> None:
+        """Scores units in centroid order until ``min_images`` eligible images (0: all), at
+        least one unit."""
         if min_images <= 0:
             if not self.complete:
                 self._complete_order()
-            self.score(self.centroid_order)
+            self.score(self.order)
             return
-        # Stored community sizes estimate how many blocks are needed; a shortfall (members
-        # not eligible) takes another batch.
+        # Unit sizes estimate how many units are needed; a shortfall (rows not eligible, or a
+        # community's rows appended since the layout) takes another batch.
         done = 0
-        while self.scanned < min_images or done < min_communities:
-            if done >= len(self.centroid_order):
+        while self.scanned < min_images or done == 0:
+            if done >= len(self.order):
                 if self.complete:
                     return
                 self._complete_order()
-            order = self.centroid_order
+                continue
+            rest = self.order[done:]
             need = min_images - self.scanned
-            sizes = np.cumsum(self.snapshot.community_size[order[done:]])
-            take = int(np.searchsorted(sizes, need)) + 1 if need > 0 else 0
-            take = max(take, min_communities - done, 1)
-            self.score(order[done : done + take])
+            sizes = np.cumsum(self.lists.stop[rest] - self.lists.start[rest])
+            take = int(np.searchsorted(sizes, need)) + 1 if need > 0 else 1
+            self.score(self.order[done : done + take])
             done += take
+
+    def community_order(self) -> tuple[np.ndarray, np.ndarray]:
+        """Block positions of the ranked units' communities, nearest unit first, and each
+        position's best unit cosine (float32 (C,), -inf: none ranked)."""
+        positions = self.lists.position[self.order]
+        _, first = np.unique(positions, return_index=True)
+        first.sort()
+        best = np.full(len(self.snapshot.community_ids), -np.inf, dtype=np.float32)
+        best[positions[first]] = self.unit_scores[self.order[first]]  # the order is by score
+        return positions[first], best
 
     def candidates(self) -> tuple[np.ndarray, np.ndarray]:
         """Rows and float32 cosines of every eligible image scored so far."""
@@ -345,7 +397,7 @@ class QueryEdgeSearch(ABC):
         with diagnostics.stage("seed"):
             eligible = snapshot.eligible(filters)
             probe = Probe.start(snapshot, query, eligible, self.seed_candidates)
-            probe.scan_nearest_communities(self.seed_candidates)
+            probe.scan_nearest(self.seed_candidates)
             rows, weights = nearest(snapshot, query, *probe.candidates(), self.query_edges)
         return eligible, probe, rows, weights
 
@@ -367,7 +419,7 @@ class RegionGrowingSearch(QueryEdgeSearch):
         *,
         query_edges: int,
         max_communities: int = 32,
-        seed_candidates: int = 4096,
+        seed_candidates: int = 8192,
     ) -> None:
         self.cache = cache
         self.query_edges = query_edges
@@ -396,8 +448,7 @@ class RegionGrowingSearch(QueryEdgeSearch):
                 assert position is not None
                 unvisited[position] = False
                 record_visit(diagnostics, snapshot, position)
-                if not probe.scored[position]:
-                    examined += int(eligible[snapshot.members(position)].sum())
+                examined += probe.unscored_eligible(position)
                 region.grow_in(position, eligible, query64, k)
         diagnostics.images_examined = examined
         return hits_of(snapshot, np.array(region.images, dtype=np.int64), query64, diagnostics)

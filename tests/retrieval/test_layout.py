@@ -1,5 +1,6 @@
 """The read model's layout (services/retrieval/layout.py): communities with near centroids lie
-next to each other in the rows, and a search scores touching blocks as one product."""
+next to each other in the rows, each community's block is cut into k-means scan lists, and a
+search scores touching lists as one product."""
 
 from __future__ import annotations
 
@@ -11,8 +12,14 @@ from services.graph.store import GraphStore
 from services.retrieval.cache import ReadModelCache
 from services.retrieval.contract import SearchFilters, Strategy
 from services.retrieval.incremental import relayout
-from services.retrieval.layout import CentroidGroups, CommunityLayout, similarity_order
-from services.retrieval.readmodel import GraphSnapshot
+from services.retrieval.layout import (
+    LIST_ROWS,
+    CommunityLayout,
+    ScanLists,
+    similarity_order,
+    split_into_lists,
+)
+from services.retrieval.readmodel import GraphSnapshot, load_snapshot
 from services.retrieval.region import Probe
 from services.retrieval.service import RetrievalService
 from tests.retrieval.graphs import DIM, SmallGraph, unit
@@ -88,7 +95,9 @@ def test_the_read_model_lays_near_communities_next_to_each_other(
     # The three near communities touch: one product scores them, as the rows one by one would.
     query = graph.embeddings["img-000-0"]
     probe = Probe.start(snapshot, query, snapshot.eligible(SearchFilters()), 0)
-    probe.score([snapshot.position_of_community[c] for c in (0, 2, 4)])
+    probe.score(
+        np.concatenate([probe.units_of(snapshot.position_of_community[c]) for c in (0, 2, 4)])
+    )
     assert len(probe.chunks) == 1
     rows, scores = probe.candidates()
     assert sorted(rows.tolist()) == sorted(
@@ -118,29 +127,127 @@ def block_range(snapshot: GraphSnapshot, community: int) -> tuple[int, int]:
     return block.start, block.stop
 
 
-def test_centroid_groups_hold_the_nearest_communities() -> None:
-    rng = np.random.default_rng(5)
-    centres = rng.standard_normal((20, DIM))
-    centroids = np.stack(
-        [unit(centres[i % 20] + rng.standard_normal(DIM) * 0.05) for i in range(400)]
-    )
-    order = similarity_order(centroids)
-    block_start = np.empty(400, dtype=np.int64)
-    block_start[order] = np.arange(400) * 3
-    groups = CentroidGroups.of(centroids, block_start, np.full(400, 3))
-    assert groups is not None and len(groups.members) == 20
+def clustered_rows(
+    clusters: int, rows: int, *, spread: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``clusters`` tight clusters of ``rows`` unit vectors each, shuffled: vectors and labels."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, DIM))
+    labels = rng.permutation(np.repeat(np.arange(clusters), rows))
+    vectors = np.stack([unit(centres[c] + rng.standard_normal(DIM) * spread) for c in labels])
+    return vectors.astype(np.float32), labels
 
-    for position in (0, 137, 399):
-        chosen = groups.nearest(centroids[position], 30, 403)
-        near = np.argsort(-(centroids @ centroids[position]))[:10]
-        assert set(near.tolist()) <= set(chosen.tolist())
+
+def test_a_big_block_is_cut_into_lists_of_near_rows() -> None:
+    vectors, labels = clustered_rows(4, LIST_ROWS, spread=0.05, seed=2)
+    small, _ = clustered_rows(1, LIST_ROWS, spread=0.05, seed=3)  # under 2 lists' rows
+    matrix = np.concatenate([small, vectors])
+    starts, stops = np.array([0, LIST_ROWS]), np.array([LIST_ROWS, len(matrix)])
+
+    within, cuts = split_into_lists(lambda a, b: matrix[a:b], starts, stops, len(matrix))
+
+    assert np.array_equal(within[:LIST_ROWS], np.arange(LIST_ROWS))
+    assert sorted(within[LIST_ROWS:].tolist()) == list(range(LIST_ROWS, len(matrix)))
+    assert np.array_equal(cuts, LIST_ROWS + np.arange(1, 4) * LIST_ROWS)
+    laid_out = labels[within[LIST_ROWS:] - LIST_ROWS]
+    for part in np.split(laid_out, 4):
+        assert len(set(part.tolist())) == 1, laid_out  # one cluster per list
+    again, _ = split_into_lists(lambda a, b: matrix[a:b], starts, stops, len(matrix))
+    assert np.array_equal(again, within)
+
+    lists = ScanLists.of(matrix[within], starts, stops, cuts)
+    assert lists.start.tolist() == (np.arange(5) * LIST_ROWS).tolist()
+    assert lists.position.tolist() == [0, 1, 1, 1, 1]
+    assert (lists.first.tolist(), lists.last.tolist()) == ([0, 1], [1, 5])
+    np.testing.assert_allclose(np.linalg.norm(lists.centroids, axis=1), 1.0, atol=1e-5)
+    assert np.array_equal(lists.slots, np.arange(5))
+    assert lists.group_bounds is None  # under GROUPED_FROM lists: every list is scored
+
+
+def test_list_groups_hold_the_lists_nearest_the_query() -> None:
+    vectors, labels = clustered_rows(20, 60, spread=0.3, seed=5)
+    vectors = vectors[np.argsort(labels, kind="stable")]
+    blocks = np.arange(0, len(vectors), 3)  # 400 blocks of 3 rows of one cluster: 400 lists
+    lists = ScanLists.of(vectors, blocks, blocks + 3, np.zeros(0, np.int64))
+    assert len(lists.start) == 400 and lists.group_bounds is not None
+    assert len(lists.group_bounds) == 21 and lists.group_bounds[-1] == 400
+    assert sorted(lists.slots.tolist()) == list(range(400))
+
+    for row in (0, 555, 1199):
+        scores = np.full(400, -np.inf, dtype=np.float32)
+        chosen = lists.score_nearest(vectors[row], 30, scores)
         assert len(chosen) < 400 // 2
-        assert {400, 401, 402} <= set(chosen.tolist())  # communities newer than the groups
-    assert CentroidGroups.of(centroids[:100], block_start[:100], np.full(100, 3)) is None
+        assert set(np.flatnonzero(np.isfinite(scores)).tolist()) == set(chosen.tolist())
+        every = lists.centroids_of(np.arange(400)) @ vectors[row]
+        np.testing.assert_allclose(scores[chosen], every[chosen], atol=1e-6)
+        near = np.argsort(-every)[:5]
+        assert set(near.tolist()) <= set(chosen.tolist())
+
+
+def store_three_clusters_in_one_community(store: GraphStore) -> tuple[SmallGraph, np.ndarray]:
+    """Community 7: three tight clusters of 2 * LIST_ROWS images (``img-NNN``, labels by NNN);
+    two small communities beside it."""
+    vectors, labels = clustered_rows(3, 2 * LIST_ROWS, spread=0.05, seed=9)
+    embeddings = {f"img-{i:03d}": vector for i, vector in enumerate(vectors)}
+    extra = communities_around(2, 2, 5, spread=0.03, seed=4)
+    embeddings.update(extra.embeddings)
+    community_of = {key: 7 for key in embeddings} | extra.community_of
+    graph = SmallGraph(embeddings, knn_edges(embeddings, 4), community_of, {}, {})
+    graph.write(store)
+    return graph, labels
+
+
+def assert_rows_keep_their_keys_and_lists_one_cluster(
+    model: GraphSnapshot, graph: SmallGraph, labels: np.ndarray
+) -> None:
+    for row, key in enumerate(model.keys.tolist()):
+        np.testing.assert_allclose(model.matrix[row], graph.embeddings[key], atol=1e-6)
+    lists = model.scan_lists
+    assert lists is not None
+    big = model.position_of_community[7]
+    units = range(lists.first[big], lists.last[big])
+    assert len(units) >= 3
+    for unit_id in units:
+        keys = model.keys[lists.start[unit_id] : lists.stop[unit_id]]
+        assert len({int(labels[int(str(key)[4:])]) for key in keys}) == 1
 
 
 @pytest.mark.neo4j
-def test_ranked_search_over_centroid_groups_answers_as_over_every_centroid(
+def test_loaded_and_compacted_models_keep_each_row_with_its_key(
+    clean_graph: GraphStore, settings: Settings
+) -> None:
+    graph, labels = store_three_clusters_in_one_community(clean_graph)
+
+    snapshot = ReadModelCache(clean_graph, settings).get()
+    sums = clean_graph.query("search_region_model")[0]
+    for model in (snapshot, relayout(snapshot, None, sums)):
+        assert_rows_keep_their_keys_and_lists_one_cluster(model, graph, labels)
+
+
+@pytest.mark.neo4j
+def test_a_load_whose_counts_went_stale_keeps_each_row_with_its_key(
+    clean_graph: GraphStore, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Images that joined their communities between the load's count and its rows go to the
+    overflow area, and the rows are gathered into new buffers: the other path through the load."""
+    graph, labels = store_three_clusters_in_one_community(clean_graph)
+    version = RetrievalService(clean_graph, settings).read_model.version()
+    counted = clean_graph.query
+
+    def counts_before_two_joined_each(name: str, /, **params: object) -> list:
+        records = counted(name, **params)
+        if name != "search_community_counts":
+            return records
+        return [{**record, "images": record["images"] - 2} for record in map(dict, records)]
+
+    monkeypatch.setattr(clean_graph, "query", counts_before_two_joined_each)
+    snapshot = load_snapshot(clean_graph, version)
+
+    assert_rows_keep_their_keys_and_lists_one_cluster(snapshot, graph, labels)
+
+
+@pytest.mark.neo4j
+def test_ranked_search_over_list_groups_answers_as_over_every_list(
     clean_graph: GraphStore, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     graph = communities_around(30, 300, 3, spread=0.05, seed=8)
@@ -149,7 +256,7 @@ def test_ranked_search_over_centroid_groups_answers_as_over_every_centroid(
     tuned = settings.model_copy(update={"ranked_seed_candidates": 60})
     grouped = RetrievalService(clean_graph, tuned)
     snapshot = grouped.read_model.get()
-    assert snapshot.centroid_groups() is not None
+    assert snapshot.scan_lists is not None and snapshot.scan_lists.group_bounds is not None
 
     keys = sorted(embeddings)[::97]
     filters = {key: SearchFilters(exclude_keys=frozenset({key})) for key in keys}
@@ -159,10 +266,11 @@ def test_ranked_search_over_centroid_groups_answers_as_over_every_centroid(
     }
     monkeypatch.setattr("services.retrieval.layout.GROUPED_FROM", 10**6)
     everything = RetrievalService(clean_graph, tuned)
-    assert everything.read_model.get().centroid_groups() is None
+    every_list = everything.read_model.get().scan_lists
+    assert every_list is not None and every_list.group_bounds is None
     for key in keys:
         hits = everything.search(embeddings[key], 20, Strategy.COMMUNITY_RANKED, filters[key])
         assert hits.keys == answers[key].keys
         assert hits.diagnostics.communities_visited == answers[key].diagnostics.communities_visited
     probe = Probe.start(snapshot, embeddings[keys[0]], snapshot.eligible(SearchFilters()), 60)
-    assert np.isneginf(probe.centroid_scores).sum() > len(snapshot.community_ids) // 2
+    assert np.isneginf(probe.unit_scores).sum() > len(snapshot.community_ids) // 2

@@ -41,7 +41,6 @@ def snapshot_with(probabilities: np.ndarray) -> GraphSnapshot:
         community_size=np.zeros(0, dtype=np.int64),
         block_start=np.zeros(0, dtype=np.int64),
         block_stop=np.zeros(0, dtype=np.int64),
-        centroids=np.zeros((0, 1024), dtype=np.float32),
         m=None,
         run=None,
         finding_probabilities=np.asarray(probabilities, dtype=np.float32),
