@@ -99,6 +99,7 @@ class ReadModelCache:
         self.regroups = 0  # new partitions adopted over the same rows (no copy)
         self.heap_releases = 0  # freed heap handed back to the system after swaps
         self.last_error: str | None = None
+        self.building: tuple[str, float] | None = None  # (kind, wall-clock start) of the build
 
     # --- reading the stored graph --------------------------------------------------------------
     def _read_version(self) -> GraphVersion:
@@ -200,14 +201,25 @@ class ReadModelCache:
             return
         generation = version[0]
         if snapshot.version[5:] != (None,) and snapshot.version[5:] != version[5:]:
-            self._request(REBUILD, version)  # another database (wiped or restored)
+            self._request(REBUILD, version, "another database (wiped or restored)")
             return
         if generation == snapshot.seq:
             if snapshot.version[1:] != version[1:]:
-                self._request(REBUILD, version)  # changed outside the platform
+                # search_graph_version reads the generation first and the counts, latest
+                # ingestion and run after it, not in one snapshot (read committed): a logged
+                # change committing in between shows as new counts under the old generation.
+                # Read again before taking it for a write outside the platform.
+                again = self._read_version()
+                if again[0] != generation:
+                    self.follow(again)  # it was a logged change: applied, no rebuild
+                elif snapshot.version[1:] != again[1:]:
+                    self._request(
+                        REBUILD, again,
+                        f"changed outside the platform: {snapshot.version[1:]} -> {again[1:]}",
+                    )  # fmt: skip
             return
         if generation < snapshot.seq or snapshot.seq <= generation - CHANGE_LOG_KEEP:
-            self._request(REBUILD, version)  # a restored database, or a trimmed log
+            self._request(REBUILD, version, "a restored database, or a trimmed log")
             return
         record = self.store.read_autocommit(
             "search_changes", after=snapshot.seq, limit=CHANGES_PER_ROUND
@@ -215,17 +227,17 @@ class ReadModelCache:
         changes = [c for c in record["changes"] if c is not None and c["seq"] <= generation]
         complete = bool(changes) and changes[-1]["seq"] == generation
         if not complete and len(record["changes"]) < CHANGES_PER_ROUND:
-            self._request(REBUILD, version)  # a generation bump no logged change explains
+            self._request(REBUILD, version, f"generation {generation} not in the change log")
             return
         keys: list[str] = []
         for change in changes:
             kind = change["kind"]
             if kind == ChangeKind.RELOAD:
-                self._request(REBUILD, version)
+                self._request(REBUILD, version, f"reload change {change['seq']}")
                 if not self.live:
                     return  # loaded on this thread, at this version
             elif kind == ChangeKind.PARTITION:
-                self._request(PARTITION, version)  # on this thread unless live
+                self._request(PARTITION, version, f"partition change {change['seq']}")
             keys.extend(change["keys"] or ())
         last = changes[-1]
         # The counts the last change left, so that a later write outside the platform shows
@@ -235,7 +247,7 @@ class ReadModelCache:
             self._apply(keys, target)
         except NeedsRebuild as reason:
             log.info("read model: %s; rebuilding", reason)
-            self._request(REBUILD, version)
+            self._request(REBUILD, version, str(reason))
             return
         self._maybe_compact(version)
 
@@ -254,7 +266,7 @@ class ReadModelCache:
         if snapshot.changed_rows > max(
             MIN_COMPACT_ROWS, COMPACT_FRACTION * snapshot.base_rows
         ) and self._copy_fits(snapshot):
-            self._request(COMPACT, version)
+            self._request(COMPACT, version, f"{snapshot.changed_rows} rows changed")
 
     def _copy_fits(self, snapshot: GraphSnapshot) -> bool:
         """Whether a second model the size of ``snapshot`` fits under the memory limit now."""
@@ -264,7 +276,7 @@ class ReadModelCache:
         return resident + snapshot.nbytes <= self.layout_memory_bytes
 
     # --- whole models --------------------------------------------------------------------------
-    def _request(self, kind: str, version: GraphVersion) -> None:
+    def _request(self, kind: str, version: GraphVersion, reason: str = "") -> None:
         if not self.live:
             self._build(kind, version)
             return
@@ -272,6 +284,15 @@ class ReadModelCache:
             wanted = self._build_requested
             if wanted is None or _BUILD_ORDER.index(kind) < _BUILD_ORDER.index(wanted):
                 self._build_requested = kind
+                # Every whole-model build is visible in the log from its request on (a rebuild
+                # at 223,648 takes minutes under writes and ~3 GB next to the old model).
+                log.info(
+                    "read model: %s requested (%s)%s, resident %d MiB",
+                    kind,
+                    reason or "no reason given",
+                    "" if wanted is None else f" over a pending {wanted}",
+                    _resident_mib(),
+                )
             if self._builder is None or not self._builder.is_alive():
                 self._builder = threading.Thread(
                     target=self._build_loop, name="read-model-build", daemon=True
@@ -284,14 +305,24 @@ class ReadModelCache:
                 kind, self._build_requested = self._build_requested, None
             if kind is None:
                 return
+            self.building = (kind, time.time())
+            log.info("read model: %s build started, resident %d MiB", kind, _resident_mib())
             try:
                 self._build(kind, None)
-            except Exception as problem:  # the old model keeps answering; try again later
+            except BaseException as problem:  # the old model keeps answering; try again later
                 self.last_error = f"{type(problem).__name__}: {problem}"
-                log.exception("read model: building a new model failed")
+                log.exception(
+                    "read model: building a new model (%s) failed, resident %d MiB",
+                    kind,
+                    _resident_mib(),
+                )
+                if not isinstance(problem, Exception):
+                    raise
                 self._stop.wait(5.0)
                 with self._swap_lock:
                     self._build_requested = self._build_requested or kind
+            finally:
+                self.building = None
 
     def _build(self, kind: str, version: GraphVersion | None) -> None:
         """A whole new model; then, under the follow lock, the changes logged since replayed
@@ -337,7 +368,7 @@ class ReadModelCache:
             how,
             time.monotonic() - started,
             len(built),
-            psutil.Process().memory_info().rss >> 20,
+            _resident_mib(),
         )
 
     # --- swapping ------------------------------------------------------------------------------
@@ -401,5 +432,11 @@ class ReadModelCache:
             "rows": None if snapshot is None else len(snapshot),
             "live": None if snapshot is None else snapshot.live,
             "building": self._builder is not None and self._builder.is_alive(),
+            "building_kind": None if self.building is None else self.building[0],
+            "building_since": None if self.building is None else self.building[1],
             "last_error": self.last_error,
         }
+
+
+def _resident_mib() -> int:
+    return psutil.Process().memory_info().rss >> 20

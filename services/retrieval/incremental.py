@@ -373,7 +373,8 @@ def relayout(
     buffers = RowBuffers.allocate(
         n, snapshot.matrix.shape[1], snapshot.keys.dtype, snapshot.finding_probabilities.shape[1]
     )
-    np.take(snapshot.matrix, order, axis=0, out=buffers.matrix[:n])
+    # mode="clip": take's default mode buffers ``out`` in a temporary (a third matrix).
+    np.take(snapshot.matrix, order, axis=0, out=buffers.matrix[:n], mode="clip")
     buffers.keys[:n] = snapshot.keys[order]
     buffers.probabilities[:n] = snapshot.finding_probabilities[order]
     # Every live row's edges (CSR rows, or the overlay's), renumbered.

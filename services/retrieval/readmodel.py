@@ -358,7 +358,13 @@ def load_snapshot(store: GraphStore, version: GraphVersion) -> GraphSnapshot:
                 overflow += 1
                 if row >= matrix.shape[0]:
                     grown = max(matrix.shape[0] * 2, row + 1)
-                    matrix = np.resize(matrix, (grown, EMBEDDING_DIM))
+                    # Not np.resize: it fills the new rows with repeats of the old ones, so the
+                    # whole doubled matrix (1.8 GiB at 223,648) is resident at once; here only
+                    # the rows written are.
+                    larger = np.empty((grown, EMBEDDING_DIM), dtype=np.float32)
+                    larger[:row] = matrix[:row]
+                    matrix = larger
+                    del larger
                     keys.extend([None] * (grown - len(keys)))
                     findings.extend([()] * (grown - len(findings)))
                     probabilities.extend([None] * (grown - len(probabilities)))
@@ -401,8 +407,15 @@ def load_snapshot(store: GraphStore, version: GraphVersion) -> GraphSnapshot:
     del probabilities
     if np.array_equal(rows, np.arange(len(rows))):
         buffers = _buffers_around(matrix, len(rows), key_array, finding_probabilities)
-    else:  # rows moved (concurrent writes): one gather into new buffers
-        buffers = RowBuffers.with_headroom(matrix[rows], key_array, finding_probabilities)
+    else:  # rows moved (concurrent writes): one gather straight into new buffers
+        # (``matrix[rows]`` first would hold a third matrix; ``mode="clip"`` because take's
+        # default mode buffers ``out`` in a temporary copy as well; rows are in range).
+        buffers = RowBuffers.allocate(
+            len(rows), matrix.shape[1], key_array.dtype, finding_probabilities.shape[1]
+        )
+        np.take(matrix, rows, axis=0, out=buffers.matrix[: len(rows)], mode="clip")
+        buffers.keys[: len(rows)] = key_array
+        buffers.probabilities[: len(rows)] = finding_probabilities
     del matrix
     n = len(rows)
     matrix = buffers.matrix[:n]

@@ -203,6 +203,29 @@ def test_cypher_run_outside_the_platform_is_picked_up(
     live.read_model.close()
 
 
+def test_a_version_read_across_a_logged_change_is_not_taken_for_an_outside_write(
+    clean_graph: GraphStore, settings: Settings
+) -> None:
+    """search_graph_version reads the generation before the counts (not one snapshot): a
+    logged change committing between the two reads shows its counts under the old generation.
+    That is not a write outside the platform; the change is applied, nothing reloaded."""
+    graph = stored_graph(clean_graph, settings, n=200, extra=4)
+    cache = RetrievalService(clean_graph, settings).read_model
+    cache.get()
+    before, loads = cache.version(), cache.loads
+    new = ingest_logged(clean_graph, graph, range(graph.stored, graph.stored + 2))
+    after = cache.version()
+    assert after[0] > before[0] and after[1] == before[1] + 2
+
+    with cache._follow_lock:
+        cache.follow((before[0], *after[1:]))  # what the torn read returned
+
+    assert cache.loads == loads
+    snapshot = cache.current()
+    assert snapshot is not None and snapshot.seq == after[0]
+    assert all(snapshot.row_of(key) is not None for key in new)
+
+
 def test_an_image_moved_to_another_community_leaves_its_block(
     clean_graph: GraphStore, settings: Settings
 ) -> None:
