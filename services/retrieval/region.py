@@ -467,7 +467,7 @@ def hits_of(
 ) -> SearchHits:
     cosines = snapshot.matrix[rows].astype(np.float64) @ query64 if len(rows) else np.zeros(0)
     return SearchHits(
-        keys=tuple(str(key) for key in snapshot.keys[rows]),
+        keys=tuple(snapshot.keys[rows].tolist()),
         cosines=cosines.astype(np.float32),
         communities=tuple(
             None if c == NO_COMMUNITY else int(c) for c in snapshot.community[rows].tolist()
