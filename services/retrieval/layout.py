@@ -222,7 +222,8 @@ class ScanLists:
     centroids: np.ndarray  # float32 (L, D): unit mean of each list's rows, in slot order
     slots: np.ndarray  # int64 (L,): the list whose centroid each slot holds
     slot_of: np.ndarray  # int64 (L,): each list's slot
-    count: int  # block positions with lists
+    count: int  # block positions the lists were made for
+    listless: np.ndarray  # int64: positions under ``count`` whose block was empty then
     group_bounds: np.ndarray | None = None  # int64 (G + 1,): each group's slots; None: no groups
     group_centroids: np.ndarray | None = None  # float32 (G, D)
     group_rows: np.ndarray | None = None  # int64 (G,)
@@ -259,8 +260,10 @@ class ScanLists:
             if norm > 0:
                 centroids[i] = mean / norm
         identity = np.arange(len(start), dtype=np.int64)
+        listless = np.flatnonzero(last == first)
         if len(start) < GROUPED_FROM:
-            return cls(start, stop, position, first, last, centroids, identity, identity, count)
+            return cls(start, stop, position, first, last, centroids, identity, identity, count,
+                       listless)  # fmt: skip
         groups = int(np.ceil(np.sqrt(len(start))))
         labels = _kmeans(centroids, _farthest_first(centroids, groups), GROUP_ITERATIONS)
         slots = np.argsort(labels, kind="stable")
@@ -273,7 +276,8 @@ class ScanLists:
         sizes = np.add.reduceat(stop[slots] - start[slots], bounds[:-1])
         sizes[bounds[:-1] == bounds[1:]] = 0
         return cls(start, stop, position, first, last, centroids[slots], slots, slot_of, count,
-                   bounds, unit.astype(np.float32), sizes.astype(np.int64))  # fmt: skip
+                   listless, bounds, unit.astype(np.float32),
+                   sizes.astype(np.int64))  # fmt: skip
 
     def centroids_of(self, lists: np.ndarray) -> np.ndarray:
         return self.centroids[self.slot_of[lists]]

@@ -85,8 +85,9 @@ class Probe:
     community's block cut into k-means lists of ~20 rows), nearest list centroid first. Lists
     that touch in the layout are scored as one product over a view of the matrix; each row is
     scored once; the rows appended to a community since the layout (``extras``) are scored with
-    its first list. Rows of no community, and communities newer than the lists (rare: the
-    layout is remade for every clustering run), are scored at the start."""
+    its first list. Rows of no community, communities newer than the lists (rare: the layout is
+    remade for every clustering run) and rows joined to a community whose block was empty when
+    the lists were made are scored at the start."""
 
     snapshot: GraphSnapshot
     query: np.ndarray  # float32 (1024,)
@@ -116,8 +117,11 @@ class Probe:
                     np.zeros(count, dtype=bool), np.zeros(len(snapshot.community_ids), bool),
                     [], complete=len(candidates) == count)  # fmt: skip
         probe.order = probe._order(candidates)
+        # Rows no list holds: of no community, of a community newer than the lists, or joined
+        # to one whose block was empty when the lists were made.
         unlisted = [snapshot.unassigned_rows]
-        for position in range(lists.count, len(snapshot.community_ids)):
+        newer = range(lists.count, len(snapshot.community_ids))
+        for position in [*lists.listless.tolist(), *newer]:
             probe.extras_scored[position] = True
             if snapshot.community_alive[position]:
                 unlisted.append(_rows(snapshot.members(position)))

@@ -274,3 +274,41 @@ def test_ranked_search_over_list_groups_answers_as_over_every_list(
         assert hits.diagnostics.communities_visited == answers[key].diagnostics.communities_visited
     probe = Probe.start(snapshot, embeddings[keys[0]], snapshot.eligible(SearchFilters()), 60)
     assert np.isneginf(probe.unit_scores).sum() > len(snapshot.community_ids) // 2
+
+
+def test_rows_joined_to_a_community_with_no_list_are_scored() -> None:
+    """Community 2 had no rows when the lists were made; two images joined it since (its
+    ``extras``, as an applied change leaves them). Every search scores them."""
+    vectors, _ = clustered_rows(2, 3, spread=0.05, seed=6)
+    n = len(vectors)
+    snapshot = GraphSnapshot(
+        version=(n, None, None, 0),
+        keys=np.array([f"k{i}" for i in range(n)], dtype=str),
+        matrix=vectors,
+        patient_codes=np.full(n, -1, dtype=np.int32),
+        patient_code_of={},
+        modality_codes=np.full(n, -1, dtype=np.int32),
+        modality_code_of={},
+        findings=[()] * n,
+        community=np.array([1, 1, 1, 1, 2, 2], dtype=np.int32),
+        indptr=np.zeros(n + 1, dtype=np.int64),
+        neighbours=np.zeros(0, dtype=np.int32),
+        weights=np.zeros(0, dtype=np.float64),
+        degree=np.zeros(n, dtype=np.float64),
+        community_ids=np.array([1, 2], dtype=np.int64),
+        sigma_tot=np.ones(2, dtype=np.float64),
+        community_size=np.array([4, 2], dtype=np.int64),
+        block_start=np.array([0, 0], dtype=np.int64),
+        block_stop=np.array([4, 0], dtype=np.int64),
+        m=1.0,
+        run="run",
+    )
+    snapshot.extras = {1: np.array([4, 5], dtype=np.int64)}
+    snapshot.community_position[4:] = 1
+    snapshot.unassigned_rows = np.zeros(0, dtype=np.int64)
+    assert snapshot.scan_lists is not None and snapshot.scan_lists.listless.tolist() == [1]
+
+    for floor in (0, 1):
+        probe = Probe.start(snapshot, vectors[5], snapshot.eligible(SearchFilters()), floor)
+        probe.scan_nearest(floor)
+        assert {4, 5} <= set(probe.candidates()[0].tolist())
