@@ -9,6 +9,7 @@ import numpy as np
 
 from services.evaluation.fixtures import PreparedImage, write_graph
 from services.graph.store import GraphStore
+from services.retrieval.readmodel import GraphSnapshot
 from tests.retrieval.reference import knn_edges
 
 DIM = 1024
@@ -87,3 +88,33 @@ def clustered_graph(
     patients = patients or max(1, n // 3)
     patient_of = {key: f"patient-{int(rng.integers(0, patients)):04d}" for key in keys}
     return SmallGraph(embeddings, edges, community_of, findings, patient_of)
+
+
+def bare_snapshot(matrix: np.ndarray, **fields: object) -> GraphSnapshot:
+    """A read model built in memory, without Neo4j: images k0, k1, ... with these embeddings,
+    no patients, modalities, findings or edges, and no communities unless ``fields`` give them
+    (any other field too)."""
+    n = len(matrix)
+    defaults: dict[str, object] = {
+        "version": (n, None, None, 0),
+        "keys": np.array([f"k{i}" for i in range(n)], dtype=str),
+        "matrix": matrix,
+        "patient_codes": np.full(n, -1, dtype=np.int32),
+        "patient_code_of": {},
+        "modality_codes": np.full(n, -1, dtype=np.int32),
+        "modality_code_of": {},
+        "findings": [()] * n,
+        "community": np.full(n, -1, dtype=np.int32),
+        "indptr": np.zeros(n + 1, dtype=np.int64),
+        "neighbours": np.zeros(0, dtype=np.int32),
+        "weights": np.zeros(0, dtype=np.float64),
+        "degree": np.zeros(n, dtype=np.float64),
+        "community_ids": np.zeros(0, dtype=np.int64),
+        "sigma_tot": np.zeros(0, dtype=np.float64),
+        "community_size": np.zeros(0, dtype=np.int64),
+        "block_start": np.zeros(0, dtype=np.int64),
+        "block_stop": np.zeros(0, dtype=np.int64),
+        "m": None,
+        "run": None,
+    }
+    return GraphSnapshot(**(defaults | fields))  # type: ignore[arg-type]

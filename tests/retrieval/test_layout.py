@@ -22,7 +22,7 @@ from services.retrieval.layout import (
 from services.retrieval.readmodel import GraphSnapshot, load_snapshot
 from services.retrieval.region import Probe
 from services.retrieval.service import RetrievalService
-from tests.retrieval.graphs import DIM, SmallGraph, unit
+from tests.retrieval.graphs import DIM, SmallGraph, bare_snapshot, unit
 from tests.retrieval.reference import knn_edges, reference_region_search
 
 
@@ -280,21 +280,9 @@ def test_rows_joined_to_a_community_with_no_list_are_scored() -> None:
     """Community 2 had no rows when the lists were made; two images joined it since (its
     ``extras``, as an applied change leaves them). Every search scores them."""
     vectors, _ = clustered_rows(2, 3, spread=0.05, seed=6)
-    n = len(vectors)
-    snapshot = GraphSnapshot(
-        version=(n, None, None, 0),
-        keys=np.array([f"k{i}" for i in range(n)], dtype=str),
-        matrix=vectors,
-        patient_codes=np.full(n, -1, dtype=np.int32),
-        patient_code_of={},
-        modality_codes=np.full(n, -1, dtype=np.int32),
-        modality_code_of={},
-        findings=[()] * n,
+    snapshot = bare_snapshot(
+        vectors,
         community=np.array([1, 1, 1, 1, 2, 2], dtype=np.int32),
-        indptr=np.zeros(n + 1, dtype=np.int64),
-        neighbours=np.zeros(0, dtype=np.int32),
-        weights=np.zeros(0, dtype=np.float64),
-        degree=np.zeros(n, dtype=np.float64),
         community_ids=np.array([1, 2], dtype=np.int64),
         sigma_tot=np.ones(2, dtype=np.float64),
         community_size=np.array([4, 2], dtype=np.int64),

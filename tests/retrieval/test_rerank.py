@@ -15,36 +15,14 @@ from services.retrieval.rerank import (
     finding_agreement,
     rerank_by_findings,
 )
+from tests.retrieval.graphs import bare_snapshot
 
 
 def snapshot_with(probabilities: np.ndarray) -> GraphSnapshot:
     """Images k0, k1, ... with these stored probabilities (NaN rows: none stored)."""
-    n = len(probabilities)
-    matrix = np.zeros((n, 1024), dtype=np.float32)
+    matrix = np.zeros((len(probabilities), 1024), dtype=np.float32)
     matrix[:, 0] = 1.0
-    return GraphSnapshot(
-        version=(n, None, None, 0),
-        keys=np.array([f"k{i}" for i in range(n)], dtype=str),
-        matrix=matrix,
-        patient_codes=np.full(n, -1, dtype=np.int32),
-        patient_code_of={},
-        modality_codes=np.full(n, -1, dtype=np.int32),
-        modality_code_of={},
-        findings=[()] * n,
-        community=np.full(n, -1, dtype=np.int32),
-        indptr=np.zeros(n + 1, dtype=np.int64),
-        neighbours=np.zeros(0, dtype=np.int32),
-        weights=np.zeros(0, dtype=np.float64),
-        degree=np.zeros(n, dtype=np.float64),
-        community_ids=np.zeros(0, dtype=np.int64),
-        sigma_tot=np.zeros(0, dtype=np.float64),
-        community_size=np.zeros(0, dtype=np.int64),
-        block_start=np.zeros(0, dtype=np.int64),
-        block_stop=np.zeros(0, dtype=np.int64),
-        m=None,
-        run=None,
-        finding_probabilities=np.asarray(probabilities, dtype=np.float32),
-    )
+    return bare_snapshot(matrix, finding_probabilities=np.asarray(probabilities, dtype=np.float32))
 
 
 def hits_of(keys: list[str]) -> SearchHits:
