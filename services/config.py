@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     neo4j_version: str = Field("5.26.19", description="Neo4j Community version fetched.")
     neo4j_heap: str = Field("1g", description="JVM heap of the local Neo4j (-Xms/-Xmx).")
     neo4j_pagecache: str = Field("512m", description="Neo4j page cache size.")
+    neo4j_tx_log_preallocate: bool = Field(
+        True,
+        description="Neo4j writes each transaction log file at its full 256 MB up front "
+        "(db.tx_log.preallocate). Off, the files take only what is written.",
+    )
     neo4j_data_dir: Path | None = Field(
         None, description="Neo4j data folder. Default: <home>/neo4j/data."
     )

@@ -31,6 +31,9 @@ TEST_ENVIRONMENT = {
     "MEDGRAPH_ORTHANC_DICOM_PORT": str(14242 + 10 * TEST_SLOT),
     "MEDGRAPH_NEO4J_HEAP": "1g",
     "MEDGRAPH_NEO4J_PAGECACHE": "256m",
+    # The suite starts several servers that each write a few MB of transactions; preallocated,
+    # each would hold 512 MB of log files, and CI once ran out of disk.
+    "MEDGRAPH_NEO4J_TX_LOG_PREALLOCATE": "false",
     # Workers refuse files outside the data roots; tests keep their files in pytest's temp
     # folders (and the bundled set). A test's own home (.medgraph/test-N) stays outside.
     "MEDGRAPH_DATA_ROOTS": json.dumps([str(REPO_ROOT / "data"), tempfile.gettempdir()]),
@@ -102,3 +105,13 @@ def artifacts_dir() -> Path:
     path = REPO_ROOT / "test-artifacts"
     path.mkdir(exist_ok=True)
     return path
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    # The suite's servers and temporary folders need a few GB; a CI run once died of a full disk.
+    free = {
+        "repo": shutil.disk_usage(REPO_ROOT).free,
+        "temp": shutil.disk_usage(tempfile.gettempdir()).free,
+    }
+    sizes = ", ".join(f"{name} {size / 2**30:.1f} GiB" for name, size in free.items())
+    return f"free disk: {sizes}"

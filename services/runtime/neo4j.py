@@ -158,6 +158,7 @@ class Neo4jRuntime:
             # The server runs on 2 cores next to workers; keep its thread pools modest.
             "server.bolt.thread_pool_max_size": "64",
             "db.tx_log.rotation.retention_policy": "2 files",
+            "db.tx_log.preallocate": str(s.neo4j_tx_log_preallocate).lower(),
         }
         conf = conf_dir / "neo4j.conf"
         conf.write_text("".join(f"{key}={value}\n" for key, value in lines.items()))
