@@ -93,6 +93,36 @@ def publish_tombstones(settings: Settings, keys: Iterable[str], change: Change) 
     return True
 
 
+def send_latest_deletion(client: redis.Redis, epoch: str) -> redis.Connection:
+    """Sends the read of the latest sequence published for the graph ``epoch`` and returns at
+    once, so that a search runs while Redis answers; ``read_latest_deletion`` takes the answer
+    and hands the connection back. A caller that will not read it calls ``drop_read``."""
+    pool = client.connection_pool
+    connection = pool.get_connection()
+    try:
+        connection.send_command("GET", TOMBSTONE_SEQ.format(epoch=epoch))
+    except BaseException:
+        drop_read(client, connection)
+        raise
+    return connection
+
+
+def read_latest_deletion(client: redis.Redis, connection: redis.Connection) -> int:
+    try:
+        return int(connection.read_response() or 0)
+    except BaseException:
+        connection.disconnect()
+        raise
+    finally:
+        client.connection_pool.release(connection)
+
+
+def drop_read(client: redis.Redis, connection: redis.Connection) -> None:
+    # An unread answer would be taken for the next command's on this connection.
+    connection.disconnect()
+    client.connection_pool.release(connection)
+
+
 def tombstones_after(
     client: redis.Redis, epoch: str, after: int
 ) -> tuple[int, list[tuple[str, int]]]:

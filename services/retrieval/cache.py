@@ -26,13 +26,22 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import psutil
 import redis
 
 from services.config import Settings
-from services.graph.changes import CHANGE_LOG_KEEP, ChangeKind, redis_client, tombstones_after
+from services.graph.changes import (
+    CHANGE_LOG_KEEP,
+    ChangeKind,
+    drop_read,
+    read_latest_deletion,
+    redis_client,
+    send_latest_deletion,
+    tombstones_after,
+)
 from services.graph.store import GraphStore
 from services.retrieval.contract import SearchDiagnostics
 from services.retrieval.incremental import (
@@ -60,6 +69,8 @@ _BUILD_ORDER = (REBUILD, PARTITION, COMPACT)
 # How long after a swap the follower hands the freed heap back (services/runtime/memory.py): by
 # then the searches still running on the old snapshot (milliseconds each) have let it go.
 RELEASE_HEAP_AFTER_S = 1.0
+
+Answer = TypeVar("Answer")
 
 
 class ReadModelCache:
@@ -145,6 +156,49 @@ class ReadModelCache:
         with diagnostics.stage("deleted_check"):
             self._check_tombstones()
         return self._snapshot  # type: ignore[return-value]
+
+    def search_with(
+        self,
+        diagnostics: SearchDiagnostics,
+        search: Callable[[GraphSnapshot, SearchDiagnostics], Answer],
+    ) -> Answer:
+        """``search`` on the current snapshot, as after ``get``, with the Redis round trip of a
+        live process's deleted check overlapping the search: the read of the latest published
+        deletion is sent first and its answer taken after the search. A deletion published
+        before the search started and not yet in its snapshot is then dropped from the
+        snapshot, and the search runs again on it (the guarantee is ``get``'s; the second run
+        happens only when a deletion lands during a search)."""
+        if not self.live or self._redis is None:
+            return search(self.get(diagnostics), diagnostics)
+        if self._snapshot is None:
+            with diagnostics.stage("wait_for_model"):
+                self._load_first()
+        self._start_follower()
+        with self._swap_lock:
+            snapshot, seen, epoch = self._snapshot, self._tombstones_seen, self._tombstone_epoch
+        assert snapshot is not None
+        if epoch is None or snapshot.version[5:] != (epoch,):
+            # This graph's first deleted check: get() learns its Redis keys.
+            return search(self.get(diagnostics), diagnostics)
+        try:
+            with diagnostics.stage("deleted_check"):
+                pending = send_latest_deletion(self._redis, epoch)
+        except redis.RedisError:
+            return search(self.get(diagnostics), diagnostics)  # get() reports it
+        try:
+            answer = search(snapshot, diagnostics)
+        except BaseException:
+            drop_read(self._redis, pending)
+            raise
+        try:
+            with diagnostics.stage("deleted_check"):
+                latest = read_latest_deletion(self._redis, pending)
+        except redis.RedisError:
+            latest = seen + 1  # unknown: get() reports it and follows the log
+        if latest <= seen:
+            return answer
+        again = diagnostics.for_another_run()
+        return search(self.get(again), again)
 
     def _load_first(self) -> None:
         with self._first_load:

@@ -100,6 +100,11 @@ class SearchDiagnostics:
     # Re-ranked by findings (services.retrieval.rerank): how many of the strategy's results.
     rerank_candidates: int | None = None
 
+    def for_another_run(self) -> SearchDiagnostics:
+        """Fresh diagnostics for a search run again on a newer snapshot; the time already
+        spent stays in ``stage_ms``."""
+        return SearchDiagnostics(strategy=self.strategy, stage_ms=dict(self.stage_ms))
+
     @property
     def fraction_examined(self) -> float:
         return self.images_examined / self.database_size if self.database_size else 0.0

@@ -58,8 +58,22 @@ class ExactSearch:
         filters: SearchFilters,
         snapshot: GraphSnapshot | None = None,
     ) -> SearchHits:
+        def run(current: GraphSnapshot, diagnostics: SearchDiagnostics) -> SearchHits:
+            return self._search(query, k, filters, current, diagnostics)
+
         diagnostics = SearchDiagnostics(strategy=self.name.value)
-        snapshot = snapshot or self.cache.get(diagnostics)
+        if snapshot is not None:
+            return run(snapshot, diagnostics)
+        return self.cache.search_with(diagnostics, run)
+
+    def _search(
+        self,
+        query: np.ndarray,
+        k: int,
+        filters: SearchFilters,
+        snapshot: GraphSnapshot,
+        diagnostics: SearchDiagnostics,
+    ) -> SearchHits:
         live = snapshot.live
         if live == 0:
             raise GraphNotReady("no stored images to search; ingest some first")

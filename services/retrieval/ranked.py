@@ -4,7 +4,11 @@ lists of an IVF index.
 1. The query's virtual edges, as in ``region`` (its ``n`` nearest eligible images among the
    scan lists, k-means lists inside the communities, whose centroids are nearest,
    :class:`services.retrieval.region.Probe`), from a scan of at least
-   ``ranked_seed_candidates`` eligible images (its nprobe).
+   ``ranked_seed_candidates`` eligible images (its nprobe). The probe starts with the whole
+   community of the nearest list: step 4 visits it anyway (it is linked to the query, or it is
+   the first unlinked one by its nearest list; only ``ranked_max_communities`` linked ones
+   before it would leave it out), and its lists are one contiguous block, so it is one product
+   instead of many short ones.
 2. Communities in Algorithm 1's step-5 order: the modularity gain of assigning the query to the
    community, ``dQ(q, c) = k_{q,c}/m - sigma_tot_c * k_q / (2 m^2)`` (ties: larger ``k_{q,c}``,
    smaller ``sigma_tot_c``, smaller id). The communities the query has no edge to all have
@@ -90,9 +94,12 @@ class CommunityRankedSearch(QueryEdgeSearch):
         diagnostics: SearchDiagnostics,
     ) -> SearchHits:
         query = query.astype(np.float32)
-        _, probe, rows, weights = self.seed(query, filters, snapshot, diagnostics)
+        seed = self.seed(
+            query, filters, snapshot, diagnostics, nearest_community_first=True, keep=k
+        )
+        probe = seed.probe
         with diagnostics.stage("rank"):
-            order, k_qc, nearest_list = self.community_order(probe, rows, weights)
+            order, k_qc, nearest_list = self.community_order(probe, seed.rows, seed.weights)
             best_centroid = float(nearest_list.max()) if len(order) else 0.0
             visits: list[int] = []
             for position in order.tolist():
@@ -105,6 +112,14 @@ class CommunityRankedSearch(QueryEdgeSearch):
                 record_visit(diagnostics, snapshot, position)
             # Which communities are visited does not depend on their scores: one batch.
             probe.score(np.concatenate([probe.units_of(p) for p in visits] or [[]]))
-            chosen, _ = nearest(snapshot, query, *probe.candidates(), k)
+            # The K nearest of everything scored: of the seed's K nearest and the rows scored
+            # since (often none: the nearest community was scored in the seed).
+            rows, scores = probe.candidates(since=seed.chunks)
+            if len(rows):
+                rows = np.concatenate([seed.nearest_rows, rows])
+                scores = np.concatenate([seed.nearest_cosines.astype(np.float32), scores])
+                chosen, cosines = nearest(snapshot, query, rows, scores, k)
+            else:
+                chosen, cosines = seed.nearest_rows[:k], seed.nearest_cosines[:k]
         diagnostics.images_examined = probe.scanned
-        return hits_of(snapshot, chosen, query.astype(np.float64), diagnostics)
+        return hits_of(snapshot, chosen, None, diagnostics, cosines)

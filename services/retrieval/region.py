@@ -43,6 +43,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
@@ -56,7 +57,7 @@ from services.retrieval.contract import (
     Strategy,
 )
 from services.retrieval.layout import ScanLists
-from services.retrieval.readmodel import NO_COMMUNITY, GraphSnapshot
+from services.retrieval.readmodel import NO_COMMUNITY, Eligibility, GraphSnapshot
 
 TIE_TOLERANCE = 1e-9
 _BLAS = ThreadpoolController()
@@ -91,7 +92,7 @@ class Probe:
 
     snapshot: GraphSnapshot
     query: np.ndarray  # float32 (1024,)
-    eligible: np.ndarray  # bool (N,)
+    eligible: Eligibility
     lists: ScanLists
     unit_scores: np.ndarray  # float32 (L,): centroid cosine of each ranked list, -inf: not yet
     order: np.ndarray  # ranked lists of live communities, nearest centroid first
@@ -103,7 +104,7 @@ class Probe:
 
     @classmethod
     def start(
-        cls, snapshot: GraphSnapshot, query: np.ndarray, eligible: np.ndarray, min_images: int
+        cls, snapshot: GraphSnapshot, query: np.ndarray, eligible: Eligibility, min_images: int
     ) -> Probe:
         """``min_images``: how many the search will scan (0: all); with groups of lists only
         the centroids of the lists in the groups nearest the query are scored for that."""
@@ -175,8 +176,7 @@ class Probe:
             # One buffer for every run's cosines and one eligibility pass: at ~30 rows a list
             # the runs are many and short, and per-run array overhead would be most of the time.
             offsets = np.cumsum(lengths) - lengths
-            rows = np.arange(int(lengths.sum()), dtype=np.int64)
-            rows += np.repeat(run_starts - offsets, lengths)
+            rows = _ranges(run_starts, lengths, offsets)
             scores = np.empty(len(rows), dtype=np.float32)
             for start, stop, offset in zip(
                 run_starts.tolist(), run_stops.tolist(), offsets.tolist(), strict=True
@@ -200,37 +200,50 @@ class Probe:
         """Eligible members of the community no unit scored yet."""
         units = self.units_of(position)
         units = units[~self.scored[units]]
-        starts, stops = self.lists.start[units].tolist(), self.lists.stop[units].tolist()
-        count = sum(
-            int(np.count_nonzero(self.eligible[a:b])) for a, b in zip(starts, stops, strict=True)
-        )
+        lengths = self.lists.stop[units] - self.lists.start[units]
+        rows = _ranges(self.lists.start[units], lengths, np.cumsum(lengths) - lengths)
+        count = int(np.count_nonzero(self.eligible[rows]))
         extra = self.snapshot.extras.get(position)
         if extra is not None and not self.extras_scored[position]:
             count += int(np.count_nonzero(self.eligible[extra]))
         return count
 
-    def scan_nearest(self, min_images: int) -> None:
+    def scan_nearest(self, min_images: int, *, nearest_community_first: bool = False) -> None:
         """Scores units in centroid order until ``min_images`` eligible images (0: all), at
-        least one unit."""
+        least one unit. ``nearest_community_first``: every list of the nearest list's community
+        is scored first, in one product (they are one contiguous block, where list by list they
+        would be many short products); its rows count toward ``min_images`` only as its lists
+        come up in the order, so the scan still reaches the same lists."""
         if min_images <= 0:
             if not self.complete:
                 self._complete_order()
             self.score(self.order)
             return
+        counted = self.scanned  # eligible rows met in the order (and the unlisted rows)
+        first = np.zeros(2, dtype=np.int64)  # [first, last) ids of the lists scored first
+        if nearest_community_first and len(self.order):
+            position = int(self.lists.position[self.order[0]])
+            first[:] = self.lists.first[position], self.lists.last[position]
+            self.score(np.arange(first[0], first[1], dtype=np.int64))
         # Unit sizes estimate how many units are needed; a shortfall (rows not eligible, or a
         # community's rows appended since the layout) takes another batch.
         done = 0
-        while self.scanned < min_images or done == 0:
+        while counted < min_images or done == 0:
             if done >= len(self.order):
                 if self.complete:
                     return
                 self._complete_order()
                 continue
             rest = self.order[done:]
-            need = min_images - self.scanned
+            need = min_images - counted
             sizes = np.cumsum(self.lists.stop[rest] - self.lists.start[rest])
             take = int(np.searchsorted(sizes, need)) + 1 if need > 0 else 1
-            self.score(self.order[done : done + take])
+            batch = self.order[done : done + take]
+            before = self.scanned
+            self.score(batch)
+            counted += self.scanned - before
+            again = batch[(batch >= first[0]) & (batch < first[1])]
+            counted += int(np.sum(self.lists.stop[again] - self.lists.start[again]))
             done += take
 
     def community_order(self) -> tuple[np.ndarray, np.ndarray]:
@@ -243,14 +256,25 @@ class Probe:
         best[positions[first]] = self.unit_scores[self.order[first]]  # the order is by score
         return positions[first], best
 
-    def candidates(self) -> tuple[np.ndarray, np.ndarray]:
-        """Rows and float32 cosines of every eligible image scored so far."""
-        if not self.chunks:
+    def candidates(self, since: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and float32 cosines of every eligible image scored so far (in the chunks from
+        ``since`` on)."""
+        chunks = self.chunks[since:]
+        if not chunks:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        all_rows = np.concatenate([rows for rows, _ in self.chunks])
-        all_scores = np.concatenate([scores for _, scores in self.chunks])
+        all_rows = np.concatenate([rows for rows, _ in chunks])
+        all_scores = np.concatenate([scores for _, scores in chunks])
         keep = np.isfinite(all_scores)
         return all_rows[keep], all_scores[keep]
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """int64: the rows of the ranges ``[start, start + length)`` one after another
+    (``offsets``: each range's place in the result, the cumulative sum of the lengths before
+    it)."""
+    rows = np.arange(int(lengths.sum()), dtype=np.int64)
+    rows += np.repeat(starts - offsets, lengths)
+    return rows
 
 
 def _rows(members: slice | np.ndarray) -> np.ndarray:
@@ -325,7 +349,7 @@ class RegionGrowth:
         outside = ~self.in_region[neighbours]
         self._link(neighbours[outside], weights[outside])
 
-    def grow_in(self, position: int, eligible: np.ndarray, query64: np.ndarray, k: int) -> int:
+    def grow_in(self, position: int, eligible: Eligibility, query64: np.ndarray, k: int) -> int:
         """Steps 6-8 in one community: adds members until R holds k images or the community has
         no eligible member left; returns how many were added."""
         snapshot = self.snapshot
@@ -371,10 +395,14 @@ class QueryEdgeSearch(ABC):
         filters: SearchFilters,
         snapshot: GraphSnapshot | None = None,
     ) -> SearchHits:
+        def run(current: GraphSnapshot, diagnostics: SearchDiagnostics) -> SearchHits:
+            with one_blas_thread():
+                return self._search(query, k, filters, current, diagnostics)
+
         diagnostics = SearchDiagnostics(strategy=self.name.value)
-        snapshot = snapshot or self.cache.get(diagnostics)
-        with one_blas_thread():
-            return self._search(query, k, filters, snapshot, diagnostics)
+        if snapshot is not None:
+            return run(snapshot, diagnostics)
+        return self.cache.search_with(diagnostics, run)
 
     @abstractmethod
     def _search(
@@ -393,17 +421,36 @@ class QueryEdgeSearch(ABC):
         filters: SearchFilters,
         snapshot: GraphSnapshot,
         diagnostics: SearchDiagnostics,
-    ) -> tuple[np.ndarray, Probe, np.ndarray, np.ndarray]:
-        """The eligible mask, the probe of the nearest communities, and the query's virtual
-        edges (rows and cosine weights)."""
+        *,
+        nearest_community_first: bool = False,
+        keep: int = 0,
+    ) -> Seed:
+        """The query's virtual edges from a probe of the nearest scan lists.
+        ``nearest_community_first``: the probe scores the nearest list's whole community before
+        it scans lists (for a search that visits that community anyway). ``keep``: how many of
+        the nearest scored images to keep beyond the edges (for a search that ranks them)."""
         check_ready(snapshot)
         diagnostics.database_size = snapshot.live
         with diagnostics.stage("seed"):
-            eligible = snapshot.eligible(filters)
+            eligible = snapshot.eligibility(filters)
             probe = Probe.start(snapshot, query, eligible, self.seed_candidates)
-            probe.scan_nearest(self.seed_candidates)
-            rows, weights = nearest(snapshot, query, *probe.candidates(), self.query_edges)
-        return eligible, probe, rows, weights
+            probe.scan_nearest(self.seed_candidates,
+                               nearest_community_first=nearest_community_first)  # fmt: skip
+            rows, cosines = nearest(
+                snapshot, query, *probe.candidates(), max(self.query_edges, keep)
+            )
+        return Seed(eligible, probe, rows[: self.query_edges], cosines[: self.query_edges],
+                    rows, cosines, len(probe.chunks))  # fmt: skip
+
+
+class Seed(NamedTuple):
+    eligible: Eligibility
+    probe: Probe
+    rows: np.ndarray  # int64: the query's virtual edges, nearest first
+    weights: np.ndarray  # float64: their cosines
+    nearest_rows: np.ndarray  # int64: the ``max(edges, keep)`` nearest scored, nearest first
+    nearest_cosines: np.ndarray  # float64
+    chunks: int  # the probe's chunks when they were chosen: later ones were scored after
 
 
 def record_visit(diagnostics: SearchDiagnostics, snapshot: GraphSnapshot, position: int) -> None:
@@ -440,7 +487,7 @@ class RegionGrowingSearch(QueryEdgeSearch):
     ) -> SearchHits:
         query = query.astype(np.float32)
         query64 = query.astype(np.float64)
-        eligible, probe, rows, weights = self.seed(query, filters, snapshot, diagnostics)
+        eligible, probe, rows, weights, *_ = self.seed(query, filters, snapshot, diagnostics)
         region = RegionGrowth(snapshot, rows, weights)
         unvisited = snapshot.community_alive.copy()
         examined = probe.scanned
@@ -467,9 +514,17 @@ def check_ready(snapshot: GraphSnapshot) -> None:
 
 
 def hits_of(
-    snapshot: GraphSnapshot, rows: np.ndarray, query64: np.ndarray, diagnostics: SearchDiagnostics
+    snapshot: GraphSnapshot,
+    rows: np.ndarray,
+    query64: np.ndarray | None,
+    diagnostics: SearchDiagnostics,
+    cosines: np.ndarray | None = None,
 ) -> SearchHits:
-    cosines = snapshot.matrix[rows].astype(np.float64) @ query64 if len(rows) else np.zeros(0)
+    """The hits of ``rows``, with their exact cosines: ``cosines`` when the caller has them
+    (float64), else computed from ``query64``."""
+    if cosines is None:
+        assert query64 is not None
+        cosines = snapshot.matrix[rows].astype(np.float64) @ query64 if len(rows) else np.zeros(0)
     return SearchHits(
         keys=tuple(snapshot.keys[rows].tolist()),
         cosines=cosines.astype(np.float32),

@@ -94,7 +94,7 @@ def test_the_read_model_lays_near_communities_next_to_each_other(
 
     # The three near communities touch: one product scores them, as the rows one by one would.
     query = graph.embeddings["img-000-0"]
-    probe = Probe.start(snapshot, query, snapshot.eligible(SearchFilters()), 0)
+    probe = Probe.start(snapshot, query, snapshot.eligibility(SearchFilters()), 0)
     probe.score(
         np.concatenate([probe.units_of(snapshot.position_of_community[c]) for c in (0, 2, 4)])
     )
@@ -272,7 +272,7 @@ def test_ranked_search_over_list_groups_answers_as_over_every_list(
         hits = everything.search(embeddings[key], 20, Strategy.COMMUNITY_RANKED, filters[key])
         assert hits.keys == answers[key].keys
         assert hits.diagnostics.communities_visited == answers[key].diagnostics.communities_visited
-    probe = Probe.start(snapshot, embeddings[keys[0]], snapshot.eligible(SearchFilters()), 60)
+    probe = Probe.start(snapshot, embeddings[keys[0]], snapshot.eligibility(SearchFilters()), 60)
     assert np.isneginf(probe.unit_scores).sum() > len(snapshot.community_ids) // 2
 
 
@@ -297,6 +297,6 @@ def test_rows_joined_to_a_community_with_no_list_are_scored() -> None:
     assert snapshot.scan_lists is not None and snapshot.scan_lists.listless.tolist() == [1]
 
     for floor in (0, 1):
-        probe = Probe.start(snapshot, vectors[5], snapshot.eligible(SearchFilters()), floor)
+        probe = Probe.start(snapshot, vectors[5], snapshot.eligibility(SearchFilters()), floor)
         probe.scan_nearest(floor)
         assert {4, 5} <= set(probe.candidates()[0].tolist())

@@ -332,3 +332,29 @@ def test_a_live_process_hands_the_heap_freed_by_a_change_back(
         assert hits.keys == (new[0],)
     finally:
         live.read_model.close()
+
+
+def test_a_deletion_published_before_a_search_is_never_in_its_answer(
+    clean_graph: GraphStore, settings: Settings
+) -> None:
+    # The search sends its deleted check to Redis and reads the answer only after searching a
+    # snapshot that may predate the deletion: it must then search again on one without it.
+    graph = stored_graph(clean_graph, settings, n=200, extra=0)
+    # No background follow during the test: only the deleted check can drop the image.
+    quiet = settings.model_copy(update={"search_follow_interval_s": 3600.0})
+    live = RetrievalService(clean_graph, quiet, live=True)
+    try:
+        victims = graph.keys[5:7]
+        for victim in victims:
+            query = graph.embedding_of(victim)
+            for strategy in STRATEGIES:
+                assert live.search(query, 3, strategy, SearchFilters()).keys[0] == victim
+            applies = live.read_model.applies
+            # As another API process would: the delete stored, its key published to Redis.
+            delete_images(clean_graph, settings, [victim], actor="test", salt=SALT)
+            for strategy in STRATEGIES:
+                hits = live.search(query, 3, strategy, SearchFilters())
+                assert victim not in hits.keys, strategy
+            assert live.read_model.applies == applies  # dropped by the check, not the log
+    finally:
+        live.read_model.close()
