@@ -69,16 +69,18 @@ class CommunityRankedSearch(QueryEdgeSearch):
         cosine; ``k_{q,c}`` per position; and each position's nearest list cosine."""
         snapshot = probe.snapshot
         assert snapshot.m is not None
-        k_qc = np.zeros(len(snapshot.community_ids), dtype=np.float64)
         positions = snapshot.community_position[rows]
         linked_rows = positions >= 0
-        np.add.at(k_qc, positions[linked_rows], weights[linked_rows])
-        gains = k_qc - float(np.sum(weights)) * snapshot.sigma_tot / (2.0 * snapshot.m)
+        k_qc = np.bincount(positions[linked_rows], weights[linked_rows],
+                           minlength=len(snapshot.community_ids))  # fmt: skip
         linked = np.flatnonzero(k_qc > 0)
+        gains = k_qc[linked] - float(np.sum(weights)) * snapshot.sigma_tot[linked] / (
+            2.0 * snapshot.m
+        )
         linked = linked[
             np.lexsort(
                 (snapshot.community_ids[linked], snapshot.sigma_tot[linked], -k_qc[linked],
-                 -gains[linked])
+                 -gains)
             )
         ]  # fmt: skip
         by_centroid, nearest_list = probe.community_order()

@@ -140,8 +140,8 @@ class Probe:
 
     def _order(self, units: np.ndarray) -> np.ndarray:
         """The units of live communities, nearest centroid first (ties: layout order)."""
-        units = units[self.snapshot.community_alive[self.lists.position[units]]]
-        return units[np.lexsort((units, -self.unit_scores[units]))]
+        units = np.sort(units[self.snapshot.community_alive[self.lists.position[units]]])
+        return units[np.argsort(-self.unit_scores[units], kind="stable")]
 
     def _complete_order(self) -> None:
         """Every list in the order (the lists of the nearest groups held too few images)."""
@@ -525,12 +525,13 @@ def hits_of(
     if cosines is None:
         assert query64 is not None
         cosines = snapshot.matrix[rows].astype(np.float64) @ query64 if len(rows) else np.zeros(0)
+    findings = snapshot.findings
     return SearchHits(
         keys=tuple(snapshot.keys[rows].tolist()),
         cosines=cosines.astype(np.float32),
         communities=tuple(
-            None if c == NO_COMMUNITY else int(c) for c in snapshot.community[rows].tolist()
+            None if c == NO_COMMUNITY else c for c in snapshot.community[rows].tolist()
         ),
-        findings=tuple(snapshot.findings[row] for row in rows.tolist()),
+        findings=tuple([findings[row] for row in rows.tolist()]),
         diagnostics=diagnostics,
     )
