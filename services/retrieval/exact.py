@@ -20,7 +20,7 @@ from services.retrieval.contract import (
     Strategy,
 )
 from services.retrieval.readmodel import GraphSnapshot
-from services.retrieval.region import hits_of
+from services.retrieval.region import SnapshotSearch, hits_of
 
 
 def top_k_cosine(
@@ -45,26 +45,11 @@ def top_k_cosine(
     return chosen, scores[chosen].astype(np.float32)
 
 
-class ExactSearch:
+class ExactSearch(SnapshotSearch):
     name = Strategy.EXACT
 
     def __init__(self, cache: ReadModelCache) -> None:
         self.cache = cache
-
-    def search(
-        self,
-        query: np.ndarray,
-        k: int,
-        filters: SearchFilters,
-        snapshot: GraphSnapshot | None = None,
-    ) -> SearchHits:
-        def run(current: GraphSnapshot, diagnostics: SearchDiagnostics) -> SearchHits:
-            return self._search(query, k, filters, current, diagnostics)
-
-        diagnostics = SearchDiagnostics(strategy=self.name.value)
-        if snapshot is not None:
-            return run(snapshot, diagnostics)
-        return self.cache.search_with(diagnostics, run)
 
     def _search(
         self,

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -379,14 +379,14 @@ class RegionGrowth:
         return added
 
 
-class QueryEdgeSearch(ABC):
-    """What ``region`` and ``community_ranked`` share: a search over the read model's snapshot
-    on one BLAS thread, seeded by the query's virtual edges to its nearest eligible images."""
+class SnapshotSearch(ABC):
+    """A search over the read model's snapshot (``exact``, ``region``, ``community_ranked``):
+    ``search`` runs the strategy's ``_search`` on the snapshot given, or on the current one
+    through the cache's deleted check (``ReadModelCache.search_with``)."""
 
     name: Strategy
     cache: ReadModelCache
-    query_edges: int
-    seed_candidates: int
+    single_blas_thread = False
 
     def search(
         self,
@@ -396,7 +396,7 @@ class QueryEdgeSearch(ABC):
         snapshot: GraphSnapshot | None = None,
     ) -> SearchHits:
         def run(current: GraphSnapshot, diagnostics: SearchDiagnostics) -> SearchHits:
-            with one_blas_thread():
+            with one_blas_thread() if self.single_blas_thread else nullcontext():
                 return self._search(query, k, filters, current, diagnostics)
 
         diagnostics = SearchDiagnostics(strategy=self.name.value)
@@ -413,7 +413,16 @@ class QueryEdgeSearch(ABC):
         snapshot: GraphSnapshot,
         diagnostics: SearchDiagnostics,
     ) -> SearchHits:
-        """The strategy's own search over the seed (``seed``)."""
+        """The strategy's own search of ``snapshot``."""
+
+
+class QueryEdgeSearch(SnapshotSearch):
+    """What ``region`` and ``community_ranked`` share: a search on one BLAS thread, seeded by
+    the query's virtual edges to its nearest eligible images (``seed``)."""
+
+    query_edges: int
+    seed_candidates: int
+    single_blas_thread = True
 
     def seed(
         self,
