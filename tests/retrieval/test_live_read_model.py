@@ -226,6 +226,45 @@ def test_a_version_read_across_a_logged_change_is_not_taken_for_an_outside_write
     assert all(snapshot.row_of(key) is not None for key in new)
 
 
+def test_a_version_never_pairs_a_generation_with_an_older_ingestion_time(
+    clean_graph: GraphStore, settings: Settings
+) -> None:
+    """The version's fields may be read in any order by Neo4j's planner; the generation is read
+    first, in its own query, so a change committing during the read can only make the fields
+    newer than the generation. Following such a version, then the true one, applies the change
+    and reloads nothing (a generation newer than its ingestion time made live-load run 10 take
+    the ingestion time for an outside write and rebuild the whole model)."""
+    graph = stored_graph(clean_graph, settings, n=200, extra=4)
+    cache = RetrievalService(clean_graph, settings).read_model
+    cache.get()
+    before, loads = cache.version(), cache.loads
+    read = cache.store.read_autocommit
+    new: list[str] = []
+
+    def commit_after_the_generation(name: str, **params: object) -> list:
+        records = read(name, **params)
+        if name == "search_graph_generation" and not new:
+            new.extend(ingest_logged(clean_graph, graph, range(graph.stored, graph.stored + 2)))
+        return records
+
+    cache.store.read_autocommit = commit_after_the_generation  # type: ignore[method-assign]
+    try:
+        torn = cache._read_version()
+    finally:
+        cache.store.read_autocommit = read  # type: ignore[method-assign]
+    assert new, "the change committed between the generation and the fields"
+    assert torn[0] == before[0] and torn[1] == before[1] + 2 and torn[3] != before[3]
+
+    with cache._follow_lock:
+        cache.follow(torn)
+        cache.follow(cache._read_version())
+
+    assert cache.loads == loads
+    snapshot = cache.current()
+    assert snapshot is not None and snapshot.seq > before[0]
+    assert all(snapshot.row_of(key) is not None for key in new)
+
+
 def test_an_image_moved_to_another_community_leaves_its_block(
     clean_graph: GraphStore, settings: Settings
 ) -> None:
