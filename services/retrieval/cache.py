@@ -154,13 +154,17 @@ class ReadModelCache:
                     self.follow(self._read_version())
             assert self._snapshot is not None
             return self._snapshot
+        self._warm(diagnostics)
+        with diagnostics.stage("deleted_check"):
+            self._check_tombstones()
+        return self._snapshot  # type: ignore[return-value]
+
+    def _warm(self, diagnostics: SearchDiagnostics) -> None:
+        """A live process's first search loads the model; every search keeps the follower on."""
         if self._snapshot is None:
             with diagnostics.stage("wait_for_model"):
                 self._load_first()
         self._start_follower()
-        with diagnostics.stage("deleted_check"):
-            self._check_tombstones()
-        return self._snapshot  # type: ignore[return-value]
 
     def search_with(
         self,
@@ -175,10 +179,7 @@ class ReadModelCache:
         happens only when a deletion lands during a search)."""
         if not self.live or self._redis is None:
             return search(self.get(diagnostics), diagnostics)
-        if self._snapshot is None:
-            with diagnostics.stage("wait_for_model"):
-                self._load_first()
-        self._start_follower()
+        self._warm(diagnostics)
         with self._swap_lock:
             snapshot, seen, epoch = self._snapshot, self._tombstones_seen, self._tombstone_epoch
         assert snapshot is not None

@@ -220,11 +220,11 @@ class Probe:
             self.score(self.order)
             return
         counted = self.scanned  # eligible rows met in the order (and the unlisted rows)
-        first = np.zeros(2, dtype=np.int64)  # [first, last) ids of the lists scored first
+        first_list = last_list = 0  # the lists scored first: ids [first_list, last_list)
         if nearest_community_first and len(self.order):
             position = int(self.lists.position[self.order[0]])
-            first[:] = self.lists.first[position], self.lists.last[position]
-            self.score(np.arange(first[0], first[1], dtype=np.int64))
+            first_list, last_list = int(self.lists.first[position]), int(self.lists.last[position])
+            self.score(np.arange(first_list, last_list, dtype=np.int64))
         # Unit sizes estimate how many units are needed; a shortfall (rows not eligible, or a
         # community's rows appended since the layout) takes another batch.
         done = 0
@@ -242,7 +242,7 @@ class Probe:
             before = self.scanned
             self.score(batch)
             counted += self.scanned - before
-            again = batch[(batch >= first[0]) & (batch < first[1])]
+            again = batch[(batch >= first_list) & (batch < last_list)]
             counted += int(np.sum(self.lists.stop[again] - self.lists.start[again]))
             done += take
 
