@@ -16,6 +16,7 @@ from services.retrieval.layout import (
     LIST_ROWS,
     CommunityLayout,
     ScanLists,
+    _take_rows_in_place,
     similarity_order,
     split_into_lists,
 )
@@ -182,6 +183,32 @@ def test_list_groups_hold_the_lists_nearest_the_query() -> None:
         np.testing.assert_allclose(scores[chosen], every[chosen], atol=1e-6)
         near = np.argsort(-every)[:5]
         assert set(near.tolist()) <= set(chosen.tolist())
+
+    # Each list's centroid is its rows' unit mean, and each group's the unit mean of its lists'.
+    centroids = lists.centroids_of(np.arange(400))
+    for list_id in range(400):
+        mean = vectors[lists.start[list_id] : lists.stop[list_id]].mean(axis=0)
+        np.testing.assert_allclose(centroids[list_id], mean / np.linalg.norm(mean), atol=1e-6)
+    bounds = lists.group_bounds
+    for group in range(len(bounds) - 1):
+        members = lists.slots[bounds[group] : bounds[group + 1]]
+        if len(members):
+            mean = centroids[members].sum(axis=0)
+            np.testing.assert_allclose(
+                lists.group_centroids[group], mean / np.linalg.norm(mean), atol=1e-6
+            )
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_rows_are_taken_in_place_in_any_order(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    rows = rng.standard_normal((50, 3)).astype(np.float32)
+    order = rng.permutation(50)
+    order[:5] = np.arange(5)  # some rows stay where they are
+    order[5:] = 5 + rng.permutation(45)
+    expected = rows[order]
+    _take_rows_in_place(rows, order)
+    assert np.array_equal(rows, expected)
 
 
 def store_three_clusters_in_one_community(store: GraphStore) -> tuple[SmallGraph, np.ndarray]:
