@@ -19,6 +19,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REDIS_PASSWORD_FILE = "redis-password"
+# The longest read lease an API process may hold (``search_read_lease_s``): a deletion made just
+# after Redis (re)started waits this long, so that a lease granted before is over.
+MAX_READ_LEASE_S = 5.0
 
 
 def read_or_create_secret(path: Path, nbytes: int) -> tuple[str, bool]:
@@ -337,6 +340,14 @@ class Settings(BaseSettings):
         description="How often each API process reads the graph version in the background and "
         "applies the logged changes to its read model (a new image is found within this plus "
         "the apply's time of its ingest job's `done`).",
+    )  # fmt: skip
+    search_read_lease_s: float = Field(
+        0.5, ge=0, le=MAX_READ_LEASE_S,
+        description="API processes with a live read model: how long a read lease in Redis lasts "
+        "(renewed every tenth of it). While a process holds one, every deletion waits for it to "
+        "acknowledge the deletion before the `DELETE` answers, so its searches read no deleted "
+        "keys from Redis; a process that stops renewing is waited for until its lease ends. "
+        "0: no leases (every search reads the latest deletion from Redis).",
     )  # fmt: skip
     search_layout_memory_mib: int = Field(
         1400, ge=0,

@@ -16,16 +16,22 @@ Two ways to follow, one per kind of process:
   on the caller's thread. Never stale, one Neo4j round trip per search.
 - ``live=True`` (the API processes): a background thread follows every
   ``search_follow_interval_s``; builds run on their own thread while searches go on with the
-  current snapshot. The search path makes no Neo4j round trip: it reads one Redis counter, the
-  latest deletion published (``changes.publish_tombstones``), and drops newly deleted keys from
-  its snapshot at once. Only a process's very first search waits, for the first load.
+  current snapshot. The search path makes no Neo4j round trip. While the process holds a read
+  lease (``changes.renew_read_lease``, renewed on a thread of its own every tenth of
+  ``search_read_lease_s``) it makes no Redis round trip either: every deletion waits, before it
+  answers, until the lease thread has dropped its keys from the snapshot. Without a lease (not
+  yet taken, or lapsed) a search reads one Redis counter, the latest deletion published
+  (``changes.publish_tombstones``), and drops newly deleted keys from its snapshot at once.
+  Only a process's very first search waits, for the first load.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -37,10 +43,13 @@ from services.graph.changes import (
     CHANGE_LOG_KEEP,
     ChangeKind,
     drop_read,
+    end_read_lease,
     read_latest_deletion,
     redis_client,
+    renew_read_lease,
     send_latest_deletion,
     tombstones_after,
+    tombstones_between,
 )
 from services.graph.store import GraphStore
 from services.retrieval.contract import SearchDiagnostics
@@ -69,6 +78,10 @@ _BUILD_ORDER = (REBUILD, PARTITION, COMPACT)
 # How long after a swap the follower hands the freed heap back (services/runtime/memory.py): by
 # then the searches still running on the old snapshot (milliseconds each) have let it go.
 RELEASE_HEAP_AFTER_S = 1.0
+# A read lease is renewed this many times per lease; a process trusts it for this share of it
+# less (counted from before the renewal was sent, so it stops before Redis drops the key).
+LEASE_RENEWALS = 10
+LEASE_MARGIN = 0.1
 
 Answer = TypeVar("Answer")
 
@@ -90,6 +103,11 @@ class ReadModelCache:
             settings.search_layout_memory_mib * 2**20 if settings is not None else None
         )
         self._redis = redis_client(settings) if live and settings is not None else None
+        self.lease_s = settings.search_read_lease_s if self._redis is not None else 0.0
+        self._reader = uuid.uuid4().hex
+        # (graph epoch, monotonic time until which searches may skip the Redis read)
+        self._lease: tuple[str, float] | None = None
+        self._leaser: threading.Thread | None = None
         self._snapshot: GraphSnapshot | None = None
         self._follow_lock = threading.RLock()  # one follower (apply, replay, install) at a time
         self._swap_lock = threading.Lock()  # the swap itself, and tombstones from Redis
@@ -109,6 +127,7 @@ class ReadModelCache:
         self.layouts = 0  # models rebuilt in memory (new partition, compaction)
         self.regroups = 0  # new partitions adopted over the same rows (no copy)
         self.heap_releases = 0  # freed heap handed back to the system after swaps
+        self.lease_renewals = 0  # read leases taken or renewed
         self.last_error: str | None = None
         self.building: tuple[str, float] | None = None  # (kind, wall-clock start) of the build
 
@@ -155,9 +174,23 @@ class ReadModelCache:
             assert self._snapshot is not None
             return self._snapshot
         self._warm(diagnostics)
+        snapshot = self._snapshot
+        assert snapshot is not None
+        if self._leased(snapshot):
+            return snapshot
         with diagnostics.stage("deleted_check"):
             self._check_tombstones()
         return self._snapshot  # type: ignore[return-value]
+
+    def _leased(self, snapshot: GraphSnapshot) -> bool:
+        """Whether this process's read lease holds for ``snapshot``'s graph: every deletion
+        published for it then waits for the lease thread to apply it before it answers."""
+        lease = self._lease
+        return (
+            lease is not None
+            and snapshot.version[5:] == (lease[0],)
+            and time.monotonic() < lease[1]
+        )
 
     def _warm(self, diagnostics: SearchDiagnostics) -> None:
         """A live process's first search loads the model; every search keeps the follower on."""
@@ -186,6 +219,14 @@ class ReadModelCache:
         if epoch is None or snapshot.version[5:] != (epoch,):
             # This graph's first deleted check: get() learns its Redis keys.
             return search(self.get(diagnostics), diagnostics)
+        if self._leased(snapshot):
+            answer = search(snapshot, diagnostics)
+            # A deletion the lease thread applied during the search, or a lease that ended
+            # during it (a deletion may then have answered without this process): again.
+            if self._leased(snapshot) and self._tombstones_seen <= seen:
+                return answer
+            again = diagnostics.for_another_run()
+            return search(self.get(again), again)
         try:
             with diagnostics.stage("deleted_check"):
                 pending = send_latest_deletion(self._redis, epoch)
@@ -231,11 +272,15 @@ class ReadModelCache:
             log.warning("deleted keys unavailable from Redis (%s): following the log", problem)
             self.catch_up()
             return
-        if latest <= self._tombstones_seen:
-            return
+        self._take_tombstones(epoch, latest, entries)
+
+    def _take_tombstones(self, epoch: str, latest: int, entries: list[tuple[str, int]]) -> None:
+        """Drops the keys deleted up to ``latest`` (``entries``) from the snapshot."""
         with self._swap_lock:
+            if latest <= self._tombstones_seen or epoch != self._tombstone_epoch:
+                return
             self._pending_tombstones.extend(entries)
-            self._tombstones_seen = max(self._tombstones_seen, latest)
+            self._tombstones_seen = latest
             assert self._snapshot is not None
             self._snapshot = with_tombstones(self._snapshot, entries)
 
@@ -453,6 +498,57 @@ class ReadModelCache:
                     target=self._follow_loop, name="read-model-follow", daemon=True
                 )
                 self._follower.start()
+                if self.lease_s > 0:
+                    self._leaser = threading.Thread(
+                        target=self._lease_loop, name="read-lease", daemon=True
+                    )
+                    self._leaser.start()
+
+    # --- the read lease ------------------------------------------------------------------------
+    def _lease_loop(self) -> None:
+        epoch: str | None = None
+        while not self._stop.wait(self.lease_s / LEASE_RENEWALS):
+            try:
+                epoch = self._renew_lease()
+            except Exception as problem:  # searches read Redis (or the log) meanwhile
+                self._lease = None
+                self.last_error = f"{type(problem).__name__}: {problem}"
+                log.warning("read lease: renewal failed (%s); searches read deleted keys from "
+                            "Redis until it is taken again", problem)  # fmt: skip
+                # Not renewed again before it ended: no deletion waits on a failing process.
+                self._stop.wait(self.lease_s)
+        self._lease = None
+        if epoch is not None and self._redis is not None:
+            with contextlib.suppress(redis.RedisError):  # else it ends by itself within a lease
+                end_read_lease(self._redis, epoch, self._reader)
+
+    def _renew_lease(self) -> str | None:
+        """Renews the lease with the latest deletion applied, then applies those published
+        since and acknowledges them; the lease counts from before the renewal was sent. A
+        reader seen for the first time is waited for by deletions from its renewal on, and
+        reads every deletion published before it after that: none is missed."""
+        assert self._redis is not None
+        started = time.monotonic()
+        with self._swap_lock:
+            snapshot = self._snapshot
+            epoch = None if snapshot is None or len(snapshot.version) < 6 else snapshot.version[5]
+            if snapshot is None or epoch is None:
+                self._lease = None  # a graph with no logged change yet: searches check Redis
+                return None
+            if epoch != self._tombstone_epoch:
+                self._tombstone_epoch, self._tombstones_seen = epoch, snapshot.seq
+            applied = self._tombstones_seen
+        latest = renew_read_lease(self._redis, epoch, self._reader, applied, self.lease_s)
+        if latest > applied:
+            entries = tombstones_between(self._redis, epoch, applied, latest)
+            self._take_tombstones(epoch, latest, entries)
+            if self._tombstones_seen < latest:  # another graph was swapped in meanwhile
+                self._lease = None
+                return epoch
+            renew_read_lease(self._redis, epoch, self._reader, latest, self.lease_s)
+        self._lease = (epoch, started + self.lease_s * (1 - LEASE_MARGIN))
+        self.lease_renewals += 1
+        return epoch
 
     def _follow_loop(self) -> None:
         delay = self.interval_s
@@ -489,6 +585,7 @@ class ReadModelCache:
             "layouts": self.layouts,
             "regroups": self.regroups,
             "heap_releases": self.heap_releases,
+            "lease_renewals": self.lease_renewals,
             "rows": None if snapshot is None else len(snapshot),
             "live": None if snapshot is None else snapshot.live,
             "building": self._builder is not None and self._builder.is_alive(),

@@ -379,8 +379,11 @@ def test_a_deletion_published_before_a_search_is_never_in_its_answer(
     # The search sends its deleted check to Redis and reads the answer only after searching a
     # snapshot that may predate the deletion: it must then search again on one without it.
     graph = stored_graph(clean_graph, settings, n=200, extra=0)
-    # No background follow during the test: only the deleted check can drop the image.
-    quiet = settings.model_copy(update={"search_follow_interval_s": 3600.0})
+    # No background follow during the test: only the deleted check can drop the image. No read
+    # lease either: each search reads Redis (tests/retrieval/test_read_leases.py: with one).
+    quiet = settings.model_copy(
+        update={"search_follow_interval_s": 3600.0, "search_read_lease_s": 0.0}
+    )
     live = RetrievalService(clean_graph, quiet, live=True)
     try:
         victims = graph.keys[5:7]
