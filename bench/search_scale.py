@@ -22,7 +22,7 @@ cache 3g):
    thread, recall@50 against ``exact`` (``strategies.faiss_ivf_flat`` / ``faiss_hnsw``);
    beside them ``community_ranked`` at ``ranked_seed_candidates`` 512/768/1,024/1,536/2,048
    (``strategies.community_ranked_sweep``), its own nprobe. Since 2026-12-06 (sixth session)
-   these 13 settings are timed in one loop, query by query (``timed_together``), so that the
+   these 13 settings are timed in turns of 20 queries each (``timed_together``), so that the
    comparison is not at the mercy of when each was timed.
 
 Run: ``.venv/bin/python -m bench.search_scale`` measures both generated sets, hard then easy,
@@ -273,9 +273,9 @@ def measure(
             )
         strategies[strategy.value] = entry
     build, anchors = faiss_anchor(snapshot)
-    # community_ranked's settings and faiss's timed in one loop, query by query, so that every
-    # row of the comparison meets the same machine: on this shared 2-core machine one setting
-    # timed a few minutes apart gave 1.21 and 1.55 ms (2026-12-06, sixth session, hard set).
+    # community_ranked's settings and faiss's timed in turns over the same minutes, so that
+    # every row of the comparison meets the same machine: on this shared 2-core machine one
+    # setting timed a few minutes apart gave 1.21 and 1.55 ms (2026-12-06, sixth session).
     rows = timed_together(
         [*ranked_settings(service, stored, filters), *anchors], snapshot, chosen,
         answers[Strategy.EXACT],
@@ -292,6 +292,7 @@ def measure(
 RANKED_SWEEP = (512, 768, 1024, 1536, 2048)
 FAISS_NPROBE = (8, 16, 32, 64)
 FAISS_EF_SEARCH = (32, 64, 128, 256)
+TIMED_BLOCK = 20  # queries each searcher runs in a row in ``timed_together``
 
 # (results key, setting, search): ``search(row, key)`` runs one query and returns the keys found
 # (own key and patient excluded), timed by ``timed_together`` around the call.
@@ -374,8 +375,11 @@ def timed_together(
     chosen: list[str],
     exact: list[tuple[str, ...]],
 ) -> dict[str, list[dict[str, Any]]]:
-    """Every searcher on every query, query by query (each query's order of the searchers
-    rotated), so that all of them meet the same moments of the machine; per searcher its p50,
+    """Every searcher on every query, in blocks of ``TIMED_BLOCK`` queries: each searcher runs
+    a block in turn (the order rotated each round), so that all of them meet the same minutes
+    of the machine, and each keeps what a run of its own queries leaves in the caches (faiss
+    its coarse centroids, 7.7 MiB; query by query, each search found the caches full of the
+    others' data: IVF-Flat nprobe 8 measured 0.95 instead of 0.59 ms). Per searcher its p50,
     p99 and recall@50 against ``exact``. The faiss settings (nprobe, efSearch) are set inside
     the timed call: an attribute write, ~1 µs."""
     rows = [snapshot.key_index[key] for key in chosen]
@@ -384,13 +388,16 @@ def timed_together(
             search(row, key)
     samples: list[list[float]] = [[] for _ in searchers]
     recalls: list[list[float]] = [[] for _ in searchers]
-    for turn, (key, row, expected) in enumerate(zip(chosen, rows, exact, strict=True)):
+    queries = list(zip(chosen, rows, exact, strict=True))
+    for turn, start in enumerate(range(0, len(queries), TIMED_BLOCK)):
+        block = queries[start : start + TIMED_BLOCK]
         for offset in range(len(searchers)):
             which = (turn + offset) % len(searchers)
-            clock = time.perf_counter()
-            got = searchers[which][2](row, key)
-            samples[which].append((time.perf_counter() - clock) * 1000.0)
-            recalls[which].append(recall_at_k(tuple(got), expected, K))
+            for key, row, expected in block:
+                clock = time.perf_counter()
+                got = searchers[which][2](row, key)
+                samples[which].append((time.perf_counter() - clock) * 1000.0)
+                recalls[which].append(recall_at_k(tuple(got), expected, K))
     results: dict[str, list[dict[str, Any]]] = {}
     for (name, setting, _), times, hits in zip(searchers, samples, recalls, strict=True):
         p50 = float(np.percentile(times, 50))
