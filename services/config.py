@@ -332,8 +332,9 @@ class Settings(BaseSettings):
     search_live_read_model: bool = Field(
         True,
         description="API processes: the read model follows the graph's change log in the "
-        "background and a search makes no Neo4j round trip (deleted keys are read from Redis); "
-        "false: every search checks the graph version in Neo4j first.",
+        "background and a search makes no Neo4j round trip (deleted keys come from Redis: "
+        "through the read lease, or read per search without one); false: every search checks "
+        "the graph version in Neo4j first.",
     )
     search_follow_interval_s: float = Field(
         0.1, gt=0, le=0.5,
