@@ -262,17 +262,24 @@ class ReadModelCache:
             # keys are not known here, so the log is followed on this thread.
             self.catch_up()
             return
-        if epoch != self._tombstone_epoch:
-            # Deletions of this graph up to the snapshot's change are in it already.
-            self._tombstone_epoch, self._tombstones_seen = epoch, self._snapshot.seq
         try:
-            latest, entries = tombstones_after(self._redis, epoch, self._tombstones_seen)
+            latest, entries = tombstones_after(
+                self._redis, epoch, self._tombstones_applied(self._snapshot, epoch)
+            )
         except redis.RedisError as problem:
             # Without Redis the deletions are only in the log: follow it now, on this thread.
             log.warning("deleted keys unavailable from Redis (%s): following the log", problem)
             self.catch_up()
             return
         self._take_tombstones(epoch, latest, entries)
+
+    def _tombstones_applied(self, snapshot: GraphSnapshot, epoch: str) -> int:
+        """The latest deletion of the graph ``epoch`` in the snapshot (a graph met for the first
+        time: its deletions up to the snapshot's change are in it already)."""
+        with self._swap_lock:
+            if epoch != self._tombstone_epoch:
+                self._tombstone_epoch, self._tombstones_seen = epoch, snapshot.seq
+            return self._tombstones_seen
 
     def _take_tombstones(self, epoch: str, latest: int, entries: list[tuple[str, int]]) -> None:
         """Drops the keys deleted up to ``latest`` (``entries``) from the snapshot."""
@@ -529,15 +536,12 @@ class ReadModelCache:
         reads every deletion published before it after that: none is missed."""
         assert self._redis is not None
         started = time.monotonic()
-        with self._swap_lock:
-            snapshot = self._snapshot
-            epoch = None if snapshot is None or len(snapshot.version) < 6 else snapshot.version[5]
-            if snapshot is None or epoch is None:
-                self._lease = None  # a graph with no logged change yet: searches check Redis
-                return None
-            if epoch != self._tombstone_epoch:
-                self._tombstone_epoch, self._tombstones_seen = epoch, snapshot.seq
-            applied = self._tombstones_seen
+        snapshot = self._snapshot
+        epoch = None if snapshot is None or len(snapshot.version) < 6 else snapshot.version[5]
+        if snapshot is None or epoch is None:
+            self._lease = None  # a graph with no logged change yet: searches check Redis
+            return None
+        applied = self._tombstones_applied(snapshot, epoch)
         latest = renew_read_lease(self._redis, epoch, self._reader, applied, self.lease_s)
         if latest > applied:
             entries = tombstones_between(self._redis, epoch, applied, latest)
